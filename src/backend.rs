@@ -1,0 +1,384 @@
+//! The `Backend` trait ("pluggable sync") and the types that cross it.
+//!
+//! A backend is transport + store for instance statuses per key. It stays small: publish
+//! one instance's status, read a key's snapshot, subscribe to keys. Everything that is the
+//! same for every backend — expiry judgement, renewal, recovery, retry, ordering of local
+//! transitions — lives in the core, once.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::time::Duration;
+
+use futures_core::Stream;
+
+use crate::error::BackendError;
+
+/// A point in time on the **store's** clock, in nanoseconds since the Unix epoch.
+///
+/// Expiry is always judged by comparing an entry's `valid_until` with the `store_now` that
+/// came in the same [`Snapshot`], so instances with skewed clocks agree on what is expired.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::StoreTime;
+/// use std::time::Duration;
+///
+/// let t = StoreTime::from_unix_nanos(1_700_000_000_000_000_000);
+/// // .NET ticks: 100 ns units since 0001-01-01, as the .NET ReactiveLock writes them.
+/// assert_eq!(StoreTime::from_dotnet_ticks(t.to_dotnet_ticks()), Some(t));
+/// assert_eq!((t + Duration::from_secs(1)).duration_since(t), Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StoreTime(u64);
+
+/// .NET ticks at the Unix epoch (1970-01-01T00:00:00Z).
+const DOTNET_TICKS_AT_UNIX_EPOCH: u64 = 621_355_968_000_000_000;
+
+impl StoreTime {
+    /// The Unix epoch.
+    pub const UNIX_EPOCH: StoreTime = StoreTime(0);
+
+    /// From nanoseconds since the Unix epoch.
+    pub const fn from_unix_nanos(nanos: u64) -> Self {
+        StoreTime(nanos)
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    pub const fn as_unix_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// From .NET `DateTime.UtcNow.Ticks` (100 ns units since 0001-01-01). `None` for ticks
+    /// before the Unix epoch or too large to represent.
+    pub fn from_dotnet_ticks(ticks: u64) -> Option<Self> {
+        let since_epoch = ticks.checked_sub(DOTNET_TICKS_AT_UNIX_EPOCH)?;
+        since_epoch.checked_mul(100).map(StoreTime)
+    }
+
+    /// As .NET ticks (100 ns units since 0001-01-01), the format of the Redis wire value.
+    pub const fn to_dotnet_ticks(self) -> u64 {
+        self.0 / 100 + DOTNET_TICKS_AT_UNIX_EPOCH
+    }
+
+    /// The time elapsed from `earlier` to `self`, zero if `earlier` is later.
+    pub const fn duration_since(self, earlier: StoreTime) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// `self + d`, saturating at the far future.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        StoreTime(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+    }
+
+    /// The current time of this process's system clock (for stores whose clock is the
+    /// local clock, such as [`LocalBackend`](crate::LocalBackend)).
+    #[cfg(feature = "std")]
+    pub fn now_system() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        StoreTime(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl core::ops::Add<Duration> for StoreTime {
+    type Output = StoreTime;
+    fn add(self, rhs: Duration) -> StoreTime {
+        self.saturating_add(rhs)
+    }
+}
+
+/// The status one instance publishes for one key.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::InstanceStatus;
+/// use std::time::Duration;
+///
+/// let status = InstanceStatus::busy(Some("batch-7".into()), 1, Duration::from_secs(10));
+/// assert!(status.busy);
+/// assert_eq!(InstanceStatus::idle(2, Duration::from_secs(10)).lock_data, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstanceStatus {
+    /// Whether the instance is busy for the key.
+    pub busy: bool,
+    /// The instance's lock data while busy.
+    pub lock_data: Option<String>,
+    /// Strictly increasing per (instance, key), also across restarts of an instance with the
+    /// same name (it starts from the wall clock in nanoseconds). A backend that stores
+    /// statuses must never replace a status with one of a lower `seq`.
+    pub seq: u64,
+    /// How long the status stays valid without renewal; the store sets
+    /// `valid_until = store_now + valid_for` on its own clock.
+    pub valid_for: Duration,
+}
+
+impl InstanceStatus {
+    /// A busy status.
+    pub fn busy(lock_data: Option<String>, seq: u64, valid_for: Duration) -> Self {
+        Self { busy: true, lock_data, seq, valid_for }
+    }
+
+    /// An idle status.
+    pub fn idle(seq: u64, valid_for: Duration) -> Self {
+        Self { busy: false, lock_data: None, seq, valid_for }
+    }
+}
+
+/// One instance's entry for a key, as stored by the backend.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Entry, StoreTime};
+/// use std::time::Duration;
+///
+/// let now = StoreTime::from_unix_nanos(1_000_000_000);
+/// let entry = Entry::new("api-1", true, Some("x".into()), now + Duration::from_secs(10));
+/// assert!(entry.is_busy_at(now));
+/// assert!(!entry.is_busy_at(now + Duration::from_secs(10)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The instance's name.
+    pub instance: String,
+    /// Whether the instance said it is busy.
+    pub busy: bool,
+    /// Its lock data.
+    pub lock_data: Option<String>,
+    /// When the entry stops counting, on the store's clock.
+    pub valid_until: StoreTime,
+    /// The status sequence, when the backend knows it (0 = unknown, e.g. a .NET writer).
+    pub seq: u64,
+}
+
+impl Entry {
+    /// A new entry with unknown sequence.
+    pub fn new(
+        instance: impl Into<String>,
+        busy: bool,
+        lock_data: Option<String>,
+        valid_until: StoreTime,
+    ) -> Self {
+        Self { instance: instance.into(), busy, lock_data, valid_until, seq: 0 }
+    }
+
+    /// Sets the status sequence this entry was written with.
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    /// Busy and not expired at `now` (the store's clock). An entry whose `valid_until` equals
+    /// `now` is expired, as in .NET (`validUntil > now`).
+    pub fn is_busy_at(&self, now: StoreTime) -> bool {
+        self.busy && self.valid_until > now
+    }
+}
+
+/// Every instance's entry for one key, and the store's clock when it was read.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Entry, Snapshot, StoreTime};
+/// use std::time::Duration;
+///
+/// let now = StoreTime::from_unix_nanos(5_000_000_000);
+/// let snapshot = Snapshot::new(
+///     "payments",
+///     vec![
+///         Entry::new("a", true, Some("x".into()), now + Duration::from_secs(3)),
+///         Entry::new("b", true, None, StoreTime::from_unix_nanos(4_000_000_000)), // expired
+///         Entry::new("c", false, None, now + Duration::from_secs(9)),
+///     ],
+///     now,
+/// );
+/// assert!(snapshot.is_blocked());
+/// assert_eq!(snapshot.next_expiry(), Some(Duration::from_secs(3)));
+/// assert_eq!(snapshot.lock_data_entries(), vec!["x".to_string()]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The key.
+    pub key: String,
+    /// Every instance's entry (busy or not, expired or not).
+    pub entries: Vec<Entry>,
+    /// The store's clock when the entries were read; expiry is judged against it.
+    pub store_now: StoreTime,
+}
+
+impl Snapshot {
+    /// A new snapshot.
+    pub fn new(key: impl Into<String>, entries: Vec<Entry>, store_now: StoreTime) -> Self {
+        Self { key: key.into(), entries, store_now }
+    }
+
+    /// Whether any entry is busy and unexpired at `store_now`.
+    pub fn is_blocked(&self) -> bool {
+        self.entries.iter().any(|e| e.is_busy_at(self.store_now))
+    }
+
+    /// Time from `store_now` until the earliest busy entry expires, `None` if no entry is
+    /// busy and unexpired. The driver re-arms this on the local monotonic clock when the
+    /// snapshot arrives, so a crashed instance's key unblocks on time with no new message.
+    pub fn next_expiry(&self) -> Option<Duration> {
+        next_expiry(&self.entries, self.store_now)
+    }
+
+    /// The lock data of busy, unexpired entries, in entry order.
+    pub fn lock_data_entries(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.is_busy_at(self.store_now))
+            .filter_map(|e| e.lock_data.clone())
+            .collect()
+    }
+}
+
+pub(crate) fn next_expiry(entries: &[Entry], now: StoreTime) -> Option<Duration> {
+    entries
+        .iter()
+        .filter(|e| e.is_busy_at(now))
+        .map(|e| e.valid_until.duration_since(now))
+        .min()
+}
+
+/// What a backend subscription yields.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{BackendEvent, Snapshot, StoreTime};
+///
+/// let event = BackendEvent::Snapshot(Snapshot::new("payments", vec![], StoreTime::UNIX_EPOCH));
+/// assert!(matches!(event, BackendEvent::Snapshot(s) if !s.is_blocked()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendEvent {
+    /// The full state of a key: replaces what the subscriber knew of it.
+    Snapshot(Snapshot),
+    /// One instance's entry changed (a self-describing notification applied without a
+    /// re-read). Older sequences than what the subscriber holds are ignored.
+    Update {
+        /// The key.
+        key: String,
+        /// The instance's new entry.
+        entry: Entry,
+        /// The store's clock when the entry was written.
+        store_now: StoreTime,
+    },
+    /// The connection to the store is lost; states turn [`Status::Unknown`](crate::Status).
+    Disconnected,
+    /// The connection is back; the driver re-reads every key and re-publishes own statuses,
+    /// since the store may have restarted empty.
+    Reconnected,
+}
+
+/// Transport + store for instance statuses per key: the pluggable part of reactive-lock.
+///
+/// Implement three methods; the core does the rest (ordering, expiry, renewal, recovery,
+/// retries) the same way for every backend. Run the conformance suite in
+/// `reactive-lock-backends` against a new implementation.
+///
+/// # Contract
+///
+/// * [`publish`](Backend::publish) stores `status` as `instance`'s entry for `key`, with
+///   `valid_until = store clock + status.valid_for`, unless the stored entry has a higher
+///   `seq` (latest wins), and notifies subscribers. It resolves once the store acknowledged.
+/// * [`snapshot`](Backend::snapshot) reads every entry of `key` plus the store's clock.
+/// * [`subscribe`](Backend::subscribe) yields [`BackendEvent`]s for all `keys` on one
+///   stream (one connection for all keys where the transport allows).
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Backend, InstanceStatus, LocalBackend};
+/// use std::time::Duration;
+///
+/// # futures_lite::future::block_on(async {
+/// let backend = LocalBackend::new();
+/// backend
+///     .publish("payments", "api-1", &InstanceStatus::busy(None, 1, Duration::from_secs(10)))
+///     .await?;
+/// assert!(backend.snapshot("payments").await?.is_blocked());
+/// # Ok::<(), reactive_lock::BackendError>(())
+/// # }).unwrap();
+/// ```
+pub trait Backend: Send + Sync + 'static {
+    /// The stream [`subscribe`](Backend::subscribe) returns.
+    type Events: Stream<Item = BackendEvent> + Send + Unpin + 'static;
+
+    /// Stores and announces `instance`'s status for `key` (latest `seq` wins).
+    fn publish(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Reads every instance's entry for `key` and the store's clock.
+    fn snapshot(&self, key: &str) -> impl Future<Output = Result<Snapshot, BackendError>> + Send;
+
+    /// Subscribes to changes of all `keys`.
+    fn subscribe(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Self::Events, BackendError>> + Send;
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = BackendEvent> + Send + 'static>>;
+
+/// Object-safe mirror of [`Backend`], so that the registry, controllers and states are not
+/// generic over the backend type (users name `ReactiveLock`, not `ReactiveLock<B>`). The
+/// boxing costs one allocation per backend call, i.e. only on transitions, never on the
+/// hot path.
+pub(crate) trait DynBackend: Send + Sync + 'static {
+    fn publish_dyn<'a>(
+        &'a self,
+        key: &'a str,
+        instance: &'a str,
+        status: &'a InstanceStatus,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+    fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>>;
+    fn subscribe_dyn<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<EventStream, BackendError>>;
+}
+
+impl<B: Backend> DynBackend for B {
+    fn publish_dyn<'a>(
+        &'a self,
+        key: &'a str,
+        instance: &'a str,
+        status: &'a InstanceStatus,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.publish(key, instance, status))
+    }
+
+    fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>> {
+        Box::pin(self.snapshot(key))
+    }
+
+    fn subscribe_dyn<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<EventStream, BackendError>> {
+        Box::pin(async move {
+            let events = self.subscribe(keys).await?;
+            Ok(Box::pin(events) as EventStream)
+        })
+    }
+}

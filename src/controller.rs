@@ -1,0 +1,856 @@
+//! `TrackerController`: this instance's in-flight count for one key.
+//!
+//! The hot path — an increment or decrement that does not cross the threshold — is one
+//! atomic read-modify-write on a packed state word. Only transitions (idle → busy at the
+//! threshold, busy → idle at zero) take the slow path: apply locally, record the newest
+//! status (latest wins), publish it and resolve once the backend acknowledged.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+use crossbeam_utils::CachePadded;
+use event_listener::Event;
+
+use crate::backend::BoxFuture;
+use crate::error::{BackendError, BackendErrorKind, Error, Result};
+use crate::state::{TrackerState, epoch_is_newer};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+
+// Layout of the state word (`TrackerShared::word`, 64 bits):
+//
+//   63                              32 31                               0
+//  +----------------------------------+----------------------------------+
+//  |        COUNT (in-flight work)    |  EPOCH (transitions, wrapping)    |
+//  +----------------------------------+----------------------------------+
+//
+// EPOCH counts busy/idle transitions; transitions alternate, so the instance is busy iff
+// EPOCH is odd (bit 0 = BUSY). Keeping the epoch in the same word as the count makes each
+// transition and its ordering one atomic decision: two racing transitions get distinct,
+// ordered epochs, and the slow path drops whichever arrives late. 2^32 wraps keep parity.
+// COUNT holds up to u32::MAX in-flight operations.
+const BUSY: u64 = 1;
+const EPOCH_MASK: u64 = 0xFFFF_FFFF;
+const COUNT_SHIFT: u32 = 32;
+const COUNT_ONE: u64 = 1 << COUNT_SHIFT;
+
+const fn count_of(word: u64) -> u64 {
+    word >> COUNT_SHIFT
+}
+
+const fn epoch_of(word: u64) -> u32 {
+    (word & EPOCH_MASK) as u32
+}
+
+/// Where a registry's controller sends its transitions (implemented by the registry;
+/// absent for standalone controllers, whose transitions are local only).
+pub(crate) trait Publisher: Send + Sync + 'static {
+    /// Publishes `busy`/`data` as this instance's status for `key`.
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        busy: bool,
+        data: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Asks the background driver to publish what is pending (sync transitions, cancelled
+    /// or failed publishes).
+    fn wake_driver(&self);
+}
+
+/// The newest status to publish and what the backend has acknowledged (latest wins: only
+/// the newest status is ever sent; an older one still in flight is superseded).
+struct PublishSlot {
+    newest_epoch: u32,
+    newest_busy: bool,
+    newest_data: Option<String>,
+    /// Newest epoch the backend acknowledged.
+    acked_epoch: u32,
+    /// Newest epoch whose publish failed, and how.
+    failed: Option<(u32, BackendErrorKind, String)>,
+    /// One publisher at a time per key, so publishes reach the backend in order.
+    publishing: bool,
+}
+
+pub(crate) struct TrackerShared {
+    /// The packed state word; cache-padded so neighbouring trackers don't false-share.
+    word: CachePadded<AtomicU64>,
+    threshold: u64,
+    key: String,
+    state: TrackerState,
+    slot: Mutex<PublishSlot>,
+    /// Notified whenever a publish finishes (acked or failed) or is abandoned.
+    published: Event,
+    publisher: Option<Arc<dyn Publisher>>,
+}
+
+/// Outcome of a count change.
+enum Change {
+    None,
+    Transition { epoch: u32, busy: bool },
+}
+
+impl TrackerShared {
+    pub(crate) fn new(
+        key: String,
+        threshold: usize,
+        state: TrackerState,
+        publisher: Option<Arc<dyn Publisher>>,
+    ) -> Self {
+        TrackerShared {
+            word: CachePadded::new(AtomicU64::new(0)),
+            threshold: threshold as u64,
+            key,
+            state,
+            slot: Mutex::new(PublishSlot {
+                newest_epoch: 0,
+                newest_busy: false,
+                newest_data: None,
+                acked_epoch: 0,
+                failed: None,
+                publishing: false,
+            }),
+            published: Event::new(),
+            publisher,
+        }
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn state(&self) -> &TrackerState {
+        &self.state
+    }
+
+    /// count += 1; the busy transition if this crosses the threshold.
+    fn add_one(&self) -> Change {
+        // Hot path: one RMW. Only when this increment may have reached the threshold of an
+        // idle tracker do we look again and claim the transition with a CAS.
+        let prev = self.word.fetch_add(COUNT_ONE, Ordering::AcqRel);
+        debug_assert!(count_of(prev) < u64::from(u32::MAX), "in-flight count overflow");
+        if prev & BUSY != 0 || count_of(prev) + 1 < self.threshold {
+            return Change::None;
+        }
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            // Someone else made it busy, or decrements brought the count back below the
+            // threshold before we claimed it: either way there is no transition for us.
+            if current & BUSY != 0 || count_of(current) < self.threshold {
+                return Change::None;
+            }
+            let epoch = epoch_of(current).wrapping_add(1);
+            let next = (current & !EPOCH_MASK) | u64::from(epoch);
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Change::Transition { epoch, busy: true },
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// count = max(0, count - n); the idle transition if a busy tracker reaches zero.
+    fn sub(&self, n: usize) -> Change {
+        if n == 0 {
+            return Change::None;
+        }
+        let n = n as u64;
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            let count = count_of(current);
+            let busy = current & BUSY != 0;
+            if count == 0 && !busy {
+                return Change::None;
+            }
+            let remaining = count.saturating_sub(n);
+            // Hysteresis: busy turns idle only at zero, never between threshold-1 and 1.
+            let (next, change) = if remaining == 0 && busy {
+                let epoch = epoch_of(current).wrapping_add(1);
+                (u64::from(epoch), Change::Transition { epoch, busy: false })
+            } else {
+                ((remaining << COUNT_SHIFT) | (current & EPOCH_MASK), Change::None)
+            };
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return change,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Slow path shared by every transition: apply locally at once, record as newest.
+    /// Returns whether it has to be published.
+    fn record(&self, epoch: u32, busy: bool, data: Option<&str>) -> bool {
+        let data = if busy { data.map(String::from) } else { None };
+        self.state.apply_local_transition(epoch, busy, data.clone());
+        if self.publisher.is_none() {
+            return false;
+        }
+        let mut slot = self.slot.lock();
+        if epoch_is_newer(epoch, slot.newest_epoch) {
+            slot.newest_epoch = epoch;
+            slot.newest_busy = busy;
+            slot.newest_data = data;
+        }
+        true
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        count_of(self.word.load(Ordering::Acquire)) as usize
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.word.load(Ordering::Acquire) & BUSY != 0
+    }
+
+    /// Waits until the backend acknowledged `epoch` or a newer status, publishing itself
+    /// when no one else is (so the common case has no hand-off to another thread).
+    async fn acknowledged(&self, epoch: u32) -> Result<()> {
+        loop {
+            let listener = {
+                let slot = self.slot.lock();
+                if !epoch_is_newer(epoch, slot.acked_epoch) {
+                    return Ok(());
+                }
+                if let Some((failed, kind, message)) = &slot.failed {
+                    if !epoch_is_newer(epoch, *failed) {
+                        return Err(Error::Backend {
+                            key: self.key.clone(),
+                            source: BackendError::new(*kind, message.clone()),
+                        });
+                    }
+                }
+                if slot.publishing {
+                    Some(self.published.listen())
+                } else {
+                    None
+                }
+            };
+            match listener {
+                Some(listener) => listener.await,
+                None => {
+                    if let Err(Error::Shutdown { key }) = self.publish_newest(false).await {
+                        return Err(Error::Shutdown { key });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the newest status if it is not acknowledged yet (or, with `force`, if it is
+    /// busy: renewal and recovery re-publish it). Returns `Ok(false)` when another publisher
+    /// holds the key or there is nothing to do. The outcome is recorded for every waiter.
+    pub(crate) async fn publish_newest(&self, force: bool) -> Result<bool> {
+        let Some(publisher) = &self.publisher else { return Ok(false) };
+        let (epoch, busy, data) = {
+            let mut slot = self.slot.lock();
+            let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
+            if slot.publishing || !(pending || (force && slot.newest_busy)) {
+                return Ok(false);
+            }
+            slot.publishing = true;
+            (slot.newest_epoch, slot.newest_busy, slot.newest_data.clone())
+        };
+        // If this future is dropped mid-publish, the guard gives the key back and wakes
+        // the driver, which publishes the newest status in the background.
+        let mut guard = PublishingGuard { tracker: self, publisher: &**publisher, done: false };
+        let result = publisher.publish(&self.key, busy, data.as_deref()).await;
+        guard.done = true;
+        {
+            let mut slot = self.slot.lock();
+            slot.publishing = false;
+            match &result {
+                Ok(()) => {
+                    if epoch_is_newer(epoch, slot.acked_epoch) || epoch == slot.acked_epoch {
+                        slot.acked_epoch = epoch;
+                    }
+                    slot.failed = None;
+                }
+                Err(Error::Backend { source, .. }) => {
+                    slot.failed = Some((epoch, source.kind(), String::from(source.message())));
+                }
+                Err(Error::Shutdown { .. }) => {
+                    slot.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
+                }
+                Err(other) => {
+                    slot.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
+                }
+            }
+        }
+        self.published.notify(usize::MAX);
+        if result.is_err() {
+            publisher.wake_driver();
+        }
+        result.map(|()| true)
+    }
+
+    /// Whether the newest status still waits for an acknowledgement.
+    pub(crate) fn has_pending(&self) -> bool {
+        let slot = self.slot.lock();
+        epoch_is_newer(slot.newest_epoch, slot.acked_epoch)
+    }
+
+    /// The newest busy status this instance holds, for goodbyes and diagnostics.
+    pub(crate) fn newest_is_busy(&self) -> bool {
+        self.slot.lock().newest_busy
+    }
+
+    fn increment_sync(&self, data: Option<&str>) -> Option<u32> {
+        match self.add_one() {
+            Change::None => None,
+            Change::Transition { epoch, busy } => self.record(epoch, busy, data).then_some(epoch),
+        }
+    }
+
+    fn decrement_sync(&self, n: usize) -> Option<u32> {
+        match self.sub(n) {
+            Change::None => None,
+            Change::Transition { epoch, busy } => self.record(epoch, busy, None).then_some(epoch),
+        }
+    }
+
+    fn wake_driver(&self) {
+        if let Some(publisher) = &self.publisher {
+            publisher.wake_driver();
+        }
+    }
+}
+
+struct PublishingGuard<'a> {
+    tracker: &'a TrackerShared,
+    publisher: &'a dyn Publisher,
+    done: bool,
+}
+
+impl Drop for PublishingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.tracker.slot.lock().publishing = false;
+            self.tracker.published.notify(usize::MAX);
+            self.publisher.wake_driver();
+        }
+    }
+}
+
+/// This instance's in-flight work counter for one key.
+///
+/// `increment` at the [busy threshold](Self::busy_threshold) makes the instance busy for
+/// the key (with the increment's lock data); `decrement` back to zero makes it idle.
+/// Between 1 and the threshold it stays as it was (hysteresis). A registry's controller
+/// publishes transitions to the backend; a [standalone](Self::new) one only drives its own
+/// [`TrackerState`]. Cheap to clone (clones share the counter); `Send + Sync`.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
+///
+/// # futures_lite::future::block_on(async {
+/// let lock = ReactiveLock::builder()
+///     .instance_name("api-1")
+///     .tracker("payments", TrackerConfig::new().busy_threshold(2))
+///     .build(LocalBackend::new())
+///     .await?;
+/// let ctrl = lock.controller("payments")?;
+/// ctrl.increment(Some("batch-7")).await?;
+/// assert!(!lock.state("payments")?.is_blocked()); // 1 < threshold 2
+/// ctrl.increment(Some("batch-8")).await?;
+/// assert!(lock.state("payments")?.is_blocked());
+/// ctrl.decrement(2).await?;
+/// assert!(!lock.state("payments")?.is_blocked());
+/// # lock.shutdown().await;
+/// # Ok::<(), reactive_lock::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct TrackerController {
+    shared: Arc<TrackerShared>,
+}
+
+impl fmt::Debug for TrackerController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerController")
+            .field("key", &self.shared.key)
+            .field("count", &self.count())
+            .field("busy_threshold", &self.busy_threshold())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrackerController {
+    /// A standalone controller with its own [`TrackerState`] and no backend: transitions
+    /// apply locally and acknowledge at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if `busy_threshold` is 0 or above `u32::MAX`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_lite::future::block_on(async {
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// ctrl.increment(None).await?;
+    /// assert!(ctrl.state().is_blocked());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn new(busy_threshold: usize) -> Result<Self> {
+        Self::with_state(TrackerState::new(), busy_threshold)
+    }
+
+    /// A standalone controller driving an existing standalone `state`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if `busy_threshold` is 0 or above `u32::MAX`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{TrackerController, TrackerState};
+    /// let state = TrackerState::new();
+    /// let ctrl = TrackerController::with_state(state.clone(), 1)?;
+    /// let guard = ctrl.enter(None);
+    /// assert!(state.is_blocked());
+    /// drop(guard);
+    /// assert!(!state.is_blocked());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn with_state(state: TrackerState, busy_threshold: usize) -> Result<Self> {
+        validate_threshold("busy_threshold", busy_threshold)?;
+        Ok(Self::from_shared(Arc::new(TrackerShared::new(
+            String::new(),
+            busy_threshold,
+            state,
+            None,
+        ))))
+    }
+
+    pub(crate) fn from_shared(shared: Arc<TrackerShared>) -> Self {
+        TrackerController { shared }
+    }
+
+    /// Adds one unit of in-flight work. If it makes the count reach the threshold, this
+    /// instance turns busy with `lock_data`: that is applied locally at once and published;
+    /// the returned [`Ack`] then resolves when the backend acknowledged it (or a newer
+    /// status). Otherwise the count changes with one atomic operation and the `Ack` is
+    /// ready at once (`lock_data` is then not used).
+    ///
+    /// The count changes when `increment` is called, not when the `Ack` is awaited.
+    ///
+    /// # Errors
+    ///
+    /// The `Ack` fails with [`Error::Backend`] if publishing the transition failed (the
+    /// count stays; the driver keeps retrying in the background) or [`Error::Shutdown`]
+    /// after the registry was shut down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the `Ack` never undoes the count or the local state; the driver publishes
+    /// the transition in the background instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_lite::future::block_on(async {
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// ctrl.increment(Some("batch-7")).await?;
+    /// assert_eq!(ctrl.state().lock_data().as_deref(), Some("batch-7"));
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn increment(&self, lock_data: Option<&str>) -> Ack {
+        Ack::for_epoch(&self.shared, self.shared.increment_sync(lock_data))
+    }
+
+    /// Removes `n` units of in-flight work, saturating at zero (`decrement(0)` does
+    /// nothing). If a busy instance reaches zero, it turns idle: applied locally at once
+    /// and published, with the [`Ack`] resolving on acknowledgement as for
+    /// [`increment`](Self::increment).
+    ///
+    /// # Errors
+    ///
+    /// As for [`increment`](Self::increment).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`increment`](Self::increment): the count changes when called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_lite::future::block_on(async {
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// ctrl.increment(None).await?;
+    /// ctrl.decrement(5).await?; // saturates at zero
+    /// assert_eq!(ctrl.count(), 0);
+    /// assert!(!ctrl.state().is_blocked());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn decrement(&self, n: usize) -> Ack {
+        Ack::for_epoch(&self.shared, self.shared.decrement_sync(n))
+    }
+
+    /// Increments synchronously and returns a guard whose drop decrements by one — also
+    /// on panic/unwind and when the future holding it is cancelled. Transitions made here
+    /// or in the drop are applied locally at once and published by the background driver
+    /// (a guard cannot await).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// {
+    ///     let _guard = ctrl.enter(Some("batch-7"));
+    ///     assert!(ctrl.state().is_blocked());
+    /// }
+    /// assert!(!ctrl.state().is_blocked());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn enter(&self, lock_data: Option<&str>) -> TrackerGuard<'_> {
+        if self.shared.increment_sync(lock_data).is_some() {
+            self.shared.wake_driver();
+        }
+        TrackerGuard { shared: &self.shared }
+    }
+
+    /// Like [`enter`](Self::enter), but the guard owns a handle to the controller, so it is
+    /// `'static` and can move into spawned tasks (one more atomic operation per enter/drop).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// let guard = ctrl.enter_owned(None);
+    /// std::thread::spawn(move || drop(guard)).join().unwrap();
+    /// assert_eq!(ctrl.count(), 0);
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn enter_owned(&self, lock_data: Option<&str>) -> OwnedTrackerGuard {
+        if self.shared.increment_sync(lock_data).is_some() {
+            self.shared.wake_driver();
+        }
+        OwnedTrackerGuard { shared: self.shared.clone() }
+    }
+
+    /// The current in-flight count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctrl = reactive_lock::TrackerController::new(3)?;
+    /// let _g = ctrl.enter(None);
+    /// assert_eq!(ctrl.count(), 1);
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn count(&self) -> usize {
+        self.shared.count()
+    }
+
+    /// The count at which this instance turns busy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(reactive_lock::TrackerController::new(3)?.busy_threshold(), 3);
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn busy_threshold(&self) -> usize {
+        self.shared.threshold as usize
+    }
+
+    /// Whether this instance is busy for the key (its own status, not the aggregate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// let _g = ctrl.enter(None);
+    /// assert!(ctrl.is_busy());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn is_busy(&self) -> bool {
+        self.shared.is_busy()
+    }
+
+    /// The key's aggregate state (shared with [`ReactiveLock::state`](crate::ReactiveLock::state)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// assert!(!ctrl.state().is_blocked());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn state(&self) -> &TrackerState {
+        &self.shared.state
+    }
+
+    /// The key this controller counts for (empty for a standalone controller).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(reactive_lock::TrackerController::new(1)?.key(), "");
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+}
+
+pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
+    if threshold == 0 || threshold as u64 > u64::from(u32::MAX) {
+        return Err(Error::InvalidConfig {
+            field: field.into(),
+            reason: alloc::format!("must be between 1 and {}, got {threshold}", u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// Resolves when a transition was acknowledged by the backend; ready at once for a
+/// non-transition change. Returned by [`TrackerController::increment`] and
+/// [`TrackerController::decrement`]. `'static` and `Send`, so it can be spawned.
+///
+/// # Cancel safety
+///
+/// Dropping it never undoes the count change, which happened when it was created; an
+/// unpublished transition is then published by the driver in the background.
+///
+/// # Examples
+///
+/// ```
+/// # futures_lite::future::block_on(async {
+/// let ctrl = reactive_lock::TrackerController::new(2)?;
+/// let ack = ctrl.increment(None); // the count is already 1
+/// assert_eq!(ctrl.count(), 1);
+/// ack.await?;
+/// # Ok::<(), reactive_lock::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "the count already changed; await the Ack to know the backend has the transition"]
+pub struct Ack {
+    pending: Option<BoxFuture<'static, Result<()>>>,
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ack").field("pending", &self.pending.is_some()).finish()
+    }
+}
+
+impl Ack {
+    fn for_epoch(shared: &Arc<TrackerShared>, epoch: Option<u32>) -> Ack {
+        match epoch {
+            None => Ack { pending: None },
+            Some(epoch) => {
+                let shared = shared.clone();
+                Ack { pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })) }
+            }
+        }
+    }
+
+    /// Whether this was a non-transition change that needs no acknowledgement.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctrl = reactive_lock::TrackerController::new(2)?;
+    /// assert!(ctrl.increment(None).is_immediate());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// ```
+    pub fn is_immediate(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
+impl Future for Ack {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &mut self.pending {
+            None => Poll::Ready(Ok(())),
+            Some(fut) => {
+                let out = core::task::ready!(fut.as_mut().poll(cx));
+                self.pending = None;
+                Poll::Ready(out)
+            }
+        }
+    }
+}
+
+/// Decrements its controller by one when dropped. Returned by [`TrackerController::enter`].
+///
+/// # Examples
+///
+/// ```
+/// let ctrl = reactive_lock::TrackerController::new(1)?;
+/// let guard = ctrl.enter(None);
+/// assert_eq!(ctrl.count(), 1);
+/// drop(guard);
+/// assert_eq!(ctrl.count(), 0);
+/// # Ok::<(), reactive_lock::Error>(())
+/// ```
+#[must_use = "dropping the guard at once decrements again"]
+pub struct TrackerGuard<'a> {
+    shared: &'a TrackerShared,
+}
+
+impl fmt::Debug for TrackerGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerGuard").field("key", &self.shared.key).finish()
+    }
+}
+
+impl Drop for TrackerGuard<'_> {
+    fn drop(&mut self) {
+        if self.shared.decrement_sync(1).is_some() {
+            self.shared.wake_driver();
+        }
+    }
+}
+
+/// A `'static` guard that decrements its controller by one when dropped. Returned by
+/// [`TrackerController::enter_owned`].
+///
+/// # Examples
+///
+/// ```
+/// let ctrl = reactive_lock::TrackerController::new(1)?;
+/// let guard = ctrl.enter_owned(None);
+/// drop(guard);
+/// assert!(!ctrl.is_busy());
+/// # Ok::<(), reactive_lock::Error>(())
+/// ```
+#[must_use = "dropping the guard at once decrements again"]
+pub struct OwnedTrackerGuard {
+    shared: Arc<TrackerShared>,
+}
+
+impl fmt::Debug for OwnedTrackerGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedTrackerGuard").field("key", &self.shared.key).finish()
+    }
+}
+
+impl Drop for OwnedTrackerGuard {
+    fn drop(&mut self) {
+        if self.shared.decrement_sync(1).is_some() {
+            self.shared.wake_driver();
+        }
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn threshold_and_hysteresis() {
+        let ctrl = TrackerController::new(3).unwrap();
+        block_on(async {
+            ctrl.increment(None).await.unwrap();
+            ctrl.increment(None).await.unwrap();
+            assert!(!ctrl.is_busy() && !ctrl.state().is_blocked(), "2 < 3");
+            assert!(!ctrl.increment(Some("d")).is_immediate(), "3 crosses the threshold");
+            assert!(ctrl.state().is_blocked());
+            assert_eq!(ctrl.state().lock_data().as_deref(), Some("d"));
+            ctrl.decrement(1).await.unwrap();
+            assert!(ctrl.is_busy(), "2 after busy: still busy (hysteresis)");
+            ctrl.increment(None).await.unwrap();
+            ctrl.decrement(2).await.unwrap();
+            assert!(ctrl.is_busy(), "1: still busy");
+            ctrl.decrement(1).await.unwrap();
+            assert!(!ctrl.is_busy() && !ctrl.state().is_blocked(), "0: idle");
+        });
+    }
+
+    #[test]
+    fn decrement_saturates_and_zero_is_noop() {
+        let ctrl = TrackerController::new(1).unwrap();
+        block_on(async {
+            assert!(ctrl.decrement(0).is_immediate());
+            ctrl.decrement(10).await.unwrap();
+            assert_eq!(ctrl.count(), 0);
+            ctrl.increment(None).await.unwrap();
+            ctrl.decrement(0).await.unwrap();
+            assert_eq!(ctrl.count(), 1);
+            assert!(ctrl.is_busy());
+            ctrl.decrement(usize::MAX).await.unwrap();
+            assert_eq!(ctrl.count(), 0);
+            assert!(!ctrl.is_busy());
+        });
+    }
+
+    #[test]
+    fn invalid_threshold_is_rejected() {
+        match TrackerController::new(0) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "busy_threshold"),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn guard_decrements_on_panic() {
+        let ctrl = TrackerController::new(1).unwrap();
+        let c = ctrl.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _g = c.enter(None);
+            panic!("work failed");
+        }));
+        assert!(r.is_err());
+        assert_eq!(ctrl.count(), 0);
+        assert!(!ctrl.state().is_blocked());
+    }
+
+    #[test]
+    fn guard_decrements_on_cancel() {
+        let ctrl = TrackerController::new(1).unwrap();
+        let c = ctrl.clone();
+        let fut = async move {
+            let _g = c.enter(None);
+            futures_lite::future::pending::<()>().await;
+        };
+        let mut fut = Box::pin(fut);
+        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut fut)).is_none());
+        assert!(ctrl.is_busy());
+        drop(fut);
+        assert!(!ctrl.is_busy());
+    }
+
+    #[test]
+    fn threaded_stress_8x100k() {
+        let ctrl = TrackerController::new(1).unwrap();
+        let threads: std::vec::Vec<_> = (0..8)
+            .map(|_| {
+                let ctrl = ctrl.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100_000 {
+                        drop(ctrl.enter(None));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(ctrl.count(), 0);
+        assert!(!ctrl.is_busy());
+        assert!(!ctrl.state().is_blocked(), "local state must follow the last transition");
+    }
+}

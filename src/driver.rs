@@ -1,0 +1,456 @@
+//! The driver: the background work that is the same for every backend.
+//!
+//! * **renewal** — re-publish own busy statuses every `renewal` (before they expire);
+//! * **expiry** — re-evaluate each key at the earliest `valid_until` among busy entries, on
+//!   the local monotonic clock re-armed from the store's clock, so a crashed instance's key
+//!   unblocks on time with no new message;
+//! * **delivery** — apply the subscription's snapshots and updates to the states;
+//! * **publishing in the background** — transitions made by guards (which cannot await),
+//!   by cancelled or failed `Ack`s;
+//! * **recovery** — after a reconnect: re-read every key and re-publish own busy statuses
+//!   (the store may have restarted empty); resubscribe when the stream ends; `Unknown`
+//!   status meanwhile; retries with exponential backoff and jitter (backon).
+//!
+//! It is one future. [`ReactiveLockBuilder::build`](crate::ReactiveLockBuilder::build) runs
+//! it on its own thread with `async_io::block_on` (no application runtime needed; timers
+//! from async-io); [`build_with_driver`](crate::ReactiveLockBuilder::build_with_driver)
+//! hands it to the caller's executor instead.
+
+use std::boxed::Box;
+use std::pin::Pin;
+use std::string::String;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use std::vec::Vec;
+
+use backon::BackoffBuilder;
+use event_listener::Event;
+use futures_lite::StreamExt;
+
+use crate::backend::{BackendEvent, DynBackend, EventStream};
+use crate::controller::TrackerShared;
+use crate::error::{Error, Result};
+use crate::registry::{RegistryPublisher, Resilience};
+
+/// Counters of a registry's background work (monotonic since build).
+///
+/// # Examples
+///
+/// ```
+/// let metrics = reactive_lock::Metrics::default();
+/// assert_eq!(metrics.publishes, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Statuses the backend acknowledged (transitions, renewals, recovery).
+    pub publishes: u64,
+    /// Publishes that failed (each is retried).
+    pub publish_failures: u64,
+    /// Renewal rounds.
+    pub renewals: u64,
+    /// Full snapshots applied (initial sync, resyncs, read-through waits, notifications).
+    pub snapshots_applied: u64,
+    /// Single-entry updates applied.
+    pub updates_applied: u64,
+    /// Times the backend connection was lost (subscription ended or reported so).
+    pub disconnects: u64,
+    /// Completed recoveries (re-read + re-publish after a reconnect or resubscribe).
+    pub resyncs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    renewals: AtomicU64,
+    snapshots_applied: AtomicU64,
+    updates_applied: AtomicU64,
+    disconnects: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) struct DriverShared {
+    backend: Arc<dyn DynBackend>,
+    trackers: Vec<Arc<TrackerShared>>,
+    keys: Vec<String>,
+    resilience: Resilience,
+    wake: Arc<Event>,
+    publisher: Arc<RegistryPublisher>,
+    stop: AtomicBool,
+    running: AtomicBool,
+    done: AtomicBool,
+    done_event: Event,
+    counters: Counters,
+}
+
+impl DriverShared {
+    pub(crate) fn new(
+        _instance: String,
+        backend: Arc<dyn DynBackend>,
+        trackers: Vec<Arc<TrackerShared>>,
+        resilience: Resilience,
+        wake: Arc<Event>,
+        publisher: Arc<RegistryPublisher>,
+    ) -> Self {
+        let keys = trackers.iter().map(|t| String::from(t.key())).collect();
+        DriverShared {
+            backend,
+            trackers,
+            keys,
+            resilience,
+            wake,
+            publisher,
+            stop: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            done_event: Event::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn trackers(&self) -> &[Arc<TrackerShared>] {
+        &self.trackers
+    }
+
+    pub(crate) fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    pub(crate) fn metrics(&self) -> Metrics {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Metrics {
+            publishes: get(&self.publisher.publishes),
+            publish_failures: get(&self.publisher.publish_failures),
+            renewals: get(&c.renewals),
+            snapshots_applied: get(&c.snapshots_applied),
+            updates_applied: get(&c.updates_applied),
+            disconnects: get(&c.disconnects),
+            resyncs: get(&c.resyncs),
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify(usize::MAX);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a running driver has finished (at once if it never started).
+    pub(crate) async fn stopped(&self) {
+        loop {
+            if !self.running.load(Ordering::SeqCst) || self.done.load(Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.done_event.listen();
+            if !self.running.load(Ordering::SeqCst) || self.done.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Subscribes to every key, then reads each: the subscription comes first so that no
+    /// change can fall between the read and the subscription.
+    pub(crate) async fn initial_sync(&self) -> Result<EventStream> {
+        let events = self.backend.subscribe_dyn(&self.keys).await.map_err(|source| {
+            Error::Backend { key: self.keys.join(","), source }
+        })?;
+        self.read_all().await?;
+        Ok(events)
+    }
+
+    async fn read_all(&self) -> Result<()> {
+        for tracker in &self.trackers {
+            let snapshot = self
+                .backend
+                .snapshot_dyn(tracker.key())
+                .await
+                .map_err(|source| Error::Backend { key: tracker.key().into(), source })?;
+            tracker.state().apply_snapshot(&snapshot);
+            bump(&self.counters.snapshots_applied);
+        }
+        Ok(())
+    }
+
+    fn set_all_connected(&self, connected: bool) {
+        for tracker in &self.trackers {
+            tracker.state().set_connected(connected);
+        }
+    }
+
+    fn tracker(&self, key: &str) -> Option<&Arc<TrackerShared>> {
+        self.trackers.iter().find(|t| t.key() == key)
+    }
+
+    /// Publishes through the tracker's latest-wins slot, counting the outcome.
+    async fn publish(&self, tracker: &TrackerShared, force: bool) -> Result<()> {
+        match tracker.publish_newest(force).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(key = tracker.key(), %error, "reactive-lock: publish failed; retrying with backoff");
+                Err(error)
+            }
+        }
+    }
+
+    /// Recovery: re-read every key, re-publish own busy statuses.
+    async fn resync(&self) -> Result<()> {
+        self.read_all().await?;
+        for tracker in &self.trackers {
+            self.publish(tracker, true).await?;
+        }
+        bump(&self.counters.resyncs);
+        Ok(())
+    }
+
+    fn handle(&self, event: BackendEvent, state: &mut Loop) {
+        match event {
+            BackendEvent::Snapshot(snapshot) => {
+                if let Some(tracker) = self.tracker(&snapshot.key) {
+                    tracker.state().apply_snapshot(&snapshot);
+                    bump(&self.counters.snapshots_applied);
+                }
+            }
+            BackendEvent::Update { key, entry, store_now } => {
+                if let Some(tracker) = self.tracker(&key) {
+                    tracker.state().apply_update(&entry, store_now);
+                    bump(&self.counters.updates_applied);
+                }
+            }
+            BackendEvent::Disconnected => {
+                tracing::warn!("reactive-lock: backend disconnected; status Unknown");
+                bump(&self.counters.disconnects);
+                self.set_all_connected(false);
+            }
+            BackendEvent::Reconnected => {
+                tracing::info!("reactive-lock: backend reconnected; recovering");
+                state.resync_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+}
+
+/// The driver's loop-carried state.
+struct Loop {
+    events: Option<EventStream>,
+    /// Set while a recovery is due; the instant it became due.
+    resync_since: Option<Instant>,
+    /// Earliest instant of the next retry after a failure.
+    retry_at: Option<Instant>,
+    backoff: backon::ExponentialBackoff,
+    next_renewal: Instant,
+}
+
+enum Woke {
+    Event(Option<BackendEvent>),
+    Signal,
+    Timer,
+}
+
+/// The registry's background work as a future. Returned by
+/// [`ReactiveLockBuilder::build_with_driver`](crate::ReactiveLockBuilder::build_with_driver)
+/// to run on the caller's executor; it completes after
+/// [`ReactiveLock::shutdown`](crate::ReactiveLock::shutdown) or when the registry is
+/// dropped. It needs no particular runtime (timers are async-io's).
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
+///
+/// # fn main() -> Result<(), reactive_lock::Error> {
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// rt.block_on(async {
+///     let (lock, driver) = ReactiveLock::builder()
+///         .tracker("payments", TrackerConfig::new())
+///         .build_with_driver(LocalBackend::new())
+///         .await?;
+///     let task = tokio::spawn(driver);
+///     lock.shutdown().await;
+///     task.await.unwrap();
+///     Ok(())
+/// })
+/// # }
+/// ```
+#[must_use = "the driver does nothing unless polled: spawn it"]
+pub struct Driver {
+    future: Pin<Box<dyn core::future::Future<Output = ()> + Send + 'static>>,
+}
+
+impl core::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(shared: Arc<DriverShared>, events: EventStream) -> Self {
+        Driver { future: Box::pin(run(shared, events)) }
+    }
+}
+
+impl core::future::Future for Driver {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+/// Marks the driver finished however it ends (also when its task is cancelled).
+struct DoneOnDrop(Arc<DriverShared>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::SeqCst);
+        self.0.done_event.notify(usize::MAX);
+    }
+}
+
+fn new_backoff() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(core::time::Duration::from_millis(50))
+        .with_max_delay(core::time::Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn run(shared: Arc<DriverShared>, events: EventStream) {
+    shared.running.store(true, Ordering::SeqCst);
+    let _done = DoneOnDrop(shared.clone());
+    let mut st = Loop {
+        events: Some(events),
+        resync_since: None,
+        retry_at: None,
+        backoff: new_backoff(),
+        next_renewal: Instant::now() + shared.resilience.renewal,
+    };
+    loop {
+        // Register for wake-ups before doing the work, so a wake during the work is kept.
+        let signal = shared.wake.listen();
+        if shared.stopping() {
+            return;
+        }
+        step(&shared, &mut st).await;
+        if shared.stopping() {
+            return;
+        }
+
+        let now = Instant::now();
+        let mut deadline = st.next_renewal;
+        if let Some(t) = st.retry_at {
+            deadline = deadline.min(t);
+        }
+        for tracker in &shared.trackers {
+            if let Some(t) = tracker.state().advance_clock(now) {
+                deadline = deadline.min(t);
+            }
+        }
+        // Events first: under a flood the loop body still runs after every event, so
+        // renewals and expiry never starve.
+        let events = &mut st.events;
+        let woke = futures_lite::future::or(
+            async {
+                match events {
+                    Some(stream) => Woke::Event(stream.next().await),
+                    None => futures_lite::future::pending().await,
+                }
+            },
+            futures_lite::future::or(
+                async {
+                    signal.await;
+                    Woke::Signal
+                },
+                async {
+                    async_io::Timer::at(deadline).await;
+                    Woke::Timer
+                },
+            ),
+        )
+        .await;
+        match woke {
+            Woke::Event(Some(event)) => shared.handle(event, &mut st),
+            Woke::Event(None) => {
+                tracing::warn!("reactive-lock: subscription ended; resubscribing");
+                bump(&shared.counters.disconnects);
+                st.events = None;
+                shared.set_all_connected(false);
+            }
+            Woke::Signal | Woke::Timer => {}
+        }
+    }
+}
+
+/// One round of the driver's work: (re)subscribe, recover, publish what is pending, renew.
+async fn step(shared: &DriverShared, st: &mut Loop) {
+    let now = Instant::now();
+    let may_retry = st.retry_at.is_none_or(|t| now >= t);
+    let mut failed = false;
+
+    if st.events.is_none() && may_retry {
+        match shared.backend.subscribe_dyn(&shared.keys).await {
+            Ok(events) => {
+                st.events = Some(events);
+                st.resync_since.get_or_insert(now);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reactive-lock: subscribe failed; retrying with backoff");
+                shared.set_all_connected(false);
+                failed = true;
+            }
+        }
+    }
+
+    if let (Some(since), Some(_)) = (st.resync_since, &st.events) {
+        if may_retry && !failed {
+            match shared.resync().await {
+                Ok(()) => st.resync_since = None,
+                Err(error) => {
+                    tracing::warn!(%error, "reactive-lock: recovery failed; retrying");
+                    failed = true;
+                    if since.elapsed() > shared.resilience.recovery {
+                        tracing::warn!("reactive-lock: recovery window exceeded; resubscribing");
+                        st.events = None;
+                        st.resync_since = None;
+                        shared.set_all_connected(false);
+                    }
+                }
+            }
+        }
+    }
+
+    if may_retry && !failed {
+        for tracker in &shared.trackers {
+            if tracker.has_pending() && shared.publish(tracker, false).await.is_err() {
+                failed = true;
+            }
+        }
+    }
+
+    if Instant::now() >= st.next_renewal {
+        bump(&shared.counters.renewals);
+        for tracker in &shared.trackers {
+            if tracker.newest_is_busy() && shared.publish(tracker, true).await.is_err() {
+                failed = true;
+            }
+        }
+        st.next_renewal = Instant::now() + shared.resilience.renewal;
+    }
+
+    if failed {
+        let delay = st.backoff.next().unwrap_or(core::time::Duration::from_secs(5));
+        st.retry_at = Some(Instant::now() + delay);
+    } else if may_retry {
+        st.retry_at = None;
+        st.backoff = new_backoff();
+    }
+}

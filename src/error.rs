@@ -1,0 +1,171 @@
+//! Errors of the whole crate: one `#[non_exhaustive]` enum, each variant with its context.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use core::fmt;
+use core::time::Duration;
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Everything that can go wrong in reactive-lock.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Error, LocalBackend, ReactiveLock, TrackerConfig};
+///
+/// # futures_lite::future::block_on(async {
+/// let lock = ReactiveLock::builder()
+///     .tracker("payments", TrackerConfig::new())
+///     .build(LocalBackend::new())
+///     .await?;
+/// match lock.controller("orders") {
+///     Err(Error::UnknownTracker(name)) => assert_eq!(name, "orders"),
+///     other => panic!("expected UnknownTracker, got {other:?}"),
+/// }
+/// # lock.shutdown().await;
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tracker name that was never registered with the builder.
+    #[error("unknown tracker `{0}`: register it with ReactiveLockBuilder::tracker before build")]
+    UnknownTracker(String),
+
+    /// The builder was given a configuration that cannot work; `field` names the setting.
+    #[error("invalid configuration `{field}`: {reason}")]
+    InvalidConfig {
+        /// The offending setting, e.g. `instance_name` or `tracker[payments].busy_threshold`.
+        field: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// The backend failed an operation for a key.
+    #[error("backend failed for key `{key}`: {source}")]
+    Backend {
+        /// The tracker key the operation was for.
+        key: String,
+        /// What the backend reported.
+        #[source]
+        source: BackendError,
+    },
+
+    /// The registry was shut down (or dropped); the tracker no longer publishes.
+    #[error("reactive lock is shut down; key `{key}` no longer publishes")]
+    Shutdown {
+        /// The tracker key the operation was for.
+        key: String,
+    },
+}
+
+/// A wait gave up because its time limit passed while the key was still blocked.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Timeout, TrackerState};
+/// use std::time::Duration;
+///
+/// # futures_lite::future::block_on(async {
+/// let state = TrackerState::new();
+/// state.set_blocked(None);
+/// let err: Timeout = state
+///     .wait_if_blocked_timeout(Duration::from_millis(10))
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.waited(), Duration::from_millis(10));
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("still blocked after waiting {waited:?}")]
+pub struct Timeout {
+    pub(crate) waited: Duration,
+}
+
+impl Timeout {
+    /// How long the wait lasted before giving up.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+/// What kind of failure a [`BackendError`] is, so callers can decide whether to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The store cannot be reached right now (connection refused, lost, timed out).
+    /// The driver retries these with backoff.
+    Unavailable,
+    /// The store refused the request (authentication, a limit, a malformed request).
+    Rejected,
+    /// The backend was closed on purpose.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+/// An error reported by a [`Backend`](crate::Backend) implementation.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{BackendError, BackendErrorKind};
+///
+/// let err = BackendError::new(BackendErrorKind::Unavailable, "connection refused by 127.0.0.1:6379");
+/// assert_eq!(err.kind(), BackendErrorKind::Unavailable);
+/// assert!(err.to_string().contains("127.0.0.1:6379"));
+/// ```
+pub struct BackendError {
+    kind: BackendErrorKind,
+    message: String,
+    source: Option<Box<dyn core::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A new error of `kind` with a message that says what failed and where.
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
+
+    /// Attaches the underlying error (kept for [`core::error::Error::source`]).
+    pub fn with_source(mut self, source: impl core::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> BackendErrorKind {
+        self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl core::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn core::error::Error + 'static))
+    }
+}

@@ -1,0 +1,970 @@
+//! `TrackerState`: the aggregate, reactive view of one key.
+//!
+//! A key is **blocked** while this instance is busy for it (its local entry) or any other
+//! instance's entry is busy and unexpired on the store's clock. Readers check a single atomic
+//! byte; waiters use an `event_listener::Event` (register, re-check, await: no lost wake-ups);
+//! changes of the aggregate run the `on_blocked` / `on_unblocked` handlers in order, exactly
+//! once each, never while a lock is held.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+use event_listener::{Event, EventListener};
+use futures_core::Stream;
+
+use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
+use crate::sync::{AtomicBool, AtomicU8, AtomicU64, Mutex, Ordering};
+
+/// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
+/// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
+pub const LOCK_DATA_SEPARATOR: &str = "#REACTIVELOCK#";
+
+/// A key's aggregate status.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Status, TrackerState};
+///
+/// let state = TrackerState::new();
+/// assert_eq!(state.status(), Status::Unblocked);
+/// state.set_blocked(None);
+/// assert_eq!(state.status(), Status::Blocked);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// No instance is busy for the key.
+    Unblocked,
+    /// Some instance (maybe this one) is busy for the key.
+    Blocked,
+    /// The backend is unreachable, so other instances' statuses are not known. What
+    /// [`TrackerState::is_blocked`] answers then is set by the [`UnknownPolicy`].
+    Unknown,
+}
+
+/// What [`TrackerState::is_blocked`] (and so the waits) answer while the status is
+/// [`Status::Unknown`]. This instance's own busy status is always known and always blocks.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{TrackerConfig, UnknownPolicy};
+///
+/// let config = TrackerConfig::new().unknown_policy(UnknownPolicy::Blocked);
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UnknownPolicy {
+    /// Keep answering from the last known entries (still honouring their expiry): the .NET
+    /// ReactiveLock's behaviour, and the default.
+    #[default]
+    KeepLast,
+    /// Treat the key as blocked until the backend is back (fail closed).
+    Blocked,
+    /// Treat the key as unblocked until the backend is back (fail open).
+    Unblocked,
+}
+
+// Layout of `StateInner::flags` (one byte, read lock-free by `is_blocked` / `status`):
+//
+//   bit 0  BLOCKED  effective answer of is_blocked(), policy applied
+//   bit 1  UNKNOWN  the backend is unreachable and this instance is not busy itself
+const BLOCKED: u8 = 1;
+const UNKNOWN: u8 = 2;
+
+type Handler = Arc<dyn Fn() + Send + Sync + 'static>;
+
+/// The reactive, aggregate view of one key: blocked or not, lock data, waits and handlers.
+///
+/// A registry hands one out per tracker ([`ReactiveLock::state`](crate::ReactiveLock::state));
+/// [`TrackerState::new`] makes a standalone one driven only by
+/// [`set_blocked`](Self::set_blocked) / [`set_unblocked`](Self::set_unblocked). It is a cheap
+/// handle: clones share the same state. `Send + Sync`.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::TrackerState;
+///
+/// # futures_lite::future::block_on(async {
+/// let state = TrackerState::new();
+/// assert!(!state.wait_if_blocked().await); // unblocked: returns at once
+///
+/// state.set_blocked(Some("batch-7"));
+/// assert_eq!(state.lock_data().as_deref(), Some("batch-7"));
+/// let waiter = {
+///     let state = state.clone();
+///     std::thread::spawn(move || state.wait_if_blocked_blocking())
+/// };
+/// state.set_unblocked();
+/// assert!(waiter.join().unwrap() || !state.is_blocked());
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct TrackerState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    /// `BLOCKED | UNKNOWN`, see the layout above. SeqCst pairs with the full fence in
+    /// `Event::notify`/`listen`, so a waiter that registered before re-checking cannot miss
+    /// a change stored before the notify.
+    flags: AtomicU8,
+    /// Bumped on every change of `flags`, for [`StatusChanges`].
+    version: AtomicU64,
+    /// Notified on every change of `flags`.
+    changed: Event,
+    data: Mutex<StateData>,
+    /// Set while one thread runs the handler queue; others leave their items to it.
+    dispatching: AtomicBool,
+    handlers: Mutex<Handlers>,
+    policy: UnknownPolicy,
+    link: Option<Link>,
+}
+
+/// How a registry's state reads through to the store.
+pub(crate) struct Link {
+    pub(crate) backend: Arc<dyn DynBackend>,
+    pub(crate) key: String,
+    pub(crate) own_instance: String,
+    /// Wakes the driver so it re-arms its expiry timer after a read-through.
+    #[cfg(feature = "std")]
+    pub(crate) driver_wake: Arc<Event>,
+}
+
+#[derive(Default)]
+struct Handlers {
+    on_blocked: Vec<Handler>,
+    on_unblocked: Vec<Handler>,
+}
+
+struct StateData {
+    local_busy: bool,
+    local_data: Option<String>,
+    /// Epoch of the controller transition last applied; older ones are dropped (two racing
+    /// transitions may reach here in either order).
+    local_epoch: u32,
+    /// Other instances' entries (never this instance's: its own state is authoritative here
+    /// and applied before any I/O, so a stale echo from the store must not override it).
+    remote: Vec<Entry>,
+    /// The store's clock as last known (from a snapshot, an update, or advanced by the
+    /// driver's timer), against which `remote` expiry is judged.
+    remote_now: StoreTime,
+    /// The local monotonic instant at which `remote_now` was true.
+    #[cfg(feature = "std")]
+    clock_base: Option<std::time::Instant>,
+    connected: bool,
+    /// Blocked-flag changes not yet handed to the handlers, oldest first.
+    pending: VecDeque<bool>,
+}
+
+impl Default for TrackerState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for TrackerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerState")
+            .field("status", &self.status())
+            .field("is_blocked", &self.is_blocked())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrackerState {
+    /// A standalone state with no backend: unblocked, driven by
+    /// [`set_blocked`](Self::set_blocked) / [`set_unblocked`](Self::set_unblocked).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert!(!state.is_blocked());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_parts(UnknownPolicy::KeepLast, None)
+    }
+
+    pub(crate) fn with_parts(policy: UnknownPolicy, link: Option<Link>) -> Self {
+        TrackerState {
+            inner: Arc::new(StateInner {
+                flags: AtomicU8::new(0),
+                version: AtomicU64::new(0),
+                changed: Event::new(),
+                data: Mutex::new(StateData {
+                    local_busy: false,
+                    local_data: None,
+                    local_epoch: 0,
+                    remote: Vec::new(),
+                    remote_now: StoreTime::UNIX_EPOCH,
+                    #[cfg(feature = "std")]
+                    clock_base: None,
+                    connected: true,
+                    pending: VecDeque::new(),
+                }),
+                dispatching: AtomicBool::new(false),
+                handlers: Mutex::new(Handlers::default()),
+                policy,
+                link,
+            }),
+        }
+    }
+
+    /// Whether the key is blocked now: this instance or another is busy (with the
+    /// [`UnknownPolicy`] applied while the status is [`Status::Unknown`]). One atomic load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// state.set_blocked(None);
+    /// assert!(state.is_blocked());
+    /// ```
+    pub fn is_blocked(&self) -> bool {
+        self.inner.flags.load(Ordering::SeqCst) & BLOCKED != 0
+    }
+
+    /// The three-state status. `Unknown` while the backend is unreachable, unless this
+    /// instance is busy itself (then `Blocked`: that much is certain).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{Status, TrackerState};
+    /// assert_eq!(TrackerState::new().status(), Status::Unblocked);
+    /// ```
+    pub fn status(&self) -> Status {
+        let flags = self.inner.flags.load(Ordering::SeqCst);
+        if flags & UNKNOWN != 0 {
+            Status::Unknown
+        } else if flags & BLOCKED != 0 {
+            Status::Blocked
+        } else {
+            Status::Unblocked
+        }
+    }
+
+    /// Waits until the key is unblocked. Returns `false` at once if it is not blocked, else
+    /// waits — woken by the change, never by polling — and returns `true`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only unregisters the waiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures_lite::future::block_on(async {
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert!(!state.wait_if_blocked().await);
+    /// # });
+    /// ```
+    pub async fn wait_if_blocked(&self) -> bool {
+        if !self.is_blocked() {
+            return false;
+        }
+        loop {
+            // Register first, then re-check: a change between the check and the await
+            // notifies this listener, so no wake-up is lost.
+            let listener = self.inner.changed.listen();
+            if !self.is_blocked() {
+                return true;
+            }
+            listener.await;
+            if !self.is_blocked() {
+                return true;
+            }
+        }
+    }
+
+    /// Like [`wait_if_blocked`](Self::wait_if_blocked), but first reads the key through to
+    /// the store (one snapshot round trip), so a change that has not reached this instance's
+    /// subscription yet is seen. On a standalone state it is `wait_if_blocked`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`](crate::Error::Backend) when the store cannot be read; nothing
+    /// was waited for then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it abandons the read and the wait, and changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let lock = ReactiveLock::builder()
+    ///     .tracker("payments", TrackerConfig::new())
+    ///     .build(LocalBackend::new())
+    ///     .await?;
+    /// assert!(!lock.state("payments")?.wait_if_blocked_consistent().await?);
+    /// # lock.shutdown().await;
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn wait_if_blocked_consistent(&self) -> crate::Result<bool> {
+        if let Some(link) = &self.inner.link {
+            let snapshot = link
+                .backend
+                .snapshot_dyn(&link.key)
+                .await
+                .map_err(|source| crate::Error::Backend { key: link.key.clone(), source })?;
+            self.apply_snapshot(&snapshot);
+            #[cfg(feature = "std")]
+            link.driver_wake.notify(usize::MAX);
+        }
+        Ok(self.wait_if_blocked().await)
+    }
+
+    /// Marks this state's local entry busy with `lock_data`. Returns whether the local
+    /// entry changed from idle to busy (re-blocking only replaces the data).
+    ///
+    /// On a registry's state this changes only this process's view; use a
+    /// [`TrackerController`](crate::TrackerController) to tell other instances.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert!(state.set_blocked(Some("x")));
+    /// assert!(!state.set_blocked(Some("y"))); // already blocked; data replaced
+    /// assert_eq!(state.lock_data().as_deref(), Some("y"));
+    /// ```
+    pub fn set_blocked(&self, lock_data: Option<&str>) -> bool {
+        self.update(|d| {
+            let changed = !d.local_busy;
+            d.local_busy = true;
+            d.local_data = lock_data.map(String::from);
+            changed
+        })
+    }
+
+    /// Marks this state's local entry idle. Returns whether it was busy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert!(!state.set_unblocked());
+    /// state.set_blocked(None);
+    /// assert!(state.set_unblocked());
+    /// ```
+    pub fn set_unblocked(&self) -> bool {
+        self.update(|d| {
+            let changed = d.local_busy;
+            d.local_busy = false;
+            d.local_data = None;
+            changed
+        })
+    }
+
+    /// The lock data of every busy, unexpired instance (this one first), joined with
+    /// [`LOCK_DATA_SEPARATOR`]; `None` if there is none. Instances busy without data add
+    /// nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert_eq!(state.lock_data(), None);
+    /// state.set_blocked(Some("batch-7"));
+    /// assert_eq!(state.lock_data().as_deref(), Some("batch-7"));
+    /// ```
+    pub fn lock_data(&self) -> Option<String> {
+        let entries = self.lock_data_entries();
+        if entries.is_empty() { None } else { Some(entries.join(LOCK_DATA_SEPARATOR)) }
+    }
+
+    /// The lock data of every busy, unexpired instance, this one first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// state.set_blocked(Some("a"));
+    /// assert_eq!(state.lock_data_entries(), vec!["a".to_string()]);
+    /// ```
+    pub fn lock_data_entries(&self) -> Vec<String> {
+        let d = self.inner.data.lock();
+        let mut out = Vec::new();
+        if d.local_busy {
+            out.extend(d.local_data.clone());
+        }
+        out.extend(
+            d.remote
+                .iter()
+                .filter(|e| e.is_busy_at(d.remote_now))
+                .filter_map(|e| e.lock_data.clone()),
+        );
+        out
+    }
+
+    /// Runs `handler` each time the key turns blocked (after the change, in change order,
+    /// once per change, on the thread that made the change: keep it short and
+    /// non-blocking). A handler may call back into the state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let state = reactive_lock::TrackerState::new();
+    /// let hits = Arc::new(AtomicUsize::new(0));
+    /// let h = hits.clone();
+    /// state.on_blocked(move || { h.fetch_add(1, Ordering::SeqCst); });
+    /// state.set_blocked(None);
+    /// state.set_blocked(Some("again")); // no change of the aggregate: no call
+    /// assert_eq!(hits.load(Ordering::SeqCst), 1);
+    /// ```
+    pub fn on_blocked(&self, handler: impl Fn() + Send + Sync + 'static) {
+        self.inner.handlers.lock().on_blocked.push(Arc::new(handler));
+    }
+
+    /// Runs `handler` each time the key turns unblocked; see [`on_blocked`](Self::on_blocked).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let state = reactive_lock::TrackerState::new();
+    /// let fired = Arc::new(AtomicBool::new(false));
+    /// let f = fired.clone();
+    /// state.on_unblocked(move || f.store(true, Ordering::SeqCst));
+    /// state.set_blocked(None);
+    /// state.set_unblocked();
+    /// assert!(fired.load(Ordering::SeqCst));
+    /// ```
+    pub fn on_unblocked(&self, handler: impl Fn() + Send + Sync + 'static) {
+        self.inner.handlers.lock().on_unblocked.push(Arc::new(handler));
+    }
+
+    /// A stream of status changes (watch semantics): yields the newest [`Status`] after each
+    /// change; changes faster than the consumer coalesce into the newest. For async handlers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures_lite::StreamExt;
+    /// use reactive_lock::{Status, TrackerState};
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let state = TrackerState::new();
+    /// let mut changes = state.changes();
+    /// state.set_blocked(None);
+    /// assert_eq!(changes.next().await, Some(Status::Blocked));
+    /// # });
+    /// ```
+    pub fn changes(&self) -> StatusChanges {
+        StatusChanges {
+            state: self.clone(),
+            seen: self.inner.version.load(Ordering::SeqCst),
+            listener: None,
+        }
+    }
+
+    // ---- crate-internal: fed by controllers and the driver --------------------------------
+
+    /// Applies a controller transition with its epoch; transitions older than the last
+    /// applied one (they raced and lost) are dropped.
+    pub(crate) fn apply_local_transition(&self, epoch: u32, busy: bool, data: Option<String>) {
+        self.update(|d| {
+            if !epoch_is_newer(epoch, d.local_epoch) {
+                return false;
+            }
+            d.local_epoch = epoch;
+            d.local_busy = busy;
+            d.local_data = if busy { data } else { None };
+            true
+        });
+    }
+
+    /// Replaces the remote entries with a snapshot's (a newer per-instance `seq` already held
+    /// wins over an older one in the snapshot) and marks the backend reachable.
+    pub(crate) fn apply_snapshot(&self, snapshot: &Snapshot) {
+        let own = self.inner.link.as_ref().map(|l| l.own_instance.as_str());
+        self.update(|d| {
+            let mut remote = Vec::with_capacity(snapshot.entries.len());
+            for entry in &snapshot.entries {
+                if Some(entry.instance.as_str()) == own {
+                    continue;
+                }
+                let held = d.remote.iter().find(|e| e.instance == entry.instance);
+                match held {
+                    Some(held) if entry.seq != 0 && held.seq > entry.seq => {
+                        remote.push(held.clone())
+                    }
+                    _ => remote.push(entry.clone()),
+                }
+            }
+            d.remote = remote;
+            d.set_clock(snapshot.store_now);
+            d.connected = true;
+            false
+        });
+    }
+
+    /// Applies one instance's changed entry, unless it is older than the one held.
+    pub(crate) fn apply_update(&self, entry: &Entry, store_now: StoreTime) {
+        let own = self.inner.link.as_ref().map(|l| l.own_instance.as_str());
+        if Some(entry.instance.as_str()) == own {
+            return;
+        }
+        self.update(|d| {
+            match d.remote.iter_mut().find(|e| e.instance == entry.instance) {
+                Some(held) if entry.seq != 0 && held.seq >= entry.seq => {}
+                Some(held) => *held = entry.clone(),
+                None => d.remote.push(entry.clone()),
+            }
+            if store_now > d.remote_now {
+                d.set_clock(store_now);
+            }
+            false
+        });
+    }
+
+    /// Marks the backend reachable or not (Unknown status and policy while not).
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.update(|d| {
+            d.connected = connected;
+            false
+        });
+    }
+
+    /// Advances the store clock estimate to `now` on the local monotonic clock and
+    /// re-evaluates expiry; returns the instant of the next expiry, if any.
+    #[cfg(feature = "std")]
+    pub(crate) fn advance_clock(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let mut next = None;
+        self.update(|d| {
+            if let Some(base) = d.clock_base {
+                let store_now = d.remote_now.saturating_add(now.saturating_duration_since(base));
+                d.remote_now = store_now;
+                d.clock_base = Some(now);
+            }
+            next = d.next_expiry_instant();
+            false
+        });
+        next
+    }
+
+    /// Runs `change` under the lock, re-evaluates the flags, wakes waiters and runs the
+    /// handlers for any change. Returns what `change` returned.
+    fn update(&self, change: impl FnOnce(&mut StateData) -> bool) -> bool {
+        let inner = &*self.inner;
+        let (result, flags_changed) = {
+            let mut d = inner.data.lock();
+            let result = change(&mut d);
+            let old = inner.flags.load(Ordering::SeqCst);
+            let new = d.evaluate(inner.policy, old);
+            if new != old {
+                if (new ^ old) & BLOCKED != 0 {
+                    d.pending.push_back(new & BLOCKED != 0);
+                }
+                inner.flags.store(new, Ordering::SeqCst);
+                inner.version.fetch_add(1, Ordering::SeqCst);
+            }
+            (result, new != old)
+        };
+        if flags_changed {
+            inner.changed.notify(usize::MAX);
+            self.dispatch_handlers();
+        }
+        result
+    }
+
+    /// Drains the handler queue unless another thread is already draining it. Handlers run
+    /// outside every lock, so they may call back into this state.
+    fn dispatch_handlers(&self) {
+        let inner = &*self.inner;
+        loop {
+            if inner.dispatching.swap(true, Ordering::AcqRel) {
+                // The thread that holds the flag re-checks the queue after releasing it.
+                return;
+            }
+            let _release = ReleaseOnDrop(&inner.dispatching);
+            loop {
+                let Some(blocked) = inner.data.lock().pending.pop_front() else { break };
+                let handlers: Vec<Handler> = {
+                    let h = inner.handlers.lock();
+                    if blocked { h.on_blocked.clone() } else { h.on_unblocked.clone() }
+                };
+                for handler in handlers {
+                    handler();
+                }
+            }
+            drop(_release);
+            // An item pushed after our last pop but before the release saw the flag held
+            // and left it to us: look once more.
+            if inner.data.lock().pending.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Clears the dispatching flag also when a handler panics, so later changes still run
+/// their handlers.
+struct ReleaseOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl StateData {
+    fn evaluate(&self, policy: UnknownPolicy, _old: u8) -> u8 {
+        if self.local_busy {
+            return BLOCKED;
+        }
+        let remote_busy = self.remote.iter().any(|e| e.is_busy_at(self.remote_now));
+        if self.connected {
+            return if remote_busy { BLOCKED } else { 0 };
+        }
+        let blocked = match policy {
+            UnknownPolicy::KeepLast => remote_busy,
+            UnknownPolicy::Blocked => true,
+            UnknownPolicy::Unblocked => false,
+        };
+        UNKNOWN | if blocked { BLOCKED } else { 0 }
+    }
+
+    fn set_clock(&mut self, store_now: StoreTime) {
+        self.remote_now = store_now;
+        #[cfg(feature = "std")]
+        {
+            self.clock_base = Some(std::time::Instant::now());
+        }
+    }
+
+    #[cfg(feature = "std")]
+    fn next_expiry_instant(&self) -> Option<std::time::Instant> {
+        let base = self.clock_base?;
+        crate::backend::next_expiry(&self.remote, self.remote_now).map(|d| base + d)
+    }
+}
+
+/// Serial-number comparison of 32-bit epochs (RFC 1982 style), so wrapping after 2^32
+/// transitions keeps the order right.
+pub(crate) fn epoch_is_newer(candidate: u32, current: u32) -> bool {
+    (candidate.wrapping_sub(current) as i32) > 0
+}
+
+/// Stream of [`Status`] changes returned by [`TrackerState::changes`].
+///
+/// # Examples
+///
+/// ```
+/// use futures_lite::StreamExt;
+/// use reactive_lock::{Status, TrackerState};
+///
+/// # futures_lite::future::block_on(async {
+/// let state = TrackerState::new();
+/// let mut changes = state.changes();
+/// state.set_blocked(None);
+/// state.set_unblocked();
+/// // Two changes before the consumer looked: it sees the newest.
+/// assert_eq!(changes.next().await, Some(Status::Unblocked));
+/// # });
+/// ```
+pub struct StatusChanges {
+    state: TrackerState,
+    seen: u64,
+    listener: Option<EventListener>,
+}
+
+impl fmt::Debug for StatusChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusChanges").field("seen", &self.seen).finish_non_exhaustive()
+    }
+}
+
+impl Stream for StatusChanges {
+    type Item = Status;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Status>> {
+        let this = &mut *self;
+        loop {
+            let version = this.state.inner.version.load(Ordering::SeqCst);
+            if version != this.seen {
+                this.seen = version;
+                this.listener = None;
+                return Poll::Ready(Some(this.state.status()));
+            }
+            match &mut this.listener {
+                None => this.listener = Some(this.state.inner.changed.listen()),
+                Some(listener) => {
+                    core::task::ready!(Pin::new(listener).poll(cx));
+                    this.listener = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl TrackerState {
+    /// Blocking twin of [`wait_if_blocked`](Self::wait_if_blocked), for sync code: parks the
+    /// thread until the key is unblocked. Returns whether it waited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert!(!state.wait_if_blocked_blocking());
+    /// ```
+    pub fn wait_if_blocked_blocking(&self) -> bool {
+        use event_listener::Listener;
+        if !self.is_blocked() {
+            return false;
+        }
+        loop {
+            let listener = self.inner.changed.listen();
+            if !self.is_blocked() {
+                return true;
+            }
+            listener.wait();
+            if !self.is_blocked() {
+                return true;
+            }
+        }
+    }
+
+    /// Blocking wait with a time limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Timeout`](crate::Timeout) if the key is still blocked after `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let state = reactive_lock::TrackerState::new();
+    /// state.set_blocked(None);
+    /// assert!(state.wait_if_blocked_blocking_timeout(Duration::from_millis(5)).is_err());
+    /// ```
+    pub fn wait_if_blocked_blocking_timeout(
+        &self,
+        timeout: core::time::Duration,
+    ) -> Result<bool, crate::Timeout> {
+        use event_listener::Listener;
+        if !self.is_blocked() {
+            return Ok(false);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let listener = self.inner.changed.listen();
+            if !self.is_blocked() {
+                return Ok(true);
+            }
+            if listener.wait_deadline(deadline).is_none() && self.is_blocked() {
+                return Err(crate::Timeout { waited: timeout });
+            }
+            if !self.is_blocked() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// [`wait_if_blocked`](Self::wait_if_blocked) with a time limit. Works on any executor
+    /// (the timer is async-io's).
+    ///
+    /// # Errors
+    ///
+    /// [`Timeout`](crate::Timeout) if the key is still blocked after `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it only unregisters the waiter and the timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # futures_lite::future::block_on(async {
+    /// let state = reactive_lock::TrackerState::new();
+    /// assert_eq!(state.wait_if_blocked_timeout(Duration::from_secs(1)).await, Ok(false));
+    /// # });
+    /// ```
+    pub async fn wait_if_blocked_timeout(
+        &self,
+        timeout: core::time::Duration,
+    ) -> Result<bool, crate::Timeout> {
+        if !self.is_blocked() {
+            return Ok(false);
+        }
+        futures_lite::future::or(async { Ok(self.wait_if_blocked().await) }, async {
+            async_io::Timer::after(timeout).await;
+            if self.is_blocked() { Err(crate::Timeout { waited: timeout }) } else { Ok(true) }
+        })
+        .await
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex as StdMutex;
+
+    fn entry(name: &str, busy: bool, data: Option<&str>, until: u64, seq: u64) -> Entry {
+        Entry::new(name, busy, data.map(String::from), StoreTime::from_unix_nanos(until))
+            .with_seq(seq)
+    }
+
+    #[test]
+    fn remote_busy_blocks_until_expiry_on_store_clock() {
+        let state = TrackerState::new();
+        let snap = Snapshot::new(
+            "k",
+            alloc::vec![entry("b", true, Some("x"), 2_000, 1)],
+            StoreTime::from_unix_nanos(1_000),
+        );
+        state.apply_snapshot(&snap);
+        assert!(state.is_blocked());
+        assert_eq!(state.lock_data().as_deref(), Some("x"));
+        // Same snapshot with the store clock at valid_until: expired (`>` not `>=`).
+        let snap = Snapshot::new("k", snap.entries.clone(), StoreTime::from_unix_nanos(2_000));
+        state.apply_snapshot(&snap);
+        assert!(!state.is_blocked());
+        assert_eq!(state.lock_data(), None);
+    }
+
+    #[test]
+    fn older_update_never_overrides_newer() {
+        let state = TrackerState::new();
+        let now = StoreTime::from_unix_nanos(1);
+        state.apply_update(&entry("b", true, Some("new"), u64::MAX, 5), now);
+        state.apply_update(&entry("b", false, None, u64::MAX, 4), now);
+        assert!(state.is_blocked());
+        // An older full snapshot keeps the newer entry too.
+        state.apply_snapshot(&Snapshot::new(
+            "k",
+            alloc::vec![entry("b", false, None, u64::MAX, 3)],
+            now,
+        ));
+        assert!(state.is_blocked());
+        state.apply_update(&entry("b", false, None, u64::MAX, 6), now);
+        assert!(!state.is_blocked());
+    }
+
+    #[test]
+    fn local_transitions_apply_in_epoch_order() {
+        let state = TrackerState::new();
+        state.apply_local_transition(2, false, None);
+        state.apply_local_transition(1, true, Some("late".into()));
+        assert!(!state.is_blocked(), "epoch 1 arrived after epoch 2 and must be dropped");
+        state.apply_local_transition(3, true, Some("d".into()));
+        assert_eq!(state.lock_data().as_deref(), Some("d"));
+        assert!(epoch_is_newer(0, u32::MAX), "wrap-around keeps order");
+        assert!(!epoch_is_newer(u32::MAX, 0));
+    }
+
+    #[test]
+    fn unknown_policies() {
+        for (policy, blocked) in [
+            (UnknownPolicy::KeepLast, true),
+            (UnknownPolicy::Blocked, true),
+            (UnknownPolicy::Unblocked, false),
+        ] {
+            let state = TrackerState::with_parts(policy, None);
+            state.apply_update(&entry("b", true, None, u64::MAX, 1), StoreTime::from_unix_nanos(1));
+            state.set_connected(false);
+            assert_eq!(state.status(), Status::Unknown);
+            assert_eq!(state.is_blocked(), blocked, "{policy:?}");
+        }
+        let state = TrackerState::with_parts(UnknownPolicy::Blocked, None);
+        state.set_connected(false);
+        assert!(state.is_blocked());
+        state.set_blocked(None);
+        assert_eq!(state.status(), Status::Blocked, "own busy status is certain");
+        state.set_unblocked();
+        state.set_connected(true);
+        assert_eq!(state.status(), Status::Unblocked);
+    }
+
+    #[test]
+    fn handlers_run_in_order_once_per_change_and_may_reenter() {
+        let state = TrackerState::new();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let (l1, l2) = (log.clone(), log.clone());
+        let reenter = state.clone();
+        let once = Arc::new(AtomicUsize::new(0));
+        let once2 = once.clone();
+        state.on_blocked(move || {
+            l1.lock().unwrap().push("blocked");
+            // Re-entrant call from a handler: must not deadlock, must be queued in order.
+            if once2.fetch_add(1, Ordering::SeqCst) == 0 {
+                reenter.set_unblocked();
+            }
+        });
+        state.on_unblocked(move || l2.lock().unwrap().push("unblocked"));
+        state.set_blocked(None);
+        state.set_blocked(None);
+        state.set_blocked(None);
+        state.set_unblocked();
+        assert_eq!(*log.lock().unwrap(), ["blocked", "unblocked", "blocked", "unblocked"]);
+    }
+
+    #[test]
+    fn panicking_handler_does_not_stop_later_handlers() {
+        let state = TrackerState::new();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        state.on_blocked(|| panic!("handler failure"));
+        state.on_unblocked(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+        });
+        let s = state.clone();
+        assert!(std::panic::catch_unwind(move || s.set_blocked(None)).is_err());
+        state.set_unblocked();
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn blocking_timeout_and_release() {
+        let state = TrackerState::new();
+        state.set_blocked(None);
+        assert_eq!(
+            state.wait_if_blocked_blocking_timeout(Duration::from_millis(20)),
+            Err(crate::Timeout { waited: Duration::from_millis(20) })
+        );
+        let s = state.clone();
+        let t = std::thread::spawn(move || s.wait_if_blocked_blocking_timeout(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        state.set_unblocked();
+        assert_eq!(t.join().unwrap(), Ok(true));
+    }
+
+    #[test]
+    fn async_timeout() {
+        futures_lite::future::block_on(async {
+            let state = TrackerState::new();
+            state.set_blocked(None);
+            let r = state.wait_if_blocked_timeout(Duration::from_millis(20)).await;
+            assert!(r.is_err());
+            let s = state.clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                s.set_unblocked();
+            });
+            assert_eq!(state.wait_if_blocked_timeout(Duration::from_secs(30)).await, Ok(true));
+            t.join().unwrap();
+        });
+    }
+}
