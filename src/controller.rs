@@ -664,7 +664,8 @@ impl Ack {
         }
     }
 
-    /// Whether this was a non-transition change that needs no acknowledgement.
+    /// Whether it needs no acknowledgement: a non-transition change, or any change of a
+    /// standalone controller (no backend).
     ///
     /// # Examples
     ///
@@ -767,7 +768,8 @@ mod tests {
             ctrl.increment(None).await.unwrap();
             ctrl.increment(None).await.unwrap();
             assert!(!ctrl.is_busy() && !ctrl.state().is_blocked(), "2 < 3");
-            assert!(!ctrl.increment(Some("d")).is_immediate(), "3 crosses the threshold");
+            ctrl.increment(Some("d")).await.unwrap();
+            assert!(ctrl.is_busy(), "3 crosses the threshold");
             assert!(ctrl.state().is_blocked());
             assert_eq!(ctrl.state().lock_data().as_deref(), Some("d"));
             ctrl.decrement(1).await.unwrap();

@@ -29,6 +29,7 @@ use crate::error::{BackendError, BackendErrorKind};
 /// # Examples
 ///
 /// ```
+/// use futures_lite::StreamExt;
 /// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
 ///
 /// # futures_lite::future::block_on(async {
@@ -38,10 +39,17 @@ use crate::error::{BackendError, BackendErrorKind};
 /// let b = ReactiveLock::builder().instance_name("b")
 ///     .tracker("payments", TrackerConfig::new()).build(backend.clone()).await?;
 ///
-/// a.controller("payments")?.increment(Some("batch-7")).await?;
-/// // B learns through the backend; a consistent wait reads through to the store.
 /// let b_state = b.state("payments")?;
-/// b_state.wait_if_blocked_consistent().await.ok();
+/// let mut changes = b_state.changes();
+/// a.controller("payments")?.increment(Some("batch-7")).await?;
+/// // B learns through the backend: its driver applies A's status in the background.
+/// while !b_state.is_blocked() {
+///     changes.next().await;
+/// }
+/// assert_eq!(b_state.lock_data().as_deref(), Some("batch-7"));
+/// a.controller("payments")?.decrement(1).await?;
+/// b_state.wait_if_blocked().await; // woken when A turns idle
+/// assert!(!b_state.is_blocked());
 /// # a.shutdown().await;
 /// # b.shutdown().await;
 /// # Ok::<(), reactive_lock::Error>(())

@@ -313,6 +313,39 @@ impl TrackerState {
     /// # }).unwrap();
     /// ```
     pub async fn wait_if_blocked_consistent(&self) -> crate::Result<bool> {
+        self.refresh().await?;
+        Ok(self.wait_if_blocked().await)
+    }
+
+    /// Reads the key through to the store now (one snapshot round trip) and applies it,
+    /// without waiting. Does nothing on a standalone state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`](crate::Error::Backend) when the store cannot be read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it abandons the read and changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let lock = ReactiveLock::builder()
+    ///     .tracker("payments", TrackerConfig::new())
+    ///     .build(LocalBackend::new())
+    ///     .await?;
+    /// let state = lock.state("payments")?;
+    /// state.refresh().await?;
+    /// assert!(!state.is_blocked());
+    /// # lock.shutdown().await;
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn refresh(&self) -> crate::Result<()> {
         if let Some(link) = &self.inner.link {
             let snapshot = link
                 .backend
@@ -320,10 +353,11 @@ impl TrackerState {
                 .await
                 .map_err(|source| crate::Error::Backend { key: link.key.clone(), source })?;
             self.apply_snapshot(&snapshot);
+            // The read may carry entries with an earlier expiry than the driver's timer.
             #[cfg(feature = "std")]
             link.driver_wake.notify(usize::MAX);
         }
-        Ok(self.wait_if_blocked().await)
+        Ok(())
     }
 
     /// Marks this state's local entry busy with `lock_data`. Returns whether the local
@@ -931,7 +965,7 @@ mod tests {
             h.fetch_add(1, Ordering::SeqCst);
         });
         let s = state.clone();
-        assert!(std::panic::catch_unwind(move || s.set_blocked(None)).is_err());
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.set_blocked(None))).is_err());
         state.set_unblocked();
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }

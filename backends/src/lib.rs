@@ -1,1 +1,11 @@
+//! Backends for [`reactive_lock`] and the conformance suite every backend passes.
+//!
+//! * [`conformance`] — the shared suite: one set of scenarios, parameterised by a
+//!   [`BackendFactory`](conformance::BackendFactory), run against
+//!   [`LocalBackend`](reactive_lock::LocalBackend) here and against every other backend in
+//!   its own tests.
+//!
+//! The Redis (feature `redis`) and gRPC (features `grpc`, `grpc-server`) backends plug into
+//! the same [`Backend`](reactive_lock::Backend) trait.
 
+pub mod conformance;
