@@ -1,0 +1,171 @@
+//! The driver under backend failure, with LocalBackend's simulated outages and restarts.
+
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use reactive_lock::{
+    Error, LocalBackend, ReactiveLock, Status, TrackerConfig, TrackerState, UnknownPolicy,
+};
+
+const KEY: &str = "k";
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn until(state: &TrackerState, what: &str, check: impl Fn(&TrackerState) -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    let mut changes = state.changes();
+    while !check(state) {
+        assert!(Instant::now() < deadline, "not within {LIMIT:?}: {what} (status {:?})", state.status());
+        futures_lite::future::or(async { changes.next().await.map(|_| ()) }, async {
+            async_io::Timer::after(Duration::from_millis(50)).await;
+            Some(())
+        })
+        .await;
+    }
+}
+
+async fn instance(backend: &LocalBackend, name: &str, policy: UnknownPolicy) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .renewal(Duration::from_millis(200))
+        .expiration(Duration::from_secs(2))
+        .unknown_policy(policy)
+        .tracker(KEY, TrackerConfig::new())
+        .build(backend.clone())
+        .await
+        .unwrap()
+}
+
+#[test]
+fn outage_gives_unknown_with_policy_then_recovers() {
+    futures_lite::future::block_on(async {
+        let backend = LocalBackend::new();
+        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let keep = instance(&backend, "keep", UnknownPolicy::KeepLast).await;
+        let closed = instance(&backend, "closed", UnknownPolicy::Blocked).await;
+        let open = instance(&backend, "open", UnknownPolicy::Unblocked).await;
+        a.controller(KEY).unwrap().increment(Some("x")).await.unwrap();
+        for l in [&keep, &closed, &open] {
+            until(&l.state(KEY).unwrap(), "blocked by a", |s| s.is_blocked()).await;
+        }
+
+        backend.set_available(false);
+        for l in [&keep, &closed, &open] {
+            until(&l.state(KEY).unwrap(), "Unknown during the outage", |s| s.status() == Status::Unknown).await;
+        }
+        assert!(keep.state(KEY).unwrap().is_blocked(), "KeepLast: last known (blocked)");
+        assert!(closed.state(KEY).unwrap().is_blocked(), "Blocked policy");
+        assert!(!open.state(KEY).unwrap().is_blocked(), "Unblocked policy");
+        assert_eq!(a.state(KEY).unwrap().status(), Status::Blocked, "own busy status is certain");
+
+        // A transition during the outage: applied locally, its Ack reports the failure,
+        // the count stays, and the driver publishes it once the store is back.
+        let ctrl = a.controller(KEY).unwrap();
+        match ctrl.decrement(1).await {
+            Err(Error::Backend { key, .. }) => assert_eq!(key, KEY),
+            other => panic!("expected a backend error during the outage, got {other:?}"),
+        }
+        assert_eq!(ctrl.count(), 0);
+        assert!(!a.state(KEY).unwrap().is_blocked(), "applied locally despite the outage");
+
+        backend.set_available(true);
+        for l in [&keep, &closed, &open] {
+            until(&l.state(KEY).unwrap(), "recovered and unblocked", |s| s.status() == Status::Unblocked).await;
+        }
+        assert!(a.metrics().publish_failures >= 1);
+        assert!(keep.metrics().resyncs >= 1 && keep.metrics().disconnects >= 1);
+        for l in [a, keep, closed, open] {
+            l.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn store_restart_is_repaired_by_recovery_and_renewal() {
+    futures_lite::future::block_on(async {
+        let backend = LocalBackend::new();
+        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let b = instance(&backend, "b", UnknownPolicy::KeepLast).await;
+        let _busy = a.controller(KEY).unwrap().enter_owned(Some("kept"));
+        let b_state = b.state(KEY).unwrap();
+        until(&b_state, "b sees a busy", |s| s.is_blocked()).await;
+
+        // The store restarts empty: renewal (every 200 ms) must put a's status back, so a
+        // read-through by b still finds it.
+        backend.set_available(false);
+        backend.clear();
+        backend.set_available(true);
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            b_state.refresh().await.unwrap();
+            if b_state.is_blocked() && b_state.lock_data().as_deref() == Some("kept") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a's busy status was not restored after the restart");
+            async_io::Timer::after(Duration::from_millis(50)).await;
+        }
+        a.shutdown().await;
+        until(&b_state, "goodbye unblocks b", |s| !s.is_blocked()).await;
+        b.shutdown().await;
+    });
+}
+
+#[test]
+fn guard_transitions_are_published_by_the_driver() {
+    futures_lite::future::block_on(async {
+        let backend = LocalBackend::new();
+        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let b = instance(&backend, "b", UnknownPolicy::KeepLast).await;
+        let ctrl = a.controller(KEY).unwrap();
+        let b_state = b.state(KEY).unwrap();
+        {
+            let _guard = ctrl.enter(Some("sync"));
+            until(&b_state, "guard's busy transition reaches b", |s| s.is_blocked()).await;
+        }
+        until(&b_state, "guard drop's idle transition reaches b", |s| !s.is_blocked()).await;
+        // A cancelled Ack is published in the background too.
+        drop(ctrl.increment(Some("cancelled")));
+        until(&b_state, "cancelled ack still published", |s| s.lock_data().as_deref() == Some("cancelled")).await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
+#[test]
+fn flapping_coalesces_to_the_newest_status() {
+    futures_lite::future::block_on(async {
+        let backend = LocalBackend::new();
+        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let b = instance(&backend, "b", UnknownPolicy::KeepLast).await;
+        let ctrl = a.controller(KEY).unwrap();
+        let before = backend.publish_count();
+        for _ in 0..100_000 {
+            drop(ctrl.enter(None));
+        }
+        let _last = ctrl.enter(Some("final"));
+        let b_state = b.state(KEY).unwrap();
+        until(&b_state, "b converges on the newest status", |s| s.lock_data().as_deref() == Some("final")).await;
+        let published = backend.publish_count() - before;
+        eprintln!("flapping: {published} publishes for 200,001 transitions");
+        assert!(published < 200_001, "latest-wins must coalesce: {published} publishes for 200,001 transitions");
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
+#[test]
+fn dropping_the_registry_is_a_crash() {
+    futures_lite::future::block_on(async {
+        let backend = LocalBackend::new();
+        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let b = instance(&backend, "b", UnknownPolicy::KeepLast).await;
+        let ctrl = a.controller(KEY).unwrap();
+        ctrl.increment(None).await.unwrap();
+        let b_state = b.state(KEY).unwrap();
+        until(&b_state, "b sees a", |s| s.is_blocked()).await;
+        drop(a);
+        assert!(matches!(ctrl.decrement(1).await, Err(Error::Shutdown { .. })), "no goodbye after a drop");
+        // Expiration 2 s, no renewal any more: b unblocks by expiry alone.
+        until(&b_state, "expiry unblocks b", |s| !s.is_blocked()).await;
+        b.shutdown().await;
+    });
+}
