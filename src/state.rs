@@ -18,7 +18,7 @@ use event_listener::{Event, EventListener};
 use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
-use crate::sync::{AtomicBool, AtomicU8, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU8, AtomicU64, Mutex, Ordering};
 
 /// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
 /// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
@@ -120,8 +120,6 @@ struct StateInner {
     /// Notified on every change of `flags`.
     changed: Event,
     data: Mutex<StateData>,
-    /// Set while one thread runs the handler queue; others leave their items to it.
-    dispatching: AtomicBool,
     handlers: Mutex<Handlers>,
     policy: UnknownPolicy,
     link: Option<Link>,
@@ -161,6 +159,8 @@ struct StateData {
     connected: bool,
     /// Blocked-flag changes not yet handed to the handlers, oldest first.
     pending: VecDeque<bool>,
+    /// Set while one thread runs the handler queue; others leave their items to it.
+    dispatching: bool,
 }
 
 impl Default for TrackerState {
@@ -208,8 +208,8 @@ impl TrackerState {
                     clock_base: None,
                     connected: true,
                     pending: VecDeque::new(),
+                    dispatching: false,
                 }),
-                dispatching: AtomicBool::new(false),
                 handlers: Mutex::new(Handlers::default()),
                 policy,
                 link,
@@ -620,42 +620,52 @@ impl TrackerState {
     }
 
     /// Drains the handler queue unless another thread is already draining it. Handlers run
-    /// outside every lock, so they may call back into this state.
+    /// outside every lock, so they may call back into this state. The `dispatching` flag
+    /// lives under the same lock as the queue: a dispatcher gives it up only when it finds
+    /// the queue empty, so an item pushed by a thread that saw the flag held is never left
+    /// behind.
     fn dispatch_handlers(&self) {
         let inner = &*self.inner;
+        {
+            let mut d = inner.data.lock();
+            if d.dispatching || d.pending.is_empty() {
+                return;
+            }
+            d.dispatching = true;
+        }
+        let mut release = ReleaseOnUnwind(Some(self));
         loop {
-            if inner.dispatching.swap(true, Ordering::AcqRel) {
-                // The thread that holds the flag re-checks the queue after releasing it.
-                return;
-            }
-            let _release = ReleaseOnDrop(&inner.dispatching);
-            loop {
-                let Some(blocked) = inner.data.lock().pending.pop_front() else { break };
-                let handlers: Vec<Handler> = {
-                    let h = inner.handlers.lock();
-                    if blocked { h.on_blocked.clone() } else { h.on_unblocked.clone() }
-                };
-                for handler in handlers {
-                    handler();
+            let blocked = {
+                let mut d = inner.data.lock();
+                match d.pending.pop_front() {
+                    Some(blocked) => blocked,
+                    None => {
+                        d.dispatching = false;
+                        release.0 = None;
+                        return;
+                    }
                 }
-            }
-            drop(_release);
-            // An item pushed after our last pop but before the release saw the flag held
-            // and left it to us: look once more.
-            if inner.data.lock().pending.is_empty() {
-                return;
+            };
+            let handlers: Vec<Handler> = {
+                let h = inner.handlers.lock();
+                if blocked { h.on_blocked.clone() } else { h.on_unblocked.clone() }
+            };
+            for handler in handlers {
+                handler();
             }
         }
     }
 }
 
-/// Clears the dispatching flag also when a handler panics, so later changes still run
-/// their handlers.
-struct ReleaseOnDrop<'a>(&'a AtomicBool);
+/// Gives the dispatching role up when a handler panics, so later changes still run their
+/// handlers (the panic propagates to the thread that made the change).
+struct ReleaseOnUnwind<'a>(Option<&'a TrackerState>);
 
-impl Drop for ReleaseOnDrop<'_> {
+impl Drop for ReleaseOnUnwind<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        if let Some(state) = self.0 {
+            state.inner.data.lock().dispatching = false;
+        }
     }
 }
 

@@ -7,10 +7,10 @@
 //! in the core is a handful of loads and stores with no I/O and no user code.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// A mutex with an infallible `lock()` whatever the backing implementation.
 pub(crate) struct Mutex<T> {

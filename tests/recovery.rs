@@ -146,7 +146,8 @@ fn flapping_coalesces_to_the_newest_status() {
         until(&b_state, "b converges on the newest status", |s| s.lock_data().as_deref() == Some("final")).await;
         let published = backend.publish_count() - before;
         eprintln!("flapping: {published} publishes for 200,001 transitions");
-        assert!(published < 200_001, "latest-wins must coalesce: {published} publishes for 200,001 transitions");
+        // One publish per transition would be 200,001: latest wins must coalesce them.
+        assert!(published < 100_000, "latest-wins must coalesce: {published} publishes for 200,001 transitions");
         a.shutdown().await;
         b.shutdown().await;
     });
