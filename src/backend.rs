@@ -71,7 +71,10 @@ impl StoreTime {
 
     /// `self + d`, saturating at the far future.
     pub fn saturating_add(self, d: Duration) -> Self {
-        StoreTime(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        StoreTime(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// The current time of this process's system clock (for stores whose clock is the
@@ -123,12 +126,22 @@ pub struct InstanceStatus {
 impl InstanceStatus {
     /// A busy status.
     pub fn busy(lock_data: Option<String>, seq: u64, valid_for: Duration) -> Self {
-        Self { busy: true, lock_data, seq, valid_for }
+        Self {
+            busy: true,
+            lock_data,
+            seq,
+            valid_for,
+        }
     }
 
     /// An idle status.
     pub fn idle(seq: u64, valid_for: Duration) -> Self {
-        Self { busy: false, lock_data: None, seq, valid_for }
+        Self {
+            busy: false,
+            lock_data: None,
+            seq,
+            valid_for,
+        }
     }
 }
 
@@ -168,7 +181,13 @@ impl Entry {
         lock_data: Option<String>,
         valid_until: StoreTime,
     ) -> Self {
-        Self { instance: instance.into(), busy, lock_data, valid_until, seq: 0 }
+        Self {
+            instance: instance.into(),
+            busy,
+            lock_data,
+            valid_until,
+            seq: 0,
+        }
     }
 
     /// Sets the status sequence this entry was written with.
@@ -220,7 +239,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// A new snapshot.
     pub fn new(key: impl Into<String>, entries: Vec<Entry>, store_now: StoreTime) -> Self {
-        Self { key: key.into(), entries, store_now }
+        Self {
+            key: key.into(),
+            entries,
+            store_now,
+        }
     }
 
     /// Whether any entry is busy and unexpired at `store_now`.

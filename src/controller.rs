@@ -131,7 +131,10 @@ impl TrackerShared {
         // Hot path: one RMW. Only when this increment may have reached the threshold of an
         // idle tracker do we look again and claim the transition with a CAS.
         let prev = self.word.fetch_add(COUNT_ONE, Ordering::AcqRel);
-        debug_assert!(count_of(prev) < u64::from(u32::MAX), "in-flight count overflow");
+        debug_assert!(
+            count_of(prev) < u64::from(u32::MAX),
+            "in-flight count overflow"
+        );
         if prev & BUSY != 0 || count_of(prev) + 1 < self.threshold {
             return Change::None;
         }
@@ -175,7 +178,10 @@ impl TrackerShared {
                 let epoch = epoch_of(current).wrapping_add(1);
                 (u64::from(epoch), Change::Transition { epoch, busy: false })
             } else {
-                ((remaining << COUNT_SHIFT) | (current & EPOCH_MASK), Change::None)
+                (
+                    (remaining << COUNT_SHIFT) | (current & EPOCH_MASK),
+                    Change::None,
+                )
             };
             match self.word.compare_exchange_weak(
                 current,
@@ -252,7 +258,9 @@ impl TrackerShared {
     /// busy: renewal and recovery re-publish it). Returns `Ok(false)` when another publisher
     /// holds the key or there is nothing to do. The outcome is recorded for every waiter.
     pub(crate) async fn publish_newest(&self, force: bool) -> Result<bool> {
-        let Some(publisher) = &self.publisher else { return Ok(false) };
+        let Some(publisher) = &self.publisher else {
+            return Ok(false);
+        };
         let (epoch, busy, data) = {
             let mut slot = self.slot.lock();
             let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
@@ -260,11 +268,19 @@ impl TrackerShared {
                 return Ok(false);
             }
             slot.publishing = true;
-            (slot.newest_epoch, slot.newest_busy, slot.newest_data.clone())
+            (
+                slot.newest_epoch,
+                slot.newest_busy,
+                slot.newest_data.clone(),
+            )
         };
         // If this future is dropped mid-publish, the guard gives the key back and wakes
         // the driver, which publishes the newest status in the background.
-        let mut guard = PublishingGuard { tracker: self, publisher: &**publisher, done: false };
+        let mut guard = PublishingGuard {
+            tracker: self,
+            publisher: &**publisher,
+            done: false,
+        };
         let result = publisher.publish(&self.key, busy, data.as_deref()).await;
         guard.done = true;
         {
@@ -524,7 +540,9 @@ impl TrackerController {
         if self.shared.increment_sync(lock_data).is_some() {
             self.shared.wake_driver();
         }
-        TrackerGuard { shared: &self.shared }
+        TrackerGuard {
+            shared: &self.shared,
+        }
     }
 
     /// Like [`enter`](Self::enter), but the guard owns a handle to the controller, so it is
@@ -543,7 +561,9 @@ impl TrackerController {
         if self.shared.increment_sync(lock_data).is_some() {
             self.shared.wake_driver();
         }
-        OwnedTrackerGuard { shared: self.shared.clone() }
+        OwnedTrackerGuard {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The current in-flight count.
@@ -649,7 +669,9 @@ pub struct Ack {
 
 impl fmt::Debug for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ack").field("pending", &self.pending.is_some()).finish()
+        f.debug_struct("Ack")
+            .field("pending", &self.pending.is_some())
+            .finish()
     }
 }
 
@@ -659,7 +681,9 @@ impl Ack {
             None => Ack { pending: None },
             Some(epoch) => {
                 let shared = shared.clone();
-                Ack { pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })) }
+                Ack {
+                    pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })),
+                }
             }
         }
     }
@@ -713,7 +737,9 @@ pub struct TrackerGuard<'a> {
 
 impl fmt::Debug for TrackerGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrackerGuard").field("key", &self.shared.key).finish()
+        f.debug_struct("TrackerGuard")
+            .field("key", &self.shared.key)
+            .finish()
     }
 }
 
@@ -744,7 +770,9 @@ pub struct OwnedTrackerGuard {
 
 impl fmt::Debug for OwnedTrackerGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedTrackerGuard").field("key", &self.shared.key).finish()
+        f.debug_struct("OwnedTrackerGuard")
+            .field("key", &self.shared.key)
+            .finish()
     }
 }
 
@@ -829,7 +857,9 @@ mod tests {
             futures_lite::future::pending::<()>().await;
         };
         let mut fut = Box::pin(fut);
-        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut fut)).is_none());
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(&mut fut)).is_none()
+        );
         assert!(ctrl.is_busy());
         drop(fut);
         assert!(!ctrl.is_busy());
@@ -853,6 +883,9 @@ mod tests {
         }
         assert_eq!(ctrl.count(), 0);
         assert!(!ctrl.is_busy());
-        assert!(!ctrl.state().is_blocked(), "local state must follow the last transition");
+        assert!(
+            !ctrl.state().is_blocked(),
+            "local state must follow the last transition"
+        );
     }
 }

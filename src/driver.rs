@@ -161,9 +161,14 @@ impl DriverShared {
     /// Subscribes to every key, then reads each: the subscription comes first so that no
     /// change can fall between the read and the subscription.
     pub(crate) async fn initial_sync(&self) -> Result<EventStream> {
-        let events = self.backend.subscribe_dyn(&self.keys).await.map_err(|source| {
-            Error::Backend { key: self.keys.join(","), source }
-        })?;
+        let events = self
+            .backend
+            .subscribe_dyn(&self.keys)
+            .await
+            .map_err(|source| Error::Backend {
+                key: self.keys.join(","),
+                source,
+            })?;
         self.read_all().await?;
         Ok(events)
     }
@@ -174,7 +179,10 @@ impl DriverShared {
                 .backend
                 .snapshot_dyn(tracker.key())
                 .await
-                .map_err(|source| Error::Backend { key: tracker.key().into(), source })?;
+                .map_err(|source| Error::Backend {
+                    key: tracker.key().into(),
+                    source,
+                })?;
             tracker.state().apply_snapshot(&snapshot);
             bump(&self.counters.snapshots_applied);
         }
@@ -220,7 +228,11 @@ impl DriverShared {
                     bump(&self.counters.snapshots_applied);
                 }
             }
-            BackendEvent::Update { key, entry, store_now } => {
+            BackendEvent::Update {
+                key,
+                entry,
+                store_now,
+            } => {
                 if let Some(tracker) = self.tracker(&key) {
                     tracker.state().apply_update(&entry, store_now);
                     bump(&self.counters.updates_applied);
@@ -294,7 +306,9 @@ impl core::fmt::Debug for Driver {
 
 impl Driver {
     pub(crate) fn new(shared: Arc<DriverShared>, events: EventStream) -> Self {
-        Driver { future: Box::pin(run(shared, events)) }
+        Driver {
+            future: Box::pin(run(shared, events)),
+        }
     }
 }
 
@@ -447,7 +461,10 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
     }
 
     if failed {
-        let delay = st.backoff.next().unwrap_or(core::time::Duration::from_secs(5));
+        let delay = st
+            .backoff
+            .next()
+            .unwrap_or(core::time::Duration::from_secs(5));
         st.retry_at = Some(Instant::now() + delay);
     } else if may_retry {
         st.retry_at = None;

@@ -128,7 +128,11 @@ pub struct BackendError {
 impl BackendError {
     /// A new error of `kind` with a message that says what failed and where.
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Attaches the underlying error (kept for [`core::error::Error::source`]).
@@ -166,6 +170,8 @@ impl fmt::Display for BackendError {
 
 impl core::error::Error for BackendError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn core::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn core::error::Error + 'static))
     }
 }

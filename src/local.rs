@@ -129,8 +129,11 @@ impl LocalBackend {
     pub fn set_available(&self, available: bool) {
         let was = !self.inner.unavailable.swap(!available, Ordering::SeqCst);
         if was != available {
-            let event =
-                if available { BackendEvent::Reconnected } else { BackendEvent::Disconnected };
+            let event = if available {
+                BackendEvent::Reconnected
+            } else {
+                BackendEvent::Disconnected
+            };
             self.for_each_subscriber(|s| {
                 s.pending.lock().connection.push(event.clone());
                 s.wake.notify(usize::MAX);
@@ -258,8 +261,15 @@ impl Backend for LocalBackend {
             pending: Mutex::new(Pending::default()),
             wake: Event::new(),
         });
-        self.inner.subscribers.lock().push(Arc::downgrade(&subscriber));
-        Ok(LocalEvents { backend: self.clone(), subscriber, listener: None })
+        self.inner
+            .subscribers
+            .lock()
+            .push(Arc::downgrade(&subscriber));
+        Ok(LocalEvents {
+            backend: self.clone(),
+            subscriber,
+            listener: None,
+        })
     }
 }
 
@@ -291,7 +301,9 @@ pub struct LocalEvents {
 
 impl core::fmt::Debug for LocalEvents {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("LocalEvents").field("keys", &self.subscriber.keys).finish()
+        f.debug_struct("LocalEvents")
+            .field("keys", &self.subscriber.keys)
+            .finish()
     }
 }
 

@@ -382,7 +382,13 @@ impl ReactiveLockBuilder {
         // Initial sync: subscribe first, then read, so no change falls between the two.
         let events = shared.initial_sync().await?;
         let driver = Driver::new(shared.clone(), events);
-        let lock = ReactiveLock { inner: Arc::new(Handle { shared, index, publisher }) };
+        let lock = ReactiveLock {
+            inner: Arc::new(Handle {
+                shared,
+                index,
+                publisher,
+            }),
+        };
         Ok((lock, driver))
     }
 }
@@ -402,9 +408,16 @@ fn validate(instance: &str, trackers: &[(String, TrackerConfig)], r: &Resilience
         if trackers[..i].iter().any(|(k, _)| k == key) {
             return invalid(format!("tracker[{key}]"), "duplicate key".into());
         }
-        validate_threshold(&format!("tracker[{key}].busy_threshold"), config.busy_threshold.unwrap_or(1))?;
+        validate_threshold(
+            &format!("tracker[{key}].busy_threshold"),
+            config.busy_threshold.unwrap_or(1),
+        )?;
     }
-    for (field, d) in [("renewal", r.renewal), ("expiration", r.expiration), ("recovery", r.recovery)] {
+    for (field, d) in [
+        ("renewal", r.renewal),
+        ("expiration", r.expiration),
+        ("recovery", r.recovery),
+    ] {
         if d.is_zero() {
             return invalid(field.into(), "must be greater than zero".into());
         }
@@ -469,7 +482,12 @@ impl RegistryPublisher {
         let mut last = self.last_seq.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);
-            match self.last_seq.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.last_seq.compare_exchange_weak(
+                last,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return next,
                 Err(actual) => last = actual,
             }
@@ -499,9 +517,16 @@ impl Publisher for RegistryPublisher {
             }
             let status = self.status(busy, data);
             let result = self.backend.publish_dyn(key, &self.instance, &status).await;
-            let counter = if result.is_ok() { &self.publishes } else { &self.publish_failures };
+            let counter = if result.is_ok() {
+                &self.publishes
+            } else {
+                &self.publish_failures
+            };
             counter.fetch_add(1, Ordering::Relaxed);
-            result.map_err(|source| Error::Backend { key: key.into(), source })
+            result.map_err(|source| Error::Backend {
+                key: key.into(),
+                source,
+            })
         })
     }
 
@@ -698,8 +723,10 @@ impl ReactiveLock {
         self.inner.shared.stopped().await;
         for tracker in self.inner.shared.trackers() {
             let status = publisher.status(false, None);
-            if let Err(error) =
-                publisher.backend.publish_dyn(tracker.key(), &publisher.instance, &status).await
+            if let Err(error) = publisher
+                .backend
+                .publish_dyn(tracker.key(), &publisher.instance, &status)
+                .await
             {
                 tracing::warn!(key = tracker.key(), %error, "reactive-lock: goodbye publish failed; the entry will expire");
             }
@@ -733,13 +760,27 @@ mod tests {
         block_on(async {
             let b = || ReactiveLock::builder().tracker("k", TrackerConfig::new());
             let local = LocalBackend::new;
-            assert_eq!(field_of(b().instance_name("").build(local()).await), "instance_name");
-            assert_eq!(field_of(ReactiveLock::builder().build(local()).await), "trackers");
             assert_eq!(
-                field_of(ReactiveLock::builder().tracker("", TrackerConfig::new()).build(local()).await),
+                field_of(b().instance_name("").build(local()).await),
+                "instance_name"
+            );
+            assert_eq!(
+                field_of(ReactiveLock::builder().build(local()).await),
+                "trackers"
+            );
+            assert_eq!(
+                field_of(
+                    ReactiveLock::builder()
+                        .tracker("", TrackerConfig::new())
+                        .build(local())
+                        .await
+                ),
                 "tracker[0]"
             );
-            assert_eq!(field_of(b().tracker("k", TrackerConfig::new()).build(local()).await), "tracker[k]");
+            assert_eq!(
+                field_of(b().tracker("k", TrackerConfig::new()).build(local()).await),
+                "tracker[k]"
+            );
             assert_eq!(
                 field_of(
                     ReactiveLock::builder()
@@ -749,8 +790,14 @@ mod tests {
                 ),
                 "tracker[k].busy_threshold"
             );
-            assert_eq!(field_of(b().renewal(Duration::ZERO).build(local()).await), "renewal");
-            assert_eq!(field_of(b().recovery(Duration::ZERO).build(local()).await), "recovery");
+            assert_eq!(
+                field_of(b().renewal(Duration::ZERO).build(local()).await),
+                "renewal"
+            );
+            assert_eq!(
+                field_of(b().recovery(Duration::ZERO).build(local()).await),
+                "recovery"
+            );
             assert_eq!(
                 field_of(b().renewal(Duration::from_secs(10)).build(local()).await),
                 "renewal",
@@ -758,7 +805,10 @@ mod tests {
             );
             assert_eq!(
                 field_of(
-                    b().renewal(Duration::from_secs(1)).expiration(Duration::ZERO).build(local()).await
+                    b().renewal(Duration::from_secs(1))
+                        .expiration(Duration::ZERO)
+                        .build(local())
+                        .await
                 ),
                 "expiration"
             );
@@ -774,7 +824,9 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(lock.state("nope"), Err(Error::UnknownTracker(n)) if n == "nope"));
-            assert!(matches!(lock.controller("nope"), Err(Error::UnknownTracker(n)) if n == "nope"));
+            assert!(
+                matches!(lock.controller("nope"), Err(Error::UnknownTracker(n)) if n == "nope")
+            );
             lock.shutdown().await;
         });
     }
@@ -812,7 +864,9 @@ mod tests {
             let ctrl = lock.controller("k").unwrap();
             lock.shutdown().await;
             lock.shutdown().await; // idempotent
-            assert!(matches!(ctrl.increment(None).await, Err(Error::Shutdown { key }) if key == "k"));
+            assert!(
+                matches!(ctrl.increment(None).await, Err(Error::Shutdown { key }) if key == "k")
+            );
             assert!(ctrl.state().is_blocked(), "still applied locally");
         });
     }

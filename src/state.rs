@@ -351,7 +351,10 @@ impl TrackerState {
                 .backend
                 .snapshot_dyn(&link.key)
                 .await
-                .map_err(|source| crate::Error::Backend { key: link.key.clone(), source })?;
+                .map_err(|source| crate::Error::Backend {
+                    key: link.key.clone(),
+                    source,
+                })?;
             self.apply_snapshot(&snapshot);
             // The read may carry entries with an earlier expiry than the driver's timer.
             #[cfg(feature = "std")]
@@ -416,7 +419,11 @@ impl TrackerState {
     /// ```
     pub fn lock_data(&self) -> Option<String> {
         let entries = self.lock_data_entries();
-        if entries.is_empty() { None } else { Some(entries.join(LOCK_DATA_SEPARATOR)) }
+        if entries.is_empty() {
+            None
+        } else {
+            Some(entries.join(LOCK_DATA_SEPARATOR))
+        }
     }
 
     /// The lock data of every busy, unexpired instance, this one first.
@@ -462,7 +469,11 @@ impl TrackerState {
     /// assert_eq!(hits.load(Ordering::SeqCst), 1);
     /// ```
     pub fn on_blocked(&self, handler: impl Fn() + Send + Sync + 'static) {
-        self.inner.handlers.lock().on_blocked.push(Arc::new(handler));
+        self.inner
+            .handlers
+            .lock()
+            .on_blocked
+            .push(Arc::new(handler));
     }
 
     /// Runs `handler` each time the key turns unblocked; see [`on_blocked`](Self::on_blocked).
@@ -482,7 +493,11 @@ impl TrackerState {
     /// assert!(fired.load(Ordering::SeqCst));
     /// ```
     pub fn on_unblocked(&self, handler: impl Fn() + Send + Sync + 'static) {
-        self.inner.handlers.lock().on_unblocked.push(Arc::new(handler));
+        self.inner
+            .handlers
+            .lock()
+            .on_unblocked
+            .push(Arc::new(handler));
     }
 
     /// A stream of status changes (watch semantics): yields the newest [`Status`] after each
@@ -584,7 +599,9 @@ impl TrackerState {
         let mut next = None;
         self.update(|d| {
             if let Some(base) = d.clock_base {
-                let store_now = d.remote_now.saturating_add(now.saturating_duration_since(base));
+                let store_now = d
+                    .remote_now
+                    .saturating_add(now.saturating_duration_since(base));
                 d.remote_now = store_now;
                 d.clock_base = Some(now);
             }
@@ -648,7 +665,11 @@ impl TrackerState {
             };
             let handlers: Vec<Handler> = {
                 let h = inner.handlers.lock();
-                if blocked { h.on_blocked.clone() } else { h.on_unblocked.clone() }
+                if blocked {
+                    h.on_blocked.clone()
+                } else {
+                    h.on_unblocked.clone()
+                }
             };
             for handler in handlers {
                 handler();
@@ -732,7 +753,9 @@ pub struct StatusChanges {
 
 impl fmt::Debug for StatusChanges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StatusChanges").field("seen", &self.seen).finish_non_exhaustive()
+        f.debug_struct("StatusChanges")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
     }
 }
 
@@ -853,7 +876,11 @@ impl TrackerState {
         }
         futures_lite::future::or(async { Ok(self.wait_if_blocked().await) }, async {
             async_io::Timer::after(timeout).await;
-            if self.is_blocked() { Err(crate::Timeout { waited: timeout }) } else { Ok(true) }
+            if self.is_blocked() {
+                Err(crate::Timeout { waited: timeout })
+            } else {
+                Ok(true)
+            }
         })
         .await
     }
@@ -863,12 +890,17 @@ impl TrackerState {
 mod tests {
     use super::*;
     use core::time::Duration;
-    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::AtomicUsize;
 
     fn entry(name: &str, busy: bool, data: Option<&str>, until: u64, seq: u64) -> Entry {
-        Entry::new(name, busy, data.map(String::from), StoreTime::from_unix_nanos(until))
-            .with_seq(seq)
+        Entry::new(
+            name,
+            busy,
+            data.map(String::from),
+            StoreTime::from_unix_nanos(until),
+        )
+        .with_seq(seq)
     }
 
     #[test]
@@ -912,7 +944,10 @@ mod tests {
         let state = TrackerState::new();
         state.apply_local_transition(2, false, None);
         state.apply_local_transition(1, true, Some("late".into()));
-        assert!(!state.is_blocked(), "epoch 1 arrived after epoch 2 and must be dropped");
+        assert!(
+            !state.is_blocked(),
+            "epoch 1 arrived after epoch 2 and must be dropped"
+        );
         state.apply_local_transition(3, true, Some("d".into()));
         assert_eq!(state.lock_data().as_deref(), Some("d"));
         assert!(epoch_is_newer(0, u32::MAX), "wrap-around keeps order");
@@ -927,7 +962,10 @@ mod tests {
             (UnknownPolicy::Unblocked, false),
         ] {
             let state = TrackerState::with_parts(policy, None);
-            state.apply_update(&entry("b", true, None, u64::MAX, 1), StoreTime::from_unix_nanos(1));
+            state.apply_update(
+                &entry("b", true, None, u64::MAX, 1),
+                StoreTime::from_unix_nanos(1),
+            );
             state.set_connected(false);
             assert_eq!(state.status(), Status::Unknown);
             assert_eq!(state.is_blocked(), blocked, "{policy:?}");
@@ -936,7 +974,11 @@ mod tests {
         state.set_connected(false);
         assert!(state.is_blocked());
         state.set_blocked(None);
-        assert_eq!(state.status(), Status::Blocked, "own busy status is certain");
+        assert_eq!(
+            state.status(),
+            Status::Blocked,
+            "own busy status is certain"
+        );
         state.set_unblocked();
         state.set_connected(true);
         assert_eq!(state.status(), Status::Unblocked);
@@ -962,7 +1004,10 @@ mod tests {
         state.set_blocked(None);
         state.set_blocked(None);
         state.set_unblocked();
-        assert_eq!(*log.lock().unwrap(), ["blocked", "unblocked", "blocked", "unblocked"]);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["blocked", "unblocked", "blocked", "unblocked"]
+        );
     }
 
     #[test]
@@ -975,7 +1020,10 @@ mod tests {
             h.fetch_add(1, Ordering::SeqCst);
         });
         let s = state.clone();
-        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.set_blocked(None))).is_err());
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.set_blocked(None)))
+                .is_err()
+        );
         state.set_unblocked();
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
@@ -986,10 +1034,13 @@ mod tests {
         state.set_blocked(None);
         assert_eq!(
             state.wait_if_blocked_blocking_timeout(Duration::from_millis(20)),
-            Err(crate::Timeout { waited: Duration::from_millis(20) })
+            Err(crate::Timeout {
+                waited: Duration::from_millis(20)
+            })
         );
         let s = state.clone();
-        let t = std::thread::spawn(move || s.wait_if_blocked_blocking_timeout(Duration::from_secs(30)));
+        let t =
+            std::thread::spawn(move || s.wait_if_blocked_blocking_timeout(Duration::from_secs(30)));
         std::thread::sleep(Duration::from_millis(20));
         state.set_unblocked();
         assert_eq!(t.join().unwrap(), Ok(true));
@@ -1000,14 +1051,19 @@ mod tests {
         futures_lite::future::block_on(async {
             let state = TrackerState::new();
             state.set_blocked(None);
-            let r = state.wait_if_blocked_timeout(Duration::from_millis(20)).await;
+            let r = state
+                .wait_if_blocked_timeout(Duration::from_millis(20))
+                .await;
             assert!(r.is_err());
             let s = state.clone();
             let t = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
                 s.set_unblocked();
             });
-            assert_eq!(state.wait_if_blocked_timeout(Duration::from_secs(30)).await, Ok(true));
+            assert_eq!(
+                state.wait_if_blocked_timeout(Duration::from_secs(30)).await,
+                Ok(true)
+            );
             t.join().unwrap();
         });
     }

@@ -45,7 +45,9 @@ impl<T> Mutex<T> {
         #[cfg(loom)]
         {
             // A poisoned loom mutex means a model thread panicked; the model already failed.
-            self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+            self.inner
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
         }
         #[cfg(not(loom))]
         {

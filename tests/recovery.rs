@@ -14,7 +14,11 @@ async fn until(state: &TrackerState, what: &str, check: impl Fn(&TrackerState) -
     let deadline = Instant::now() + LIMIT;
     let mut changes = state.changes();
     while !check(state) {
-        assert!(Instant::now() < deadline, "not within {LIMIT:?}: {what} (status {:?})", state.status());
+        assert!(
+            Instant::now() < deadline,
+            "not within {LIMIT:?}: {what} (status {:?})",
+            state.status()
+        );
         futures_lite::future::or(async { changes.next().await.map(|_| ()) }, async {
             async_io::Timer::after(Duration::from_millis(50)).await;
             Some(())
@@ -43,19 +47,33 @@ fn outage_gives_unknown_with_policy_then_recovers() {
         let keep = instance(&backend, "keep", UnknownPolicy::KeepLast).await;
         let closed = instance(&backend, "closed", UnknownPolicy::Blocked).await;
         let open = instance(&backend, "open", UnknownPolicy::Unblocked).await;
-        a.controller(KEY).unwrap().increment(Some("x")).await.unwrap();
+        a.controller(KEY)
+            .unwrap()
+            .increment(Some("x"))
+            .await
+            .unwrap();
         for l in [&keep, &closed, &open] {
             until(&l.state(KEY).unwrap(), "blocked by a", |s| s.is_blocked()).await;
         }
 
         backend.set_available(false);
         for l in [&keep, &closed, &open] {
-            until(&l.state(KEY).unwrap(), "Unknown during the outage", |s| s.status() == Status::Unknown).await;
+            until(&l.state(KEY).unwrap(), "Unknown during the outage", |s| {
+                s.status() == Status::Unknown
+            })
+            .await;
         }
-        assert!(keep.state(KEY).unwrap().is_blocked(), "KeepLast: last known (blocked)");
+        assert!(
+            keep.state(KEY).unwrap().is_blocked(),
+            "KeepLast: last known (blocked)"
+        );
         assert!(closed.state(KEY).unwrap().is_blocked(), "Blocked policy");
         assert!(!open.state(KEY).unwrap().is_blocked(), "Unblocked policy");
-        assert_eq!(a.state(KEY).unwrap().status(), Status::Blocked, "own busy status is certain");
+        assert_eq!(
+            a.state(KEY).unwrap().status(),
+            Status::Blocked,
+            "own busy status is certain"
+        );
 
         // A transition during the outage: applied locally, its Ack reports the failure,
         // the count stays, and the driver publishes it once the store is back.
@@ -65,11 +83,17 @@ fn outage_gives_unknown_with_policy_then_recovers() {
             other => panic!("expected a backend error during the outage, got {other:?}"),
         }
         assert_eq!(ctrl.count(), 0);
-        assert!(!a.state(KEY).unwrap().is_blocked(), "applied locally despite the outage");
+        assert!(
+            !a.state(KEY).unwrap().is_blocked(),
+            "applied locally despite the outage"
+        );
 
         backend.set_available(true);
         for l in [&keep, &closed, &open] {
-            until(&l.state(KEY).unwrap(), "recovered and unblocked", |s| s.status() == Status::Unblocked).await;
+            until(&l.state(KEY).unwrap(), "recovered and unblocked", |s| {
+                s.status() == Status::Unblocked
+            })
+            .await;
         }
         assert!(a.metrics().publish_failures >= 1);
         assert!(keep.metrics().resyncs >= 1 && keep.metrics().disconnects >= 1);
@@ -100,7 +124,10 @@ fn store_restart_is_repaired_by_recovery_and_renewal() {
             if b_state.is_blocked() && b_state.lock_data().as_deref() == Some("kept") {
                 break;
             }
-            assert!(Instant::now() < deadline, "a's busy status was not restored after the restart");
+            assert!(
+                Instant::now() < deadline,
+                "a's busy status was not restored after the restart"
+            );
             async_io::Timer::after(Duration::from_millis(50)).await;
         }
         a.shutdown().await;
@@ -119,12 +146,21 @@ fn guard_transitions_are_published_by_the_driver() {
         let b_state = b.state(KEY).unwrap();
         {
             let _guard = ctrl.enter(Some("sync"));
-            until(&b_state, "guard's busy transition reaches b", |s| s.is_blocked()).await;
+            until(&b_state, "guard's busy transition reaches b", |s| {
+                s.is_blocked()
+            })
+            .await;
         }
-        until(&b_state, "guard drop's idle transition reaches b", |s| !s.is_blocked()).await;
+        until(&b_state, "guard drop's idle transition reaches b", |s| {
+            !s.is_blocked()
+        })
+        .await;
         // A cancelled Ack is published in the background too.
         drop(ctrl.increment(Some("cancelled")));
-        until(&b_state, "cancelled ack still published", |s| s.lock_data().as_deref() == Some("cancelled")).await;
+        until(&b_state, "cancelled ack still published", |s| {
+            s.lock_data().as_deref() == Some("cancelled")
+        })
+        .await;
         a.shutdown().await;
         b.shutdown().await;
     });
@@ -143,11 +179,17 @@ fn flapping_coalesces_to_the_newest_status() {
         }
         let _last = ctrl.enter(Some("final"));
         let b_state = b.state(KEY).unwrap();
-        until(&b_state, "b converges on the newest status", |s| s.lock_data().as_deref() == Some("final")).await;
+        until(&b_state, "b converges on the newest status", |s| {
+            s.lock_data().as_deref() == Some("final")
+        })
+        .await;
         let published = backend.publish_count() - before;
         eprintln!("flapping: {published} publishes for 200,001 transitions");
         // One publish per transition would be 200,001: latest wins must coalesce them.
-        assert!(published < 100_000, "latest-wins must coalesce: {published} publishes for 200,001 transitions");
+        assert!(
+            published < 100_000,
+            "latest-wins must coalesce: {published} publishes for 200,001 transitions"
+        );
         a.shutdown().await;
         b.shutdown().await;
     });
@@ -164,7 +206,10 @@ fn dropping_the_registry_is_a_crash() {
         let b_state = b.state(KEY).unwrap();
         until(&b_state, "b sees a", |s| s.is_blocked()).await;
         drop(a);
-        assert!(matches!(ctrl.decrement(1).await, Err(Error::Shutdown { .. })), "no goodbye after a drop");
+        assert!(
+            matches!(ctrl.decrement(1).await, Err(Error::Shutdown { .. })),
+            "no goodbye after a drop"
+        );
         // Expiration 2 s, no renewal any more: b unblocks by expiry alone.
         until(&b_state, "expiry unblocks b", |s| !s.is_blocked()).await;
         b.shutdown().await;

@@ -9,11 +9,16 @@ use reactive_lock::{Driver, LocalBackend, ReactiveLock, TrackerConfig};
 
 const KEY: &str = "payments";
 
-async fn pair(backend: &LocalBackend, with_driver: bool) -> (ReactiveLock, ReactiveLock, Vec<Driver>) {
+async fn pair(
+    backend: &LocalBackend,
+    with_driver: bool,
+) -> (ReactiveLock, ReactiveLock, Vec<Driver>) {
     let mut drivers = Vec::new();
     let mut locks = Vec::new();
     for name in ["a", "b"] {
-        let builder = ReactiveLock::builder().instance_name(name).tracker(KEY, TrackerConfig::new());
+        let builder = ReactiveLock::builder()
+            .instance_name(name)
+            .tracker(KEY, TrackerConfig::new());
         if with_driver {
             let (lock, driver) = builder.build_with_driver(backend.clone()).await.unwrap();
             drivers.push(driver);
@@ -34,11 +39,17 @@ async fn scenario(a: ReactiveLock, b: ReactiveLock) {
     let ctrl = a.controller(KEY).unwrap();
     ctrl.increment(Some("batch-1")).await.unwrap();
     while !b_state.is_blocked() {
-        changes.next().await.expect("changes never end while the state lives");
+        changes
+            .next()
+            .await
+            .expect("changes never end while the state lives");
     }
     assert_eq!(b_state.lock_data().as_deref(), Some("batch-1"));
     assert!(
-        b_state.wait_if_blocked_timeout(Duration::from_millis(20)).await.is_err(),
+        b_state
+            .wait_if_blocked_timeout(Duration::from_millis(20))
+            .await
+            .is_err(),
         "A is still busy: the wait must time out"
     );
     let waiter = {

@@ -25,7 +25,11 @@ fn thousand_waiting_tasks_released_by_one_unblock() {
     smol::block_on(ex.run(async {
         // Let every task register as a waiter.
         while ex.try_tick() {}
-        assert_eq!(resumed.load(Ordering::SeqCst), 0, "nobody passes while blocked");
+        assert_eq!(
+            resumed.load(Ordering::SeqCst),
+            0,
+            "nobody passes while blocked"
+        );
         assert!(state.set_unblocked());
         for task in tasks {
             assert!(task.await, "every task had to wait");

@@ -56,7 +56,11 @@ pub fn builder(name: &str, threshold: usize) -> ReactiveLockBuilder {
 }
 
 /// Builds `n` instances named `i0`, `i1`, ... with busy threshold `threshold`.
-pub async fn instances<F: BackendFactory>(factory: &F, n: usize, threshold: usize) -> Vec<ReactiveLock> {
+pub async fn instances<F: BackendFactory>(
+    factory: &F,
+    n: usize,
+    threshold: usize,
+) -> Vec<ReactiveLock> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let lock = builder(&format!("i{i}"), threshold)
@@ -71,12 +75,21 @@ pub async fn instances<F: BackendFactory>(factory: &F, n: usize, threshold: usiz
 /// Waits until `check(state)` holds, woken by the state's changes (and re-checked every
 /// 50 ms for changes that only the clock makes, such as expiry judged at read time).
 /// Panics with `what` after `limit`.
-pub async fn eventually(state: &TrackerState, limit: Duration, what: &str, check: impl Fn(&TrackerState) -> bool) {
+pub async fn eventually(
+    state: &TrackerState,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&TrackerState) -> bool,
+) {
     let deadline = Instant::now() + limit;
     let mut changes = state.changes();
     while !check(state) {
         if Instant::now() >= deadline {
-            panic!("not within {limit:?}: {what} (status {:?}, data {:?})", state.status(), state.lock_data());
+            panic!(
+                "not within {limit:?}: {what} (status {:?}, data {:?})",
+                state.status(),
+                state.lock_data()
+            );
         }
         let _ = futures_lite::future::or(async { changes.next().await.map(|_| ()) }, async {
             async_io::Timer::after(Duration::from_millis(50)).await;
@@ -102,17 +115,30 @@ pub async fn busy_blocks_others<F: BackendFactory>(factory: &F) {
     let locks = instances(factory, 3, 1).await;
     let a = locks[0].controller(KEY).unwrap();
     let ack = a.increment(Some("batch-7"));
-    assert!(state(&locks[0]).is_blocked(), "own busy status applies locally at once");
-    ack.await.expect("the backend acknowledges the busy transition");
+    assert!(
+        state(&locks[0]).is_blocked(),
+        "own busy status applies locally at once"
+    );
+    ack.await
+        .expect("the backend acknowledges the busy transition");
     for other in &locks[1..] {
-        eventually(&state(other), PROPAGATION_LIMIT, "others see A busy with its data", |s| {
-            s.is_blocked() && s.lock_data().as_deref() == Some("batch-7")
-        })
+        eventually(
+            &state(other),
+            PROPAGATION_LIMIT,
+            "others see A busy with its data",
+            |s| s.is_blocked() && s.lock_data().as_deref() == Some("batch-7"),
+        )
         .await;
     }
     a.decrement(1).await.unwrap();
     for lock in &locks {
-        eventually(&state(lock), PROPAGATION_LIMIT, "all unblocked after A idles", |s| !s.is_blocked()).await;
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "all unblocked after A idles",
+            |s| !s.is_blocked(),
+        )
+        .await;
     }
     shutdown_all(&locks).await;
 }
@@ -120,20 +146,37 @@ pub async fn busy_blocks_others<F: BackendFactory>(factory: &F) {
 /// A and B busy → C sees both lock data entries, joined with the separator.
 pub async fn lock_data_of_all_busy<F: BackendFactory>(factory: &F) {
     let locks = instances(factory, 3, 1).await;
-    locks[0].controller(KEY).unwrap().increment(Some("a-data")).await.unwrap();
-    locks[1].controller(KEY).unwrap().increment(Some("b-data")).await.unwrap();
+    locks[0]
+        .controller(KEY)
+        .unwrap()
+        .increment(Some("a-data"))
+        .await
+        .unwrap();
+    locks[1]
+        .controller(KEY)
+        .unwrap()
+        .increment(Some("b-data"))
+        .await
+        .unwrap();
     let c = state(&locks[2]);
-    eventually(&c, PROPAGATION_LIMIT, "C sees the data of A and B", |s| s.lock_data_entries().len() == 2).await;
+    eventually(&c, PROPAGATION_LIMIT, "C sees the data of A and B", |s| {
+        s.lock_data_entries().len() == 2
+    })
+    .await;
     let mut entries = c.lock_data_entries();
     entries.sort();
     assert_eq!(entries, ["a-data", "b-data"]);
     let joined = c.lock_data().expect("joined data");
     assert!(
-        joined == format!("a-data{LOCK_DATA_SEPARATOR}b-data") || joined == format!("b-data{LOCK_DATA_SEPARATOR}a-data"),
+        joined == format!("a-data{LOCK_DATA_SEPARATOR}b-data")
+            || joined == format!("b-data{LOCK_DATA_SEPARATOR}a-data"),
         "joined with the separator: {joined}"
     );
     // A's own view: its own data first.
-    eventually(&state(&locks[0]), PROPAGATION_LIMIT, "A sees B too", |s| s.lock_data_entries().len() == 2).await;
+    eventually(&state(&locks[0]), PROPAGATION_LIMIT, "A sees B too", |s| {
+        s.lock_data_entries().len() == 2
+    })
+    .await;
     assert_eq!(state(&locks[0]).lock_data_entries()[0], "a-data");
     shutdown_all(&locks).await;
 }
@@ -146,7 +189,10 @@ pub async fn all_idle_releases_waiters<F: BackendFactory>(factory: &F) {
     a.increment(None).await.unwrap();
     b.increment(None).await.unwrap();
     let c = state(&locks[2]);
-    eventually(&c, PROPAGATION_LIMIT, "C blocked by A and B", |s| s.lock_data_entries().is_empty() && s.is_blocked()).await;
+    eventually(&c, PROPAGATION_LIMIT, "C blocked by A and B", |s| {
+        s.lock_data_entries().is_empty() && s.is_blocked()
+    })
+    .await;
     let released = Arc::new(AtomicUsize::new(0));
     let waiters: Vec<_> = (0..10)
         .map(|_| {
@@ -170,7 +216,13 @@ pub async fn all_idle_releases_waiters<F: BackendFactory>(factory: &F) {
     }
     assert_eq!(released.load(Ordering::SeqCst), 10, "every waiter released");
     for lock in &locks {
-        eventually(&state(lock), PROPAGATION_LIMIT, "unblocked everywhere", |s| !s.is_blocked()).await;
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "unblocked everywhere",
+            |s| !s.is_blocked(),
+        )
+        .await;
     }
     shutdown_all(&locks).await;
 }
@@ -182,12 +234,18 @@ pub async fn threshold_hysteresis<F: BackendFactory>(factory: &F) {
     let b = state(&locks[1]);
     a.increment(None).await.unwrap();
     a.increment(None).await.unwrap();
-    assert!(!b.wait_if_blocked_consistent().await.unwrap(), "2 < 3: not busy");
+    assert!(
+        !b.wait_if_blocked_consistent().await.unwrap(),
+        "2 < 3: not busy"
+    );
     a.increment(Some("third")).await.unwrap();
     eventually(&b, PROPAGATION_LIMIT, "3: busy", |s| s.is_blocked()).await;
     a.decrement(1).await.unwrap();
     b.refresh().await.expect("read-through");
-    assert!(a.is_busy() && b.is_blocked(), "2 after busy: still busy (hysteresis)");
+    assert!(
+        a.is_busy() && b.is_blocked(),
+        "2 after busy: still busy (hysteresis)"
+    );
     a.decrement(2).await.unwrap();
     eventually(&b, PROPAGATION_LIMIT, "0: idle", |s| !s.is_blocked()).await;
     shutdown_all(&locks).await;
@@ -204,20 +262,37 @@ pub async fn crashed_instance_expires<F: BackendFactory>(factory: &F) {
         .await
         .unwrap();
     let others = instances(factory, 2, 1).await;
-    crashing.controller(KEY).unwrap().increment(Some("doomed")).await.unwrap();
+    crashing
+        .controller(KEY)
+        .unwrap()
+        .increment(Some("doomed"))
+        .await
+        .unwrap();
     for lock in &others {
-        eventually(&state(lock), PROPAGATION_LIMIT, "others see the busy instance", |s| s.is_blocked()).await;
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "others see the busy instance",
+            |s| s.is_blocked(),
+        )
+        .await;
     }
     // Renewal keeps it alive past its expiration while it runs.
     async_io::Timer::after(expiration + Duration::from_millis(500)).await;
     for lock in &others {
-        assert!(state(lock).is_blocked(), "renewed status must not expire while the instance lives");
+        assert!(
+            state(lock).is_blocked(),
+            "renewed status must not expire while the instance lives"
+        );
     }
     drop(crashing);
     for lock in &others {
-        eventually(&state(lock), expiration + Duration::from_secs(3), "the crashed instance's entry expires", |s| {
-            !s.is_blocked()
-        })
+        eventually(
+            &state(lock),
+            expiration + Duration::from_secs(3),
+            "the crashed instance's entry expires",
+            |s| !s.is_blocked(),
+        )
         .await;
     }
     shutdown_all(&others).await;
@@ -232,14 +307,29 @@ pub async fn shutdown_unblocks_at_once<F: BackendFactory>(factory: &F) {
         .await
         .unwrap();
     let others = instances(factory, 2, 1).await;
-    let _busy_forever = leaving.controller(KEY).unwrap().enter_owned(Some("leaving"));
+    let _busy_forever = leaving
+        .controller(KEY)
+        .unwrap()
+        .enter_owned(Some("leaving"));
     for lock in &others {
-        eventually(&state(lock), PROPAGATION_LIMIT, "others see the busy instance", |s| s.is_blocked()).await;
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "others see the busy instance",
+            |s| s.is_blocked(),
+        )
+        .await;
     }
     leaving.shutdown().await;
     for lock in &others {
         // 10 s against a 60 s expiration: only the goodbye can unblock this early.
-        eventually(&state(lock), PROPAGATION_LIMIT, "unblocked by the goodbye", |s| !s.is_blocked()).await;
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "unblocked by the goodbye",
+            |s| !s.is_blocked(),
+        )
+        .await;
     }
     shutdown_all(&others).await;
 }
@@ -270,7 +360,9 @@ pub async fn random_operations_converge<F: BackendFactory>(factory: &F) {
                     } else {
                         held += 1;
                         truth.fetch_add(1, Ordering::SeqCst);
-                        ctrl.increment(Some("r")).await.expect("increment acknowledged");
+                        ctrl.increment(Some("r"))
+                            .await
+                            .expect("increment acknowledged");
                     }
                     if op % 100 == 0 {
                         // A waiter that must be released by the final unblock.
@@ -292,27 +384,52 @@ pub async fn random_operations_converge<F: BackendFactory>(factory: &F) {
     }
     for i in 0..3 {
         let ctrl = locks[i].controller(KEY).unwrap();
-        assert_eq!(ctrl.count(), left[i], "instance {i}: count equals the truth");
+        assert_eq!(
+            ctrl.count(),
+            left[i],
+            "instance {i}: count equals the truth"
+        );
         assert_eq!(truth[i].load(Ordering::SeqCst), left[i]);
-        assert_eq!(ctrl.is_busy(), left[i] > 0, "instance {i}: busy iff count > 0 (threshold 1)");
+        assert_eq!(
+            ctrl.is_busy(),
+            left[i] > 0,
+            "instance {i}: busy iff count > 0 (threshold 1)"
+        );
     }
     let any_busy = left.iter().any(|&n| n > 0);
     for lock in &locks {
-        eventually(&state(lock), PROPAGATION_LIMIT, "every instance's view equals the truth", |s| {
-            s.is_blocked() == any_busy
-        })
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "every instance's view equals the truth",
+            |s| s.is_blocked() == any_busy,
+        )
         .await;
     }
     // Release everything: every waiter must come back.
     for (i, lock) in locks.iter().enumerate() {
-        lock.controller(KEY).unwrap().decrement(left[i]).await.unwrap();
+        lock.controller(KEY)
+            .unwrap()
+            .decrement(left[i])
+            .await
+            .unwrap();
     }
     for lock in &locks {
-        eventually(&state(lock), PROPAGATION_LIMIT, "all unblocked at the end", |s| !s.is_blocked()).await;
+        eventually(
+            &state(lock),
+            PROPAGATION_LIMIT,
+            "all unblocked at the end",
+            |s| !s.is_blocked(),
+        )
+        .await;
     }
     let deadline = Instant::now() + PROPAGATION_LIMIT;
     while waiters_done.load(Ordering::SeqCst) < 9 * 12 {
-        assert!(Instant::now() < deadline, "waiters left hanging: {} of 108 released", waiters_done.load(Ordering::SeqCst));
+        assert!(
+            Instant::now() < deadline,
+            "waiters left hanging: {} of 108 released",
+            waiters_done.load(Ordering::SeqCst)
+        );
         async_io::Timer::after(Duration::from_millis(10)).await;
     }
     shutdown_all(&locks).await;

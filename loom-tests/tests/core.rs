@@ -32,7 +32,11 @@ fn assert_consistent(log: &[bool], final_blocked: bool) {
     for (i, &blocked) in log.iter().enumerate() {
         assert_eq!(blocked, i % 2 == 0, "handler calls must alternate: {log:?}");
     }
-    assert_eq!(log.last().copied().unwrap_or(false), final_blocked, "last handler matches the state: {log:?}");
+    assert_eq!(
+        log.last().copied().unwrap_or(false),
+        final_blocked,
+        "last handler matches the state: {log:?}"
+    );
 }
 
 #[test]
@@ -64,7 +68,11 @@ fn two_threads_cross_the_threshold_concurrently() {
         }
         assert_eq!(ctrl.count(), 0);
         assert!(!ctrl.is_busy() && !ctrl.state().is_blocked());
-        assert_eq!(*log.lock().unwrap(), [true, false], "exactly one idle transition");
+        assert_eq!(
+            *log.lock().unwrap(),
+            [true, false],
+            "exactly one idle transition"
+        );
     });
 }
 
@@ -125,8 +133,14 @@ fn guard_drop_racing_increment() {
         dropper.join().unwrap();
         incrementer.join().unwrap();
         assert_eq!(ctrl.count(), 1);
-        assert!(ctrl.is_busy(), "count 1 at threshold 1 ends busy whatever the order");
-        assert!(ctrl.state().is_blocked(), "local state follows the last transition");
+        assert!(
+            ctrl.is_busy(),
+            "count 1 at threshold 1 ends busy whatever the order"
+        );
+        assert!(
+            ctrl.state().is_blocked(),
+            "local state follows the last transition"
+        );
         assert_consistent(&log.lock().unwrap(), true);
     });
 }
