@@ -839,7 +839,7 @@ mod tests {
     fn guard_decrements_on_panic() {
         let ctrl = TrackerController::new(1).unwrap();
         let c = ctrl.clone();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let r = std::panic::catch_unwind(core::panic::AssertUnwindSafe(move || {
             let _g = c.enter(None);
             panic!("work failed");
         }));
@@ -868,7 +868,7 @@ mod tests {
     #[test]
     fn threaded_stress_8x100k() {
         let ctrl = TrackerController::new(1).unwrap();
-        let threads: std::vec::Vec<_> = (0..8)
+        let threads: alloc::vec::Vec<_> = (0..8)
             .map(|_| {
                 let ctrl = ctrl.clone();
                 std::thread::spawn(move || {

@@ -16,14 +16,14 @@
 //! from async-io); [`build_with_driver`](crate::ReactiveLockBuilder::build_with_driver)
 //! hands it to the caller's executor instead.
 
-use std::boxed::Box;
-use std::pin::Pin;
-use std::string::String;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::task::{Context, Poll};
 use std::time::Instant;
-use std::vec::Vec;
 
 use backon::BackoffBuilder;
 use event_listener::Event;

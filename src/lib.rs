@@ -40,6 +40,12 @@
 // Without `std` the driver that uses the feed-in half of the core is not built.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// no_std hygiene for the library itself (tests and examples may use std freely).
+#![warn(
+    clippy::std_instead_of_core,
+    clippy::std_instead_of_alloc,
+    clippy::alloc_instead_of_core
+)]
 
 extern crate alloc;
 #[cfg(feature = "std")]

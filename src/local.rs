@@ -1,12 +1,13 @@
 //! `LocalBackend`: the in-process store, and the reference the conformance suite runs first.
 
-use std::collections::{BTreeSet, HashMap};
-use std::pin::Pin;
-use std::string::{String, ToString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
-use std::vec::Vec;
+use alloc::collections::BTreeSet;
+use alloc::string::{String, ToString};
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::task::{Context, Poll};
+use std::collections::HashMap;
 
 use event_listener::{Event, EventListener};
 use futures_core::Stream;

@@ -1,13 +1,13 @@
 //! `ReactiveLock`: the registry of trackers of one instance, its builder and config.
 
-use std::boxed::Box;
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::time::Duration;
 use std::collections::HashMap;
 use std::format;
-use std::string::{String, ToString};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
-use std::vec::Vec;
 
 use event_listener::Event;
 

@@ -889,9 +889,9 @@ impl TrackerState {
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
+    use core::sync::atomic::AtomicUsize;
     use core::time::Duration;
     use std::sync::Mutex as StdMutex;
-    use std::sync::atomic::AtomicUsize;
 
     fn entry(name: &str, busy: bool, data: Option<&str>, until: u64, seq: u64) -> Entry {
         Entry::new(
@@ -1021,7 +1021,7 @@ mod tests {
         });
         let s = state.clone();
         assert!(
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.set_blocked(None)))
+            std::panic::catch_unwind(core::panic::AssertUnwindSafe(move || s.set_blocked(None)))
                 .is_err()
         );
         state.set_unblocked();

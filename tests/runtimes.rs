@@ -2,7 +2,7 @@
 //! none of them, and works inside each (driver on its own thread, or on the caller's
 //! executor via `build_with_driver`).
 
-use std::time::Duration;
+use core::time::Duration;
 
 use futures_lite::StreamExt;
 use reactive_lock::{Driver, LocalBackend, ReactiveLock, TrackerConfig};
