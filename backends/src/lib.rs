@@ -9,3 +9,6 @@
 //! the same [`Backend`](reactive_lock::Backend) trait.
 
 pub mod conformance;
+
+#[cfg(feature = "redis")]
+pub mod redis;

@@ -1,0 +1,642 @@
+//! Redis backend, wire-compatible with the .NET ReactiveLock.
+//!
+//! # Wire format (the .NET library's, unchanged)
+//!
+//! * hash `ReactiveLock:Redis:HashSet:{key}`, field = instance name, value
+//!   `"{1|0};{validUntil}"` or `"1;{validUntil};{lockData}"`, `validUntil` in UTC .NET ticks
+//!   (100 ns units since 0001-01-01);
+//! * after the write, `PUBLISH ReactiveLock:Redis:HashSetNotifier:{key}`.
+//!
+//! A .NET subscriber ignores the published payload and re-reads the hash, so ours carries a
+//! self-describing payload (`RLv1`, instance, sequence, the server's clock, the .NET value)
+//! that our subscribers apply directly — no re-read per notification, so a transition costs
+//! O(1) Redis work per subscriber instead of a full `HGETALL`. A payload that is not ours
+//! (a .NET writer's bare value) makes our subscriber re-read that key once.
+//!
+//! Writes go through one Lua script: `TIME` + `HSET` + `PUBLISH`, atomically, with
+//! `validUntil` computed from the **server's** clock, and dropped if the instance already
+//! wrote a newer sequence (kept in `{ReactiveLock:Redis:HashSet:{key}}:seq`, which hashes to
+//! the same cluster slot as the .NET hash). Reads pipeline `HGETALL` + `TIME`, so expiry is
+//! judged on the server's clock too: skewed client clocks cannot make a live instance look
+//! dead or a dead one alive.
+//!
+//! # Connections and runtime
+//!
+//! One multiplexed connection for commands and one pub/sub connection for every key of a
+//! registry. The redis crate runs them on smol's global executor (`smol-comp`), so the
+//! backend works whatever runtime the application uses — tokio, smol, async-std — or none.
+//! A lost command connection is re-established on the next call; the subscription pings the
+//! server every [`health_check_interval`](RedisBackendBuilder::health_check_interval) and
+//! reports [`BackendEvent::Disconnected`] when the server stops answering (also a server
+//! paused with SIGSTOP, whose sockets stay open), after which the driver resubscribes with
+//! backoff, re-reads every key and re-publishes its own statuses.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_lite::{Stream, StreamExt};
+use parking_lot::Mutex;
+use reactive_lock::{
+    Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
+    StoreTime,
+};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+
+/// The hash holding every instance's entry for `key` (the .NET name).
+pub fn hash_name(key: &str) -> String {
+    format!("ReactiveLock:Redis:HashSet:{key}")
+}
+
+/// The channel announcing changes of `key` (the .NET name).
+pub fn channel_name(key: &str) -> String {
+    format!("ReactiveLock:Redis:HashSetNotifier:{key}")
+}
+
+/// Per-instance write sequences of `key`; the hash tag puts it in the .NET hash's slot.
+fn seq_hash_name(key: &str) -> String {
+    format!("{{{}}}:seq", hash_name(key))
+}
+
+const CHANNEL_PREFIX: &str = "ReactiveLock:Redis:HashSetNotifier:";
+const PAYLOAD_MAGIC: &str = "RLv1";
+
+/// TIME + ordered HSET + PUBLISH in one atomic step. Lua numbers are doubles, so .NET ticks
+/// (~6.4e17, beyond 2^53) are built as strings from exact parts: whole seconds since
+/// 0001-01-01 (~6.4e10) and the 7-digit sub-second tick count. Sequences are compared as
+/// zero-padded 20-digit strings for the same reason.
+const PUBLISH_SCRIPT: &str = r#"
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held and held > ARGV[2] then return 0 end
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local usec = tonumber(t[2])
+local epoch = 62135596800
+local function ticks(s, us)
+  return string.format('%.0f', s + epoch) .. string.format('%07d', us * 10)
+end
+local vus = usec + tonumber(ARGV[4])
+local vsec = sec + math.floor(vus / 1000000)
+vus = vus % 1000000
+local value = ARGV[3] .. ';' .. ticks(vsec, vus)
+if ARGV[5] == '1' then value = value .. ';' .. ARGV[6] end
+redis.call('HSET', KEYS[1], ARGV[1], value)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('PUBLISH', ARGV[7], 'RLv1\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. ticks(sec, usec) .. '\n' .. value)
+return 1
+"#;
+
+/// Options of a [`RedisBackend`]; see [`RedisBackend::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock_backends::redis::RedisBackend;
+/// use std::time::Duration;
+///
+/// let builder = RedisBackend::builder("redis://127.0.0.1:6379/")
+///     .connect_timeout(Duration::from_secs(2))
+///     .response_timeout(Duration::from_secs(1));
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until connect() is awaited"]
+pub struct RedisBackendBuilder {
+    url: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    health_check_interval: Duration,
+}
+
+impl RedisBackendBuilder {
+    /// How long connecting may take before failing (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a command may wait for its reply before failing (default 2 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How often the subscription pings the server to detect a dead or paused server
+    /// (default 1 s; the ping must answer within the response timeout).
+    pub fn health_check_interval(mut self, every: Duration) -> Self {
+        self.health_check_interval = every;
+        self
+    }
+
+    /// Connects: parses the URL, opens the command connection and checks it with `PING`.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendErrorKind::Rejected`] for an invalid URL, zero timeouts, or refused
+    /// authentication; [`BackendErrorKind::Unavailable`] when the server cannot be reached
+    /// within the connect timeout. The message names the address (never the password).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it resolves leaves nothing behind.
+    pub async fn connect(self) -> Result<RedisBackend, BackendError> {
+        let address = redact(&self.url);
+        for (field, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+            ("health_check_interval", self.health_check_interval),
+        ] {
+            if d.is_zero() {
+                return Err(BackendError::new(
+                    BackendErrorKind::Rejected,
+                    format!("invalid Redis option `{field}`: must be greater than zero"),
+                ));
+            }
+        }
+        let client = Client::open(self.url.as_str()).map_err(|e| {
+            BackendError::new(BackendErrorKind::Rejected, format!("invalid Redis URL `{address}`: {e}"))
+                .with_source(e)
+        })?;
+        let backend = RedisBackend {
+            inner: Arc::new(Inner {
+                client,
+                address,
+                connect_timeout: self.connect_timeout,
+                response_timeout: self.response_timeout,
+                health_check_interval: self.health_check_interval,
+                connection: async_lock::Mutex::new(None),
+                script: Script::new(PUBLISH_SCRIPT),
+                malformed: AtomicU64::new(0),
+                malformed_seen: Mutex::new(HashSet::new()),
+                notifications_applied: AtomicU64::new(0),
+                rereads: AtomicU64::new(0),
+            }),
+        };
+        let mut connection = backend.connection().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| backend.error("PING", e))?;
+        Ok(backend)
+    }
+}
+
+/// The Redis backend: see the [module docs](self) for the wire format and behaviour.
+///
+/// Cheap to clone; clones share the connections. Give each registry (instance) its own
+/// `RedisBackend` or a clone — both work.
+///
+/// # Examples
+///
+/// ```no_run
+/// use reactive_lock::{ReactiveLock, TrackerConfig};
+/// use reactive_lock_backends::redis::RedisBackend;
+///
+/// # futures_lite::future::block_on(async {
+/// let backend = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
+/// let lock = ReactiveLock::builder()
+///     .tracker("payments", TrackerConfig::new())
+///     .build(backend)
+///     .await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    address: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    health_check_interval: Duration,
+    /// The command connection, re-established on the next call after it failed.
+    connection: async_lock::Mutex<Option<MultiplexedConnection>>,
+    script: Script,
+    malformed: AtomicU64,
+    /// Malformed (key, field, value) already logged, so each is logged once. Bounded.
+    malformed_seen: Mutex<HashSet<(String, String, Vec<u8>)>>,
+    notifications_applied: AtomicU64,
+    rereads: AtomicU64,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend").field("address", &self.inner.address).finish_non_exhaustive()
+    }
+}
+
+/// Counters of a [`RedisBackend`].
+///
+/// # Examples
+///
+/// ```
+/// let stats = reactive_lock_backends::redis::RedisStats::default();
+/// assert_eq!(stats.malformed_entries, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Entries or notifications that could not be parsed (ignored).
+    pub malformed_entries: u64,
+    /// Self-describing notifications applied without a re-read.
+    pub notifications_applied: u64,
+    /// Re-reads caused by notifications that were not ours (.NET writers).
+    pub rereads: u64,
+}
+
+impl RedisBackend {
+    /// Connects with default options; see [`RedisBackendBuilder::connect`].
+    ///
+    /// URL forms: `redis://[user[:password]@]host[:port][/db]`, `rediss://...` for TLS.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisBackendBuilder::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it resolves leaves nothing behind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::BackendErrorKind;
+    /// use reactive_lock_backends::redis::RedisBackend;
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let err = RedisBackend::connect("not a url").await.unwrap_err();
+    /// assert_eq!(err.kind(), BackendErrorKind::Rejected);
+    /// # });
+    /// ```
+    pub async fn connect(url: &str) -> Result<RedisBackend, BackendError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for the options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = reactive_lock_backends::redis::RedisBackend::builder("redis://127.0.0.1/");
+    /// # let _ = builder;
+    /// ```
+    pub fn builder(url: &str) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(2),
+            health_check_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The server's address as given (without the password).
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// Counters: malformed entries ignored, notifications applied, re-reads.
+    pub fn stats(&self) -> RedisStats {
+        RedisStats {
+            malformed_entries: self.inner.malformed.load(Ordering::Relaxed),
+            notifications_applied: self.inner.notifications_applied.load(Ordering::Relaxed),
+            rereads: self.inner.rereads.load(Ordering::Relaxed),
+        }
+    }
+
+    fn config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.connect_timeout))
+            .set_response_timeout(Some(self.inner.response_timeout))
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(connection) = &*slot {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config())
+            .await
+            .map_err(|e| self.error("connect", e))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Maps a redis error, and forgets the command connection if it is broken.
+    fn error(&self, what: &str, e: RedisError) -> BackendError {
+        let unavailable = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error();
+        if unavailable {
+            if let Some(mut slot) = self.inner.connection.try_lock() {
+                *slot = None;
+            }
+        }
+        let kind = if unavailable { BackendErrorKind::Unavailable } else { BackendErrorKind::Rejected };
+        BackendError::new(kind, format!("Redis {what} at {} failed: {e}", self.inner.address)).with_source(e)
+    }
+
+    fn malformed(&self, key: &str, field: &str, value: &[u8], why: &str) {
+        self.inner.malformed.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.inner.malformed_seen.lock();
+        if seen.len() < 1024 && seen.insert((key.into(), field.into(), value.to_vec())) {
+            tracing::warn!(
+                key,
+                field,
+                value = %String::from_utf8_lossy(&value[..value.len().min(200)]),
+                why,
+                "reactive-lock: ignoring a malformed Redis entry"
+            );
+        }
+    }
+
+    /// Reads `key`: HGETALL of the entries and of the sequences, and TIME, one round trip.
+    async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
+        let mut connection = self.connection().await?;
+        let (entries, seqs, time): (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, String)>, (u64, u64)) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(hash_name(key))
+            .cmd("HGETALL")
+            .arg(seq_hash_name(key))
+            .cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error("HGETALL", e))?;
+        let store_now = StoreTime::from_unix_nanos(time.0 * 1_000_000_000 + time.1 * 1_000);
+        let mut out = Vec::with_capacity(entries.len());
+        for (field, value) in entries {
+            let Ok(instance) = String::from_utf8(field.clone()) else {
+                self.malformed(key, &String::from_utf8_lossy(&field), &value, "instance name is not UTF-8");
+                continue;
+            };
+            match parse_value(&value) {
+                Ok((busy, valid_until, data)) => {
+                    let seq = seqs
+                        .iter()
+                        .find(|(i, _)| *i == instance)
+                        .and_then(|(_, s)| s.parse().ok())
+                        .unwrap_or(0);
+                    out.push(Entry::new(instance, busy, data, valid_until).with_seq(seq));
+                }
+                Err(why) => self.malformed(key, &instance, &value, why),
+            }
+        }
+        Ok(Snapshot::new(key, out, store_now))
+    }
+
+    /// Turns one pub/sub message into an event: ours is applied as is; anything else makes
+    /// us re-read the key (a .NET writer's bare value) or is ignored (malformed).
+    async fn event_for(&self, channel: &str, payload: &[u8]) -> Option<BackendEvent> {
+        let key = channel.strip_prefix(CHANNEL_PREFIX)?;
+        match parse_payload(payload) {
+            Payload::Ours { instance, seq, store_now, busy, valid_until, data } => {
+                self.inner.notifications_applied.fetch_add(1, Ordering::Relaxed);
+                Some(BackendEvent::Update {
+                    key: key.into(),
+                    entry: Entry::new(instance, busy, data, valid_until).with_seq(seq),
+                    store_now,
+                })
+            }
+            Payload::Malformed(why) => {
+                self.malformed(key, "(notification)", payload, why);
+                None
+            }
+            Payload::Foreign => {
+                self.inner.rereads.fetch_add(1, Ordering::Relaxed);
+                match self.read(key).await {
+                    Ok(snapshot) => Some(BackendEvent::Snapshot(snapshot)),
+                    Err(error) => {
+                        tracing::warn!(key, %error, "reactive-lock: re-read after a foreign notification failed");
+                        Some(BackendEvent::Disconnected)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses a .NET value `"{1|0};{ticks}[;{data}]"`.
+fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {
+    let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8")?;
+    let mut parts = text.splitn(3, ';');
+    let busy = match parts.next() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => return Err("flag is neither 1 nor 0"),
+    };
+    let ticks: u64 = parts.next().ok_or("missing validUntil")?.parse().map_err(|_| "validUntil is not a number")?;
+    let valid_until = StoreTime::from_dotnet_ticks(ticks).ok_or("validUntil out of range")?;
+    let data = parts.next().map(String::from);
+    Ok((busy, valid_until, data))
+}
+
+enum Payload {
+    Ours { instance: String, seq: u64, store_now: StoreTime, busy: bool, valid_until: StoreTime, data: Option<String> },
+    Foreign,
+    Malformed(&'static str),
+}
+
+fn parse_payload(payload: &[u8]) -> Payload {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return if payload.starts_with(PAYLOAD_MAGIC.as_bytes()) {
+            Payload::Malformed("notification is not UTF-8")
+        } else {
+            Payload::Foreign
+        };
+    };
+    let mut parts = text.splitn(5, '\n');
+    if parts.next() != Some(PAYLOAD_MAGIC) {
+        return Payload::Foreign;
+    }
+    let (Some(instance), Some(seq), Some(now), Some(value)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Payload::Malformed("notification has missing fields");
+    };
+    let Ok(seq) = seq.parse::<u64>() else { return Payload::Malformed("notification sequence is not a number") };
+    let Some(store_now) = now.parse::<u64>().ok().and_then(StoreTime::from_dotnet_ticks) else {
+        return Payload::Malformed("notification clock is not valid ticks");
+    };
+    match parse_value(value.as_bytes()) {
+        Ok((busy, valid_until, data)) => Payload::Ours { instance: instance.into(), seq, store_now, busy, valid_until, data },
+        Err(why) => Payload::Malformed(why),
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}{}", &url[..scheme_end], if user.is_empty() { String::new() } else { format!("{user}:***") }, &url[at..])
+        }
+        _ => url.into(),
+    }
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = BackendEvent> + Send>>;
+
+impl Backend for RedisBackend {
+    type Events = EventStream;
+
+    async fn publish(&self, key: &str, instance: &str, status: &InstanceStatus) -> Result<(), BackendError> {
+        if instance.contains('\n') {
+            return Err(BackendError::new(
+                BackendErrorKind::Rejected,
+                format!("instance name {instance:?} contains a newline, which the notification format reserves"),
+            ));
+        }
+        let mut connection = self.connection().await?;
+        let valid_for_us = u64::try_from(status.valid_for.as_micros()).unwrap_or(u64::MAX);
+        // Keep the sequence record well beyond the entry's validity.
+        let seq_ttl_ms = u64::try_from(status.valid_for.as_millis()).unwrap_or(u64::MAX / 100).saturating_mul(100).max(60_000);
+        let data = status.lock_data.as_deref();
+        let _: i64 = self
+            .inner
+            .script
+            .key(hash_name(key))
+            .key(seq_hash_name(key))
+            .arg(instance)
+            .arg(format!("{:020}", status.seq))
+            .arg(if status.busy { "1" } else { "0" })
+            .arg(valid_for_us)
+            .arg(if status.busy && data.is_some() { "1" } else { "0" })
+            .arg(data.unwrap_or(""))
+            .arg(channel_name(key))
+            .arg(seq_ttl_ms)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.error("publish (EVALSHA)", e))?;
+        Ok(())
+    }
+
+    async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
+        self.read(key).await
+    }
+
+    async fn subscribe(&self, keys: &[String]) -> Result<EventStream, BackendError> {
+        let pubsub = self
+            .inner
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
+        let (mut sink, stream) = pubsub.split();
+        let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
+        sink.subscribe(&channels).await.map_err(|e| self.error("SUBSCRIBE", e))?;
+        let state = Subscription { backend: self.clone(), sink, messages: stream, done: false };
+        Ok(Box::pin(futures_lite::stream::unfold(state, Subscription::next)))
+    }
+}
+
+struct Subscription {
+    backend: RedisBackend,
+    sink: redis::aio::PubSubSink,
+    messages: redis::aio::PubSubStream,
+    done: bool,
+}
+
+enum Woke {
+    Message(Option<redis::Msg>),
+    HealthCheck,
+}
+
+impl Subscription {
+    /// The next event; after `Disconnected` the stream ends and the driver resubscribes.
+    async fn next(mut self) -> Option<(BackendEvent, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let interval = self.backend.inner.health_check_interval;
+            let messages = &mut self.messages;
+            let woke = futures_lite::future::or(async { Woke::Message(messages.next().await) }, async {
+                async_io::Timer::after(interval).await;
+                Woke::HealthCheck
+            })
+            .await;
+            match woke {
+                Woke::Message(Some(msg)) => {
+                    let channel = msg.get_channel_name().to_string();
+                    if let Some(event) = self.backend.event_for(&channel, msg.get_payload_bytes()).await {
+                        if matches!(event, BackendEvent::Disconnected) {
+                            self.done = true;
+                        }
+                        return Some((event, self));
+                    }
+                }
+                Woke::Message(None) => {
+                    tracing::warn!(address = %self.backend.inner.address, "reactive-lock: Redis subscription closed");
+                    self.done = true;
+                    return Some((BackendEvent::Disconnected, self));
+                }
+                Woke::HealthCheck => {
+                    let timeout = self.backend.inner.response_timeout;
+                    let sink = &mut self.sink;
+                    let alive = futures_lite::future::or(async { sink.ping::<String>().await.is_ok() }, async {
+                        async_io::Timer::after(timeout).await;
+                        false
+                    })
+                    .await;
+                    if !alive {
+                        tracing::warn!(address = %self.backend.inner.address, "reactive-lock: Redis stopped answering");
+                        self.done = true;
+                        return Some((BackendEvent::Disconnected, self));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dotnet_values() {
+        let t = StoreTime::from_unix_nanos(1_700_000_000_123_456_700);
+        let ticks = t.to_dotnet_ticks();
+        assert_eq!(parse_value(format!("1;{ticks};x;y").as_bytes()), Ok((true, t, Some("x;y".into()))));
+        assert_eq!(parse_value(format!("0;{ticks}").as_bytes()), Ok((false, t, None)));
+        assert!(parse_value(b"2;1").is_err());
+        assert!(parse_value(b"1").is_err());
+        assert!(parse_value(b"1;abc").is_err());
+        assert!(parse_value(b"1;5").is_err(), "ticks before the Unix epoch");
+        assert!(parse_value(&[0xff, 0xfe]).is_err());
+        assert!(parse_value(format!("1;{}", u64::MAX).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn parses_payloads() {
+        let now = StoreTime::from_unix_nanos(1_700_000_000_000_000_000);
+        let p = format!("RLv1\ni-1\n42\n{}\n1;{};data\nwith newline", now.to_dotnet_ticks(), now.to_dotnet_ticks() + 1);
+        match parse_payload(p.as_bytes()) {
+            Payload::Ours { instance, seq, store_now, busy, data, .. } => {
+                assert_eq!((instance.as_str(), seq, store_now, busy), ("i-1", 42, now, true));
+                assert_eq!(data.as_deref(), Some("data\nwith newline"));
+            }
+            _ => panic!("expected our payload"),
+        }
+        assert!(matches!(parse_payload(b"1;638000000000000000;x"), Payload::Foreign));
+        assert!(matches!(parse_payload(b"RLv1\ni"), Payload::Malformed(_)));
+        assert!(matches!(parse_payload(b"RLv1\ni\nx\n1\n1;1"), Payload::Malformed(_)));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(redact("redis://:secret@host"), "redis://@host");
+        assert_eq!(redact("redis://host:1"), "redis://host:1");
+    }
+}
