@@ -158,8 +158,11 @@ impl RedisBackendBuilder {
             }
         }
         let client = Client::open(self.url.as_str()).map_err(|e| {
-            BackendError::new(BackendErrorKind::Rejected, format!("invalid Redis URL `{address}`: {e}"))
-                .with_source(e)
+            BackendError::new(
+                BackendErrorKind::Rejected,
+                format!("invalid Redis URL `{address}`: {e}"),
+            )
+            .with_source(e)
         })?;
         let backend = RedisBackend {
             inner: Arc::new(Inner {
@@ -228,7 +231,9 @@ struct Inner {
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBackend").field("address", &self.inner.address).finish_non_exhaustive()
+        f.debug_struct("RedisBackend")
+            .field("address", &self.inner.address)
+            .finish_non_exhaustive()
     }
 }
 
@@ -333,18 +338,31 @@ impl RedisBackend {
 
     /// Maps a redis error, and forgets the command connection if it is broken.
     fn error(&self, what: &str, e: RedisError) -> BackendError {
-        let unavailable = e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_timeout()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error();
+        let refused_config = matches!(
+            e.kind(),
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+        );
+        let unavailable = !refused_config
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_connection_refusal()
+                || e.is_unrecoverable_error());
         if unavailable {
             if let Some(mut slot) = self.inner.connection.try_lock() {
                 *slot = None;
             }
         }
-        let kind = if unavailable { BackendErrorKind::Unavailable } else { BackendErrorKind::Rejected };
-        BackendError::new(kind, format!("Redis {what} at {} failed: {e}", self.inner.address)).with_source(e)
+        let kind = if unavailable {
+            BackendErrorKind::Unavailable
+        } else {
+            BackendErrorKind::Rejected
+        };
+        BackendError::new(
+            kind,
+            format!("Redis {what} at {} failed: {e}", self.inner.address),
+        )
+        .with_source(e)
     }
 
     fn malformed(&self, key: &str, field: &str, value: &[u8], why: &str) {
@@ -364,20 +382,26 @@ impl RedisBackend {
     /// Reads `key`: HGETALL of the entries and of the sequences, and TIME, one round trip.
     async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
         let mut connection = self.connection().await?;
-        let (entries, seqs, time): (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, String)>, (u64, u64)) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(hash_name(key))
-            .cmd("HGETALL")
-            .arg(seq_hash_name(key))
-            .cmd("TIME")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error("HGETALL", e))?;
+        let (entries, seqs, time): (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, String)>, (u64, u64)) =
+            redis::pipe()
+                .cmd("HGETALL")
+                .arg(hash_name(key))
+                .cmd("HGETALL")
+                .arg(seq_hash_name(key))
+                .cmd("TIME")
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error("HGETALL", e))?;
         let store_now = StoreTime::from_unix_nanos(time.0 * 1_000_000_000 + time.1 * 1_000);
         let mut out = Vec::with_capacity(entries.len());
         for (field, value) in entries {
             let Ok(instance) = String::from_utf8(field.clone()) else {
-                self.malformed(key, &String::from_utf8_lossy(&field), &value, "instance name is not UTF-8");
+                self.malformed(
+                    key,
+                    &String::from_utf8_lossy(&field),
+                    &value,
+                    "instance name is not UTF-8",
+                );
                 continue;
             };
             match parse_value(&value) {
@@ -400,8 +424,17 @@ impl RedisBackend {
     async fn event_for(&self, channel: &str, payload: &[u8]) -> Option<BackendEvent> {
         let key = channel.strip_prefix(CHANNEL_PREFIX)?;
         match parse_payload(payload) {
-            Payload::Ours { instance, seq, store_now, busy, valid_until, data } => {
-                self.inner.notifications_applied.fetch_add(1, Ordering::Relaxed);
+            Payload::Ours {
+                instance,
+                seq,
+                store_now,
+                busy,
+                valid_until,
+                data,
+            } => {
+                self.inner
+                    .notifications_applied
+                    .fetch_add(1, Ordering::Relaxed);
                 Some(BackendEvent::Update {
                     key: key.into(),
                     entry: Entry::new(instance, busy, data, valid_until).with_seq(seq),
@@ -426,8 +459,15 @@ impl RedisBackend {
     }
 }
 
+/// Entries and notifications longer than this are ignored as malformed: lock data is a
+/// short label, and a huge value is a sign of something else writing into the hash.
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+
 /// Parses a .NET value `"{1|0};{ticks}[;{data}]"`.
 fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err("value longer than MAX_VALUE_LEN");
+    }
     let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8")?;
     let mut parts = text.splitn(3, ';');
     let busy = match parts.next() {
@@ -435,19 +475,33 @@ fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'stat
         Some("0") => false,
         _ => return Err("flag is neither 1 nor 0"),
     };
-    let ticks: u64 = parts.next().ok_or("missing validUntil")?.parse().map_err(|_| "validUntil is not a number")?;
+    let ticks: u64 = parts
+        .next()
+        .ok_or("missing validUntil")?
+        .parse()
+        .map_err(|_| "validUntil is not a number")?;
     let valid_until = StoreTime::from_dotnet_ticks(ticks).ok_or("validUntil out of range")?;
     let data = parts.next().map(String::from);
     Ok((busy, valid_until, data))
 }
 
 enum Payload {
-    Ours { instance: String, seq: u64, store_now: StoreTime, busy: bool, valid_until: StoreTime, data: Option<String> },
+    Ours {
+        instance: String,
+        seq: u64,
+        store_now: StoreTime,
+        busy: bool,
+        valid_until: StoreTime,
+        data: Option<String>,
+    },
     Foreign,
     Malformed(&'static str),
 }
 
 fn parse_payload(payload: &[u8]) -> Payload {
+    if payload.len() > MAX_VALUE_LEN + 256 {
+        return Payload::Malformed("notification longer than MAX_VALUE_LEN");
+    }
     let Ok(text) = std::str::from_utf8(payload) else {
         return if payload.starts_with(PAYLOAD_MAGIC.as_bytes()) {
             Payload::Malformed("notification is not UTF-8")
@@ -459,15 +513,30 @@ fn parse_payload(payload: &[u8]) -> Payload {
     if parts.next() != Some(PAYLOAD_MAGIC) {
         return Payload::Foreign;
     }
-    let (Some(instance), Some(seq), Some(now), Some(value)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(instance), Some(seq), Some(now), Some(value)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Payload::Malformed("notification has missing fields");
     };
-    let Ok(seq) = seq.parse::<u64>() else { return Payload::Malformed("notification sequence is not a number") };
-    let Some(store_now) = now.parse::<u64>().ok().and_then(StoreTime::from_dotnet_ticks) else {
+    let Ok(seq) = seq.parse::<u64>() else {
+        return Payload::Malformed("notification sequence is not a number");
+    };
+    let Some(store_now) = now
+        .parse::<u64>()
+        .ok()
+        .and_then(StoreTime::from_dotnet_ticks)
+    else {
         return Payload::Malformed("notification clock is not valid ticks");
     };
     match parse_value(value.as_bytes()) {
-        Ok((busy, valid_until, data)) => Payload::Ours { instance: instance.into(), seq, store_now, busy, valid_until, data },
+        Ok((busy, valid_until, data)) => Payload::Ours {
+            instance: instance.into(),
+            seq,
+            store_now,
+            busy,
+            valid_until,
+            data,
+        },
         Err(why) => Payload::Malformed(why),
     }
 }
@@ -478,7 +547,16 @@ fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}://{}{}", &url[..scheme_end], if user.is_empty() { String::new() } else { format!("{user}:***") }, &url[at..])
+            format!(
+                "{}://{}{}",
+                &url[..scheme_end],
+                if user.is_empty() {
+                    String::new()
+                } else {
+                    format!("{user}:***")
+                },
+                &url[at..]
+            )
         }
         _ => url.into(),
     }
@@ -489,17 +567,40 @@ type EventStream = std::pin::Pin<Box<dyn Stream<Item = BackendEvent> + Send>>;
 impl Backend for RedisBackend {
     type Events = EventStream;
 
-    async fn publish(&self, key: &str, instance: &str, status: &InstanceStatus) -> Result<(), BackendError> {
+    async fn publish(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Result<(), BackendError> {
+        if status
+            .lock_data
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_VALUE_LEN - 64)
+        {
+            return Err(BackendError::new(
+                BackendErrorKind::Rejected,
+                format!(
+                    "lock data of {} bytes for key `{key}` exceeds the Redis backend's limit ({MAX_VALUE_LEN} bytes per value)",
+                    status.lock_data.as_ref().map_or(0, String::len)
+                ),
+            ));
+        }
         if instance.contains('\n') {
             return Err(BackendError::new(
                 BackendErrorKind::Rejected,
-                format!("instance name {instance:?} contains a newline, which the notification format reserves"),
+                format!(
+                    "instance name {instance:?} contains a newline, which the notification format reserves"
+                ),
             ));
         }
         let mut connection = self.connection().await?;
         let valid_for_us = u64::try_from(status.valid_for.as_micros()).unwrap_or(u64::MAX);
         // Keep the sequence record well beyond the entry's validity.
-        let seq_ttl_ms = u64::try_from(status.valid_for.as_millis()).unwrap_or(u64::MAX / 100).saturating_mul(100).max(60_000);
+        let seq_ttl_ms = u64::try_from(status.valid_for.as_millis())
+            .unwrap_or(u64::MAX / 100)
+            .saturating_mul(100)
+            .max(60_000);
         let data = status.lock_data.as_deref();
         let _: i64 = self
             .inner
@@ -510,7 +611,11 @@ impl Backend for RedisBackend {
             .arg(format!("{:020}", status.seq))
             .arg(if status.busy { "1" } else { "0" })
             .arg(valid_for_us)
-            .arg(if status.busy && data.is_some() { "1" } else { "0" })
+            .arg(if status.busy && data.is_some() {
+                "1"
+            } else {
+                "0"
+            })
             .arg(data.unwrap_or(""))
             .arg(channel_name(key))
             .arg(seq_ttl_ms)
@@ -533,9 +638,19 @@ impl Backend for RedisBackend {
             .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
         let (mut sink, stream) = pubsub.split();
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
-        sink.subscribe(&channels).await.map_err(|e| self.error("SUBSCRIBE", e))?;
-        let state = Subscription { backend: self.clone(), sink, messages: stream, done: false };
-        Ok(Box::pin(futures_lite::stream::unfold(state, Subscription::next)))
+        sink.subscribe(&channels)
+            .await
+            .map_err(|e| self.error("SUBSCRIBE", e))?;
+        let state = Subscription {
+            backend: self.clone(),
+            sink,
+            messages: stream,
+            done: false,
+        };
+        Ok(Box::pin(futures_lite::stream::unfold(
+            state,
+            Subscription::next,
+        )))
     }
 }
 
@@ -560,15 +675,20 @@ impl Subscription {
         loop {
             let interval = self.backend.inner.health_check_interval;
             let messages = &mut self.messages;
-            let woke = futures_lite::future::or(async { Woke::Message(messages.next().await) }, async {
-                async_io::Timer::after(interval).await;
-                Woke::HealthCheck
-            })
-            .await;
+            let woke =
+                futures_lite::future::or(async { Woke::Message(messages.next().await) }, async {
+                    async_io::Timer::after(interval).await;
+                    Woke::HealthCheck
+                })
+                .await;
             match woke {
                 Woke::Message(Some(msg)) => {
                     let channel = msg.get_channel_name().to_string();
-                    if let Some(event) = self.backend.event_for(&channel, msg.get_payload_bytes()).await {
+                    if let Some(event) = self
+                        .backend
+                        .event_for(&channel, msg.get_payload_bytes())
+                        .await
+                    {
                         if matches!(event, BackendEvent::Disconnected) {
                             self.done = true;
                         }
@@ -583,10 +703,13 @@ impl Subscription {
                 Woke::HealthCheck => {
                     let timeout = self.backend.inner.response_timeout;
                     let sink = &mut self.sink;
-                    let alive = futures_lite::future::or(async { sink.ping::<String>().await.is_ok() }, async {
-                        async_io::Timer::after(timeout).await;
-                        false
-                    })
+                    let alive = futures_lite::future::or(
+                        async { sink.ping::<String>().await.is_ok() },
+                        async {
+                            async_io::Timer::after(timeout).await;
+                            false
+                        },
+                    )
                     .await;
                     if !alive {
                         tracing::warn!(address = %self.backend.inner.address, "reactive-lock: Redis stopped answering");
@@ -607,8 +730,14 @@ mod tests {
     fn parses_dotnet_values() {
         let t = StoreTime::from_unix_nanos(1_700_000_000_123_456_700);
         let ticks = t.to_dotnet_ticks();
-        assert_eq!(parse_value(format!("1;{ticks};x;y").as_bytes()), Ok((true, t, Some("x;y".into()))));
-        assert_eq!(parse_value(format!("0;{ticks}").as_bytes()), Ok((false, t, None)));
+        assert_eq!(
+            parse_value(format!("1;{ticks};x;y").as_bytes()),
+            Ok((true, t, Some("x;y".into())))
+        );
+        assert_eq!(
+            parse_value(format!("0;{ticks}").as_bytes()),
+            Ok((false, t, None))
+        );
         assert!(parse_value(b"2;1").is_err());
         assert!(parse_value(b"1").is_err());
         assert!(parse_value(b"1;abc").is_err());
@@ -620,22 +749,45 @@ mod tests {
     #[test]
     fn parses_payloads() {
         let now = StoreTime::from_unix_nanos(1_700_000_000_000_000_000);
-        let p = format!("RLv1\ni-1\n42\n{}\n1;{};data\nwith newline", now.to_dotnet_ticks(), now.to_dotnet_ticks() + 1);
+        let p = format!(
+            "RLv1\ni-1\n42\n{}\n1;{};data\nwith newline",
+            now.to_dotnet_ticks(),
+            now.to_dotnet_ticks() + 1
+        );
         match parse_payload(p.as_bytes()) {
-            Payload::Ours { instance, seq, store_now, busy, data, .. } => {
-                assert_eq!((instance.as_str(), seq, store_now, busy), ("i-1", 42, now, true));
+            Payload::Ours {
+                instance,
+                seq,
+                store_now,
+                busy,
+                data,
+                ..
+            } => {
+                assert_eq!(
+                    (instance.as_str(), seq, store_now, busy),
+                    ("i-1", 42, now, true)
+                );
                 assert_eq!(data.as_deref(), Some("data\nwith newline"));
             }
             _ => panic!("expected our payload"),
         }
-        assert!(matches!(parse_payload(b"1;638000000000000000;x"), Payload::Foreign));
+        assert!(matches!(
+            parse_payload(b"1;638000000000000000;x"),
+            Payload::Foreign
+        ));
         assert!(matches!(parse_payload(b"RLv1\ni"), Payload::Malformed(_)));
-        assert!(matches!(parse_payload(b"RLv1\ni\nx\n1\n1;1"), Payload::Malformed(_)));
+        assert!(matches!(
+            parse_payload(b"RLv1\ni\nx\n1\n1;1"),
+            Payload::Malformed(_)
+        ));
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
         assert_eq!(redact("redis://:secret@host"), "redis://@host");
         assert_eq!(redact("redis://host:1"), "redis://host:1");
     }

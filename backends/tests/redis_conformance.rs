@@ -14,7 +14,9 @@ struct Factory(String);
 impl BackendFactory for Factory {
     type Backend = RedisBackend;
     async fn connect(&self) -> RedisBackend {
-        RedisBackend::connect(&self.0).await.expect("connect to the test redis-server")
+        RedisBackend::connect(&self.0)
+            .await
+            .expect("connect to the test redis-server")
     }
 }
 

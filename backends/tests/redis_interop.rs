@@ -1,0 +1,365 @@
+//! Wire compatibility with the .NET ReactiveLock, malformed data, clock skew, AUTH, TLS and
+//! the notification cost at scale — against real redis-servers.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use reactive_lock::{BackendErrorKind, ReactiveLock, StoreTime, TrackerConfig};
+use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
+use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
+use redis::Commands;
+use support::RedisServer;
+
+const KEY: &str = "payments";
+
+fn server_ticks(con: &mut redis::Connection, plus: Duration, minus: Duration) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(con).unwrap();
+    let now = StoreTime::from_unix_nanos(s * 1_000_000_000 + us * 1_000);
+    (now + plus).to_dotnet_ticks() - minus.as_nanos() as u64 / 100
+}
+
+async fn instance(url: &str, name: &str) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .tracker(KEY, TrackerConfig::new())
+        .build(RedisBackend::connect(url).await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[test]
+fn dotnet_entries_block_and_ours_read_back_in_dotnet_format() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    block_on(async {
+        let ours = instance(&server.url(), "rust-1").await;
+        let state = ours.state(KEY).unwrap();
+
+        // A .NET writer: HSET the value, PUBLISH the bare value.
+        let ticks = server_ticks(&mut raw, Duration::from_secs(10), Duration::ZERO);
+        let value = format!("1;{ticks};x");
+        let _: () = raw.hset(hash_name(KEY), "dotnet-1", &value).unwrap();
+        let _: () = raw.publish(channel_name(KEY), &value).unwrap();
+        eventually(
+            &state,
+            PROPAGATION_LIMIT,
+            "blocked by the .NET entry",
+            |s| s.is_blocked() && s.lock_data().as_deref() == Some("x"),
+        )
+        .await;
+
+        // Expired .NET entry (ticks in the past): does not block.
+        let past = server_ticks(&mut raw, Duration::ZERO, Duration::from_secs(5));
+        let value = format!("1;{past};old");
+        let _: () = raw.hset(hash_name(KEY), "dotnet-1", &value).unwrap();
+        let _: () = raw.publish(channel_name(KEY), &value).unwrap();
+        eventually(
+            &state,
+            PROPAGATION_LIMIT,
+            "expired .NET entry ignored",
+            |s| !s.is_blocked(),
+        )
+        .await;
+
+        // Ours, read back raw: exactly the .NET format, valid for 10 s on the server's clock.
+        ours.controller(KEY)
+            .unwrap()
+            .increment(Some("batch-7"))
+            .await
+            .unwrap();
+        let stored: String = raw.hget(hash_name(KEY), "rust-1").unwrap();
+        let parts: Vec<&str> = stored.splitn(3, ';').collect();
+        assert_eq!(parts.len(), 3, "{stored}");
+        assert_eq!((parts[0], parts[2]), ("1", "batch-7"));
+        assert_eq!(parts[1].len(), 18, "18-digit .NET ticks: {stored}");
+        let ticks: u64 = parts[1].parse().unwrap();
+        let expected = server_ticks(&mut raw, Duration::from_secs(10), Duration::ZERO);
+        assert!(
+            expected.abs_diff(ticks) < 20_000_000,
+            "validUntil ≈ server now + 10 s: {ticks} vs {expected}"
+        );
+
+        ours.controller(KEY).unwrap().decrement(1).await.unwrap();
+        let stored: String = raw.hget(hash_name(KEY), "rust-1").unwrap();
+        assert!(
+            stored.starts_with("0;") && stored.matches(';').count() == 1,
+            "idle: `0;ticks`: {stored}"
+        );
+        ours.shutdown().await;
+    });
+}
+
+#[test]
+fn malformed_entries_are_ignored_counted_and_do_not_hide_good_ones() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    let future = server_ticks(&mut raw, Duration::from_secs(60), Duration::ZERO);
+    let h = hash_name(KEY);
+    let huge = format!("1;{future};{}", "z".repeat(100_000));
+    let bad: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"flag".to_vec(), format!("2;{future};x").into_bytes()),
+        (b"ticks".to_vec(), b"1;not-a-number;x".to_vec()),
+        (b"missing".to_vec(), b"1".to_vec()),
+        (b"empty".to_vec(), b"".to_vec()),
+        (b"utf8".to_vec(), vec![b'1', b';', 0xff, 0xfe]),
+        (
+            vec![0xff, 0xfe],
+            format!("1;{future};field-not-utf8").into_bytes(),
+        ),
+        (b"huge".to_vec(), huge.into_bytes()),
+        (b"negative".to_vec(), b"1;-5;x".to_vec()),
+    ];
+    for (field, value) in &bad {
+        let _: () = raw.hset(&h, field.as_slice(), value.as_slice()).unwrap();
+    }
+    let _: () = raw.hset(&h, "good", format!("1;{future};ok")).unwrap();
+    block_on(async {
+        let backend = RedisBackend::connect(&server.url()).await.unwrap();
+        let lock = ReactiveLock::builder()
+            .instance_name("reader")
+            .tracker(KEY, TrackerConfig::new())
+            .build(backend.clone())
+            .await
+            .unwrap();
+        let state = lock.state(KEY).unwrap();
+        assert!(state.is_blocked(), "the good entry still blocks");
+        assert_eq!(state.lock_data_entries(), ["ok"]);
+        assert_eq!(
+            backend.stats().malformed_entries,
+            bad.len() as u64,
+            "each malformed entry counted"
+        );
+
+        // Malformed notifications: ignored and counted, the subscription keeps working.
+        let _: () = raw.publish(channel_name(KEY), "RLv1\nbroken").unwrap();
+        let _: () = raw
+            .publish(channel_name(KEY), b"RLv1\n\xff".as_slice())
+            .unwrap();
+        let _: () = raw.hdel(&h, "good").unwrap();
+        let _: () = raw.publish(channel_name(KEY), "0;0").unwrap(); // a .NET-style notification
+        eventually(
+            &state,
+            PROPAGATION_LIMIT,
+            "still subscribed after malformed notifications",
+            |s| !s.is_blocked(),
+        )
+        .await;
+        assert!(backend.stats().malformed_entries >= bad.len() as u64 + 2);
+        lock.shutdown().await;
+    });
+}
+
+#[test]
+fn oversized_lock_data_is_rejected_with_a_clear_error() {
+    let server = RedisServer::start();
+    block_on(async {
+        let lock = instance(&server.url(), "big").await;
+        let data = "d".repeat(70_000);
+        let err = lock
+            .controller(KEY)
+            .unwrap()
+            .increment(Some(&data))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
+        lock.shutdown().await;
+    });
+}
+
+/// libfaketime's preload library (Debian package `faketime`, installed by `.ci/setup.sh`).
+/// (It cannot run redis-server itself — it recurses in jemalloc's start-up — so the
+/// skewed clock is the client's.)
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The `redis_instance` example, built by `cargo test` next to this test binary.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the examples first (`cargo test` with all targets, or `cargo build --examples`) with `--features redis`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
+    assert!(
+        std::path::Path::new(FAKETIME_LIB).exists(),
+        "{FAKETIME_LIB} missing: install Debian's `faketime` (run .ci/setup.sh)"
+    );
+    let server = RedisServer::start();
+    block_on(async {
+        let writer = instance(&server.url(), "writer").await;
+        writer
+            .controller(KEY)
+            .unwrap()
+            .increment(Some("alive"))
+            .await
+            .unwrap();
+        // Readers whose clocks run an hour ahead (the live entry would look expired by their
+        // clock) and an hour behind (an expired one would look alive).
+        let watch = |offset: &str| {
+            let out = std::process::Command::new(example("redis_instance"))
+                .args(["watch", &server.url(), KEY])
+                .env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", offset)
+                .env("DONT_FAKE_MONOTONIC", "1")
+                .output()
+                .expect("run the watcher");
+            assert!(
+                out.status.success(),
+                "watcher failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let ahead = watch("+3600");
+        assert!(
+            ahead.contains("blocked=true data=alive"),
+            "client clock +1 h: {ahead}"
+        );
+        writer.shutdown().await;
+        drop(writer);
+
+        // An entry that expired on the server's clock 1 s ago (written raw) does not block a
+        // reader whose clock runs an hour behind.
+        let mut raw = server.client();
+        let past = server_ticks(&mut raw, Duration::ZERO, Duration::from_secs(1));
+        let _: () = raw
+            .hset(hash_name(KEY), "dead", format!("1;{past};dead"))
+            .unwrap();
+        let behind = watch("-3600");
+        assert!(
+            behind.contains("blocked=false"),
+            "client clock -1 h: {behind}"
+        );
+    });
+}
+
+#[test]
+fn auth_with_password_and_acl_user() {
+    let server = RedisServer::start_with(&[
+        "--requirepass",
+        "s3cret",
+        "--user",
+        "alice",
+        "on",
+        ">alicepw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    block_on(async {
+        let port = server.port;
+        let ok = RedisBackend::connect(&format!("redis://:s3cret@127.0.0.1:{port}/")).await;
+        assert!(ok.is_ok(), "password auth: {ok:?}");
+        let acl = RedisBackend::connect(&format!("redis://alice:alicepw@127.0.0.1:{port}/1")).await;
+        assert!(acl.is_ok(), "ACL user, database 1: {acl:?}");
+        let lock = ReactiveLock::builder()
+            .instance_name("acl")
+            .tracker(KEY, TrackerConfig::new())
+            .build(acl.unwrap())
+            .await
+            .unwrap();
+        lock.controller(KEY).unwrap().increment(None).await.unwrap();
+        lock.shutdown().await;
+
+        let err = RedisBackend::connect(&format!("redis://alice:wrong@127.0.0.1:{port}/"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::Rejected, "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "names the address: {err}"
+        );
+        assert!(
+            !err.to_string().contains("wrong"),
+            "never prints the password: {err}"
+        );
+    });
+}
+
+#[test]
+fn unreachable_server_fails_fast_naming_the_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    block_on(async {
+        let err = RedisBackend::builder(&format!("redis://127.0.0.1:{port}/"))
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::Unavailable);
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        let err = RedisBackend::connect("http://nope").await.unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::Rejected);
+        let err = RedisBackend::builder("redis://127.0.0.1/")
+            .response_timeout(Duration::ZERO)
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("response_timeout"), "{err}");
+    });
+}
+
+fn hgetall_calls(raw: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_hgetall:"))
+        .and_then(|l| l.split(['=', ',']).nth(1))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn fifty_instances_no_read_storm() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    block_on(async {
+        let mut locks = Vec::new();
+        for i in 0..50 {
+            locks.push(instance(&server.url(), &format!("i{i}")).await);
+        }
+        let after_build = hgetall_calls(&mut raw);
+        let ctrl = locks[0].controller(KEY).unwrap();
+        for _ in 0..500 {
+            ctrl.increment(Some("flap")).await.unwrap();
+            ctrl.decrement(1).await.unwrap();
+        }
+        ctrl.increment(Some("final")).await.unwrap();
+        for lock in &locks[1..] {
+            eventually(
+                &lock.state(KEY).unwrap(),
+                PROPAGATION_LIMIT,
+                "every instance ends in the true state",
+                |s| s.lock_data().as_deref() == Some("final"),
+            )
+            .await;
+        }
+        let during = hgetall_calls(&mut raw) - after_build;
+        eprintln!(
+            "HGETALL calls: {after_build} for 50 initial syncs, {during} during 1,001 transitions"
+        );
+        // A re-read per notification would be 49 × 1,001 × 2; only resyncs may read.
+        assert!(during < 50, "no HGETALL per notification: {during}");
+        for lock in &locks {
+            lock.shutdown().await;
+        }
+    });
+}
