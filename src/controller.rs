@@ -229,13 +229,13 @@ impl TrackerShared {
                 if !epoch_is_newer(epoch, slot.acked_epoch) {
                     return Ok(());
                 }
-                if let Some((failed, kind, message)) = &slot.failed {
-                    if !epoch_is_newer(epoch, *failed) {
-                        return Err(Error::Backend {
-                            key: self.key.clone(),
-                            source: BackendError::new(*kind, message.clone()),
-                        });
-                    }
+                if let Some((failed, kind, message)) = &slot.failed
+                    && !epoch_is_newer(epoch, *failed)
+                {
+                    return Err(Error::Backend {
+                        key: self.key.clone(),
+                        source: BackendError::new(*kind, message.clone()),
+                    });
                 }
                 if slot.publishing {
                     Some(self.published.listen())

@@ -169,11 +169,13 @@ impl DriverShared {
                 key: self.keys.join(","),
                 source,
             })?;
-        self.read_all().await?;
+        self.read_all(false).await?;
         Ok(events)
     }
 
-    async fn read_all(&self) -> Result<()> {
+    /// Reads every key; `recovery` keeps busy entries a restarted store forgot (see
+    /// `TrackerState::apply_recovery_snapshot`).
+    async fn read_all(&self, recovery: bool) -> Result<()> {
         for tracker in &self.trackers {
             let snapshot = self
                 .backend
@@ -183,7 +185,11 @@ impl DriverShared {
                     key: tracker.key().into(),
                     source,
                 })?;
-            tracker.state().apply_snapshot(&snapshot);
+            if recovery {
+                tracker.state().apply_recovery_snapshot(&snapshot);
+            } else {
+                tracker.state().apply_snapshot(&snapshot);
+            }
             bump(&self.counters.snapshots_applied);
         }
         Ok(())
@@ -212,7 +218,7 @@ impl DriverShared {
 
     /// Recovery: re-read every key, re-publish own busy statuses.
     async fn resync(&self) -> Result<()> {
-        self.read_all().await?;
+        self.read_all(true).await?;
         for tracker in &self.trackers {
             self.publish(tracker, true).await?;
         }
@@ -424,19 +430,20 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
         }
     }
 
-    if let (Some(since), Some(_)) = (st.resync_since, &st.events) {
-        if may_retry && !failed {
-            match shared.resync().await {
-                Ok(()) => st.resync_since = None,
-                Err(error) => {
-                    tracing::warn!(%error, "reactive-lock: recovery failed; retrying");
-                    failed = true;
-                    if since.elapsed() > shared.resilience.recovery {
-                        tracing::warn!("reactive-lock: recovery window exceeded; resubscribing");
-                        st.events = None;
-                        st.resync_since = None;
-                        shared.set_all_connected(false);
-                    }
+    if let (Some(since), Some(_)) = (st.resync_since, &st.events)
+        && may_retry
+        && !failed
+    {
+        match shared.resync().await {
+            Ok(()) => st.resync_since = None,
+            Err(error) => {
+                tracing::warn!(%error, "reactive-lock: recovery failed; retrying");
+                failed = true;
+                if since.elapsed() > shared.resilience.recovery {
+                    tracing::warn!("reactive-lock: recovery window exceeded; resubscribing");
+                    st.events = None;
+                    st.resync_since = None;
+                    shared.set_all_connected(false);
                 }
             }
         }

@@ -320,12 +320,12 @@ impl Stream for LocalEvents {
                     this.listener = None;
                     return Poll::Ready(Some(pending.connection.remove(0)));
                 }
-                if this.backend.is_available() {
-                    if let Some(key) = pending.dirty.pop_first() {
-                        drop(pending);
-                        this.listener = None;
-                        return Poll::Ready(Some(BackendEvent::Snapshot(this.backend.read(&key))));
-                    }
+                if this.backend.is_available()
+                    && let Some(key) = pending.dirty.pop_first()
+                {
+                    drop(pending);
+                    this.listener = None;
+                    return Poll::Ready(Some(BackendEvent::Snapshot(this.backend.read(&key))));
                 }
             }
             match &mut this.listener {

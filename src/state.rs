@@ -543,6 +543,19 @@ impl TrackerState {
     /// Replaces the remote entries with a snapshot's (a newer per-instance `seq` already held
     /// wins over an older one in the snapshot) and marks the backend reachable.
     pub(crate) fn apply_snapshot(&self, snapshot: &Snapshot) {
+        self.apply_snapshot_with(snapshot, false);
+    }
+
+    /// Like [`apply_snapshot`](Self::apply_snapshot), for the recovery after a reconnect:
+    /// busy, unexpired entries missing from the snapshot are kept. The store may have
+    /// restarted empty, and readers often re-read before the busy instances re-published;
+    /// an entry known valid until T stays valid until T unless its owner says otherwise
+    /// (else waiters would be released by the store's amnesia, not by an idle instance).
+    pub(crate) fn apply_recovery_snapshot(&self, snapshot: &Snapshot) {
+        self.apply_snapshot_with(snapshot, true);
+    }
+
+    fn apply_snapshot_with(&self, snapshot: &Snapshot, keep_missing_busy: bool) {
         let own = self.inner.link.as_ref().map(|l| l.own_instance.as_str());
         self.update(|d| {
             let mut remote = Vec::with_capacity(snapshot.entries.len());
@@ -556,6 +569,14 @@ impl TrackerState {
                         remote.push(held.clone())
                     }
                     _ => remote.push(entry.clone()),
+                }
+            }
+            if keep_missing_busy {
+                for held in &d.remote {
+                    let missing = !snapshot.entries.iter().any(|e| e.instance == held.instance);
+                    if missing && held.is_busy_at(snapshot.store_now) {
+                        remote.push(held.clone());
+                    }
                 }
             }
             d.remote = remote;
@@ -919,6 +940,23 @@ mod tests {
         state.apply_snapshot(&snap);
         assert!(!state.is_blocked());
         assert_eq!(state.lock_data(), None);
+    }
+
+    #[test]
+    fn recovery_snapshot_keeps_busy_entries_the_store_forgot() {
+        let state = TrackerState::new();
+        let now = StoreTime::from_unix_nanos(1_000);
+        state.apply_update(&entry("b", true, Some("x"), 5_000, 1), now);
+        state.apply_update(&entry("c", true, None, 1_500, 1), now);
+        let empty = Snapshot::new("k", alloc::vec![], StoreTime::from_unix_nanos(2_000));
+        state.apply_recovery_snapshot(&empty);
+        assert_eq!(
+            state.lock_data().as_deref(),
+            Some("x"),
+            "b kept until its valid_until"
+        );
+        state.apply_snapshot(&empty);
+        assert!(!state.is_blocked(), "a plain snapshot replaces");
     }
 
     #[test]

@@ -348,10 +348,8 @@ impl RedisBackend {
                 || e.is_timeout()
                 || e.is_connection_refusal()
                 || e.is_unrecoverable_error());
-        if unavailable {
-            if let Some(mut slot) = self.inner.connection.try_lock() {
-                *slot = None;
-            }
+        if unavailable && let Some(mut slot) = self.inner.connection.try_lock() {
+            *slot = None;
         }
         let kind = if unavailable {
             BackendErrorKind::Unavailable
@@ -382,16 +380,15 @@ impl RedisBackend {
     /// Reads `key`: HGETALL of the entries and of the sequences, and TIME, one round trip.
     async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
         let mut connection = self.connection().await?;
-        let (entries, seqs, time): (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, String)>, (u64, u64)) =
-            redis::pipe()
-                .cmd("HGETALL")
-                .arg(hash_name(key))
-                .cmd("HGETALL")
-                .arg(seq_hash_name(key))
-                .cmd("TIME")
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error("HGETALL", e))?;
+        let (entries, seqs, time): ReadReply = redis::pipe()
+            .cmd("HGETALL")
+            .arg(hash_name(key))
+            .cmd("HGETALL")
+            .arg(seq_hash_name(key))
+            .cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error("HGETALL", e))?;
         let store_now = StoreTime::from_unix_nanos(time.0 * 1_000_000_000 + time.1 * 1_000);
         let mut out = Vec::with_capacity(entries.len());
         for (field, value) in entries {
@@ -462,6 +459,10 @@ impl RedisBackend {
 /// Entries and notifications longer than this are ignored as malformed: lock data is a
 /// short label, and a huge value is a sign of something else writing into the hash.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// Reply of the read pipeline: raw entries (fields and values may be any bytes), sequences,
+/// and `TIME` (seconds, microseconds).
+type ReadReply = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, String)>, (u64, u64));
 
 /// Parses a .NET value `"{1|0};{ticks}[;{data}]"`.
 fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {

@@ -1,0 +1,290 @@
+//! Fault injection against real redis-server processes: killed and restarted empty,
+//! paused with SIGSTOP, an instance process SIGKILLed while busy, random flapping.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::future::block_on;
+use reactive_lock::{ReactiveLock, Status, TrackerConfig};
+use reactive_lock_backends::conformance::eventually;
+use reactive_lock_backends::redis::{RedisBackend, hash_name};
+use redis::Commands;
+use support::RedisServer;
+
+const KEY: &str = "payments";
+const LIMIT: Duration = Duration::from_secs(15);
+
+async fn backend(url: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .health_check_interval(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(400))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn instance(url: &str, name: &str) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .renewal(Duration::from_millis(300))
+        .expiration(Duration::from_millis(1500))
+        .recovery(Duration::from_secs(5))
+        .tracker(KEY, TrackerConfig::new())
+        .build(backend(url).await)
+        .await
+        .expect("build")
+}
+
+#[test]
+fn server_killed_and_restarted_empty_while_busy() {
+    let mut server = RedisServer::start();
+    block_on(async {
+        let a = instance(&server.url(), "a").await;
+        let b = instance(&server.url(), "b").await;
+        let c = instance(&server.url(), "c").await;
+        let ctrl = a.controller(KEY).unwrap();
+        ctrl.increment(Some("batch")).await.unwrap();
+        for l in [&b, &c] {
+            eventually(&l.state(KEY).unwrap(), LIMIT, "others see a busy", |s| {
+                s.is_blocked()
+            })
+            .await;
+        }
+        let released = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = [&b, &c]
+            .iter()
+            .map(|l| {
+                let state = l.state(KEY).unwrap();
+                let released = released.clone();
+                std::thread::spawn(move || {
+                    state.wait_if_blocked_blocking();
+                    released.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+
+        let killed = Instant::now();
+        server.restart(); // empty: Redis here keeps nothing on disk
+        let mut raw = server.client();
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let value: Option<String> = raw.hget(hash_name(KEY), "a").unwrap();
+            if value.is_some_and(|v| v.starts_with("1;")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a's busy status was not restored in the empty server"
+            );
+            async_io::Timer::after(Duration::from_millis(20)).await;
+        }
+        for l in [&b, &c] {
+            eventually(
+                &l.state(KEY).unwrap(),
+                LIMIT,
+                "others see a busy again after recovery",
+                |s| s.status() == Status::Blocked && s.lock_data().as_deref() == Some("batch"),
+            )
+            .await;
+        }
+        eprintln!("recovery after restart: {:?}", killed.elapsed());
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            0,
+            "nobody released while a is busy"
+        );
+
+        ctrl.decrement(1).await.unwrap();
+        for l in [&a, &b, &c] {
+            eventually(
+                &l.state(KEY).unwrap(),
+                LIMIT,
+                "all unblocked after a idles",
+                |s| !s.is_blocked(),
+            )
+            .await;
+        }
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert_eq!(released.load(Ordering::SeqCst), 2, "no waiter left hanging");
+        for l in [a, b, c] {
+            l.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn server_paused_gives_unknown_then_converges() {
+    let server = RedisServer::start();
+    block_on(async {
+        let a = instance(&server.url(), "a").await;
+        let b = instance(&server.url(), "b").await;
+        let ctrl = a.controller(KEY).unwrap();
+        ctrl.increment(Some("before")).await.unwrap();
+        let b_state = b.state(KEY).unwrap();
+        eventually(&b_state, LIMIT, "b sees a", |s| s.is_blocked()).await;
+
+        server.pause();
+        eventually(
+            &b_state,
+            LIMIT,
+            "Unknown while the server does not answer",
+            |s| s.status() == Status::Unknown,
+        )
+        .await;
+        assert!(b_state.is_blocked(), "KeepLast keeps the last known answer");
+        // Activity during the pause: the transition applies locally; its ack fails.
+        let ack = ctrl.decrement(1);
+        assert!(!a.state(KEY).unwrap().is_blocked());
+        assert!(
+            ack.await.is_err(),
+            "no acknowledgement from a paused server"
+        );
+        async_io::Timer::after(Duration::from_secs(2)).await;
+        server.resume();
+
+        eventually(&b_state, LIMIT, "converges after SIGCONT", |s| {
+            s.status() == Status::Unblocked
+        })
+        .await;
+        eventually(&a.state(KEY).unwrap(), LIMIT, "a reconnected", |s| {
+            s.status() == Status::Unblocked
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the examples with `--features redis`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn instance_process_killed_while_busy_expires_with_no_further_writes() {
+    use std::io::BufRead;
+    let server = RedisServer::start();
+    let mut child = std::process::Command::new(example("redis_instance"))
+        .args(["hold", &server.url(), KEY, "doomed"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the holder");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "BUSY");
+    block_on(async {
+        let watcher = instance(&server.url(), "watcher").await;
+        let state = watcher.state(KEY).unwrap();
+        eventually(&state, LIMIT, "watcher sees the holder", |s| s.is_blocked()).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        let mut raw = server.client();
+        let last_write: String = raw.hget(hash_name(KEY), "doomed").unwrap();
+        let killed = Instant::now();
+        // Expiration 1.5 s after the last renewal; 5 s bounds liveness, not speed.
+        eventually(
+            &state,
+            Duration::from_secs(5),
+            "unblocked by expiry alone",
+            |s| !s.is_blocked(),
+        )
+        .await;
+        eprintln!("unblocked {:?} after SIGKILL", killed.elapsed());
+        let now: String = raw.hget(hash_name(KEY), "doomed").unwrap();
+        assert_eq!(
+            now, last_write,
+            "no write to the key after the kill: the timer did it"
+        );
+        assert!(now.starts_with("1;"), "the dead entry still says busy");
+        watcher.shutdown().await;
+    });
+}
+
+#[test]
+fn random_flapping_across_three_instances_ends_in_the_truth() {
+    let server = RedisServer::start();
+    block_on(async {
+        let mut locks = Vec::new();
+        for name in ["a", "b", "c"] {
+            locks.push(instance(&server.url(), name).await);
+        }
+        let stop = Instant::now() + Duration::from_secs(3);
+        let threads: Vec<_> = locks
+            .iter()
+            .enumerate()
+            .map(|(i, lock)| {
+                let ctrl = lock.controller(KEY).unwrap();
+                std::thread::spawn(move || {
+                    let mut rng = fastrand::Rng::with_seed(i as u64);
+                    let mut flips = 0u64;
+                    while Instant::now() < stop {
+                        let guard = ctrl.enter(Some("flap"));
+                        if rng.bool() {
+                            std::thread::sleep(Duration::from_micros(rng.u64(0..500)));
+                        }
+                        drop(guard);
+                        flips += 1;
+                    }
+                    flips
+                })
+            })
+            .collect();
+        let flips: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        eprintln!("{flips} enter/drop pairs across 3 instances");
+        // Truth: only b is busy, with its data.
+        locks[1]
+            .controller(KEY)
+            .unwrap()
+            .increment(Some("truth"))
+            .await
+            .unwrap();
+        for lock in &locks {
+            eventually(
+                &lock.state(KEY).unwrap(),
+                LIMIT,
+                "every instance ends in the truth",
+                |s| s.is_blocked() && s.lock_data_entries() == ["truth"],
+            )
+            .await;
+        }
+        locks[1]
+            .controller(KEY)
+            .unwrap()
+            .decrement(1)
+            .await
+            .unwrap();
+        for lock in &locks {
+            eventually(
+                &lock.state(KEY).unwrap(),
+                LIMIT,
+                "and unblocked at the end",
+                |s| !s.is_blocked(),
+            )
+            .await;
+        }
+        for lock in locks {
+            lock.shutdown().await;
+        }
+    });
+}
