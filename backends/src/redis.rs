@@ -110,9 +110,17 @@ pub struct RedisBackendBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     health_check_interval: Duration,
+    tls_root_cert: Option<Vec<u8>>,
 }
 
 impl RedisBackendBuilder {
+    /// Trusts this root certificate (PEM) for `rediss://` URLs instead of the system's
+    /// trust store — for servers with a private CA or a self-signed certificate.
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
     /// How long connecting may take before failing (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -157,7 +165,22 @@ impl RedisBackendBuilder {
                 ));
             }
         }
-        let client = Client::open(self.url.as_str()).map_err(|e| {
+        // rustls needs one process-wide crypto provider; if the application has not picked
+        // one (or enabled several), use ring rather than panic on the first TLS handshake.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match self.tls_root_cert {
+            None => Client::open(self.url.as_str()),
+            Some(root_cert) => Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+        }
+        .map_err(|e| {
             BackendError::new(
                 BackendErrorKind::Rejected,
                 format!("invalid Redis URL `{address}`: {e}"),
@@ -298,6 +321,7 @@ impl RedisBackend {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(2),
             health_check_interval: Duration::from_secs(1),
+            tls_root_cert: None,
         }
     }
 

@@ -363,3 +363,82 @@ fn fifty_instances_no_read_storm() {
         }
     });
 }
+
+#[test]
+fn tls_with_a_self_signed_certificate() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let dir = std::env::temp_dir().join(format!("reactive-lock-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    );
+    let server = RedisServer::start_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &cert,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{}/", server.port);
+    block_on(async {
+        let untrusted = RedisBackend::builder(&url)
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        assert!(
+            untrusted.is_err(),
+            "a self-signed certificate is not trusted by default"
+        );
+        let backend = RedisBackend::builder(&url)
+            .tls_root_cert(cert_pem.clone())
+            .connect()
+            .await
+            .expect("TLS connect");
+        let a = ReactiveLock::builder()
+            .instance_name("a")
+            .tracker(KEY, TrackerConfig::new())
+            .build(backend)
+            .await
+            .unwrap();
+        let b = ReactiveLock::builder()
+            .instance_name("b")
+            .tracker(KEY, TrackerConfig::new())
+            .build(
+                RedisBackend::builder(&url)
+                    .tls_root_cert(cert_pem.clone())
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        a.controller(KEY)
+            .unwrap()
+            .increment(Some("over-tls"))
+            .await
+            .unwrap();
+        eventually(
+            &b.state(KEY).unwrap(),
+            PROPAGATION_LIMIT,
+            "propagates over TLS pub/sub",
+            |s| s.lock_data().as_deref() == Some("over-tls"),
+        )
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,6 +28,7 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// `extra` arguments may say `{port}` for the server's port.
     pub fn start_with(extra: &[&str]) -> Self {
         Self::start_with_env(extra, &[])
     }
@@ -54,6 +55,10 @@ impl RedisServer {
         server
     }
 
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -72,7 +77,11 @@ impl RedisServer {
         ])
         .arg("--dir")
         .arg(&self.dir)
-        .args(&self.extra)
+        .args(
+            self.extra
+                .iter()
+                .map(|a| a.replace("{port}", &self.port.to_string())),
+        )
         .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
