@@ -75,8 +75,3 @@ pub use driver::{Driver, Metrics};
 pub use local::{LocalBackend, LocalEvents};
 #[cfg(all(feature = "std", not(loom)))]
 pub use registry::{ReactiveLock, ReactiveLockBuilder, TrackerConfig};
-
-/// The README's examples, compiled and run as doctests so they never rot.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

@@ -12,3 +12,9 @@ pub mod conformance;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+
+/// The README's examples, compiled (and, but for `no_run` ones, run) as doctests here, where
+/// both the core and the backends are in scope, so they never rot.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
