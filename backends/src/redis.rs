@@ -43,7 +43,10 @@ use reactive_lock::{
     Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
     StoreTime,
 };
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 
 /// The hash holding every instance's entry for `key` (the .NET name).
@@ -107,6 +110,8 @@ return 1
 #[must_use = "a builder does nothing until connect() is awaited"]
 pub struct RedisBackendBuilder {
     url: String,
+    /// Cluster seed nodes; empty for a single server.
+    cluster_nodes: Vec<String>,
     connect_timeout: Duration,
     response_timeout: Duration,
     health_check_interval: Duration,
@@ -170,26 +175,42 @@ impl RedisBackendBuilder {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = match self.tls_root_cert {
-            None => Client::open(self.url.as_str()),
-            Some(root_cert) => Client::build_with_tls(
-                self.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            ),
-        }
-        .map_err(|e| {
+        let invalid = |e: RedisError| {
             BackendError::new(
                 BackendErrorKind::Rejected,
                 format!("invalid Redis URL `{address}`: {e}"),
             )
             .with_source(e)
-        })?;
+        };
+        let target = if self.cluster_nodes.is_empty() {
+            let client = match &self.tls_root_cert {
+                None => Client::open(self.url.as_str()),
+                Some(root_cert) => Client::build_with_tls(
+                    self.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert.clone()),
+                    },
+                ),
+            }
+            .map_err(invalid)?;
+            Target::Single(client)
+        } else {
+            let params = ClusterParams {
+                nodes: self.cluster_nodes.clone(),
+                root_cert: self.tls_root_cert.clone(),
+                connect_timeout: self.connect_timeout,
+                response_timeout: self.response_timeout,
+            };
+            let client = params.builder().build().map_err(invalid)?;
+            Target::Cluster {
+                client: Box::new(client),
+                params,
+            }
+        };
         let backend = RedisBackend {
             inner: Arc::new(Inner {
-                client,
+                target,
                 address,
                 connect_timeout: self.connect_timeout,
                 response_timeout: self.response_timeout,
@@ -236,14 +257,87 @@ pub struct RedisBackend {
     inner: Arc<Inner>,
 }
 
+/// Where the commands and the subscription go.
+enum Target {
+    Single(Client),
+    /// The command client; subscriptions build their own (the push sender is fixed per client).
+    Cluster {
+        client: ClusterClient,
+        params: ClusterParams,
+    },
+}
+
+#[derive(Clone)]
+struct ClusterParams {
+    nodes: Vec<String>,
+    root_cert: Option<Vec<u8>>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl ClusterParams {
+    fn builder(&self) -> ClusterClientBuilder {
+        let mut builder = ClusterClientBuilder::new(self.nodes.clone())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(2);
+        if let Some(root_cert) = &self.root_cert {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert.clone()),
+            });
+        }
+        builder
+    }
+}
+
+/// The command connection: a multiplexed connection to one server, or a cluster connection
+/// that routes each command (and each pipeline, by its first key) to the slot's master.
+#[derive(Clone)]
+enum Commands {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Inner {
-    client: Client,
+    target: Target,
     address: String,
     connect_timeout: Duration,
     response_timeout: Duration,
     health_check_interval: Duration,
     /// The command connection, re-established on the next call after it failed.
-    connection: async_lock::Mutex<Option<MultiplexedConnection>>,
+    connection: async_lock::Mutex<Option<Commands>>,
     script: Script,
     malformed: AtomicU64,
     /// Malformed (key, field, value) already logged, so each is logged once. Bounded.
@@ -307,6 +401,51 @@ impl RedisBackend {
         Self::builder(url).connect().await
     }
 
+    /// Connects to a Redis Cluster through any of its `nodes` (the others are discovered),
+    /// with default options; see [`cluster_builder`](Self::cluster_builder).
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisBackendBuilder::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it resolves leaves nothing behind.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use reactive_lock_backends::redis::RedisBackend;
+    /// # futures_lite::future::block_on(async {
+    /// let backend = RedisBackend::connect_cluster(["redis://127.0.0.1:7000/", "redis://127.0.0.1:7001/"]).await?;
+    /// # Ok::<(), reactive_lock::BackendError>(())
+    /// # });
+    /// ```
+    pub async fn connect_cluster<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+    ) -> Result<RedisBackend, BackendError> {
+        Self::cluster_builder(nodes).connect().await
+    }
+
+    /// A builder for a Redis Cluster backend. The keys live in the cluster's slots as for a
+    /// single server (same names); `PUBLISH` reaches subscribers on every node.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = reactive_lock_backends::redis::RedisBackend::cluster_builder(["redis://127.0.0.1:7000/"]);
+    /// # let _ = builder;
+    /// ```
+    pub fn cluster_builder<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+    ) -> RedisBackendBuilder {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut builder = Self::builder(nodes.first().map_or("", String::as_str));
+        builder.url = nodes.join(",");
+        builder.cluster_nodes = nodes;
+        builder
+    }
+
     /// A builder for the options.
     ///
     /// # Examples
@@ -322,6 +461,7 @@ impl RedisBackend {
             response_timeout: Duration::from_secs(2),
             health_check_interval: Duration::from_secs(1),
             tls_root_cert: None,
+            cluster_nodes: Vec::new(),
         }
     }
 
@@ -345,17 +485,25 @@ impl RedisBackend {
             .set_response_timeout(Some(self.inner.response_timeout))
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
+    async fn connection(&self) -> Result<Commands, BackendError> {
         let mut slot = self.inner.connection.lock().await;
         if let Some(connection) = &*slot {
             return Ok(connection.clone());
         }
-        let connection = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config())
-            .await
-            .map_err(|e| self.error("connect", e))?;
+        let connection = match &self.inner.target {
+            Target::Single(client) => Commands::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config())
+                    .await
+                    .map_err(|e| self.error("connect", e))?,
+            ),
+            Target::Cluster { client, .. } => Commands::Cluster(
+                client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| self.error("connect (cluster)", e))?,
+            ),
+        };
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -655,39 +803,134 @@ impl Backend for RedisBackend {
     }
 
     async fn subscribe(&self, keys: &[String]) -> Result<EventStream, BackendError> {
-        let pubsub = self
-            .inner
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
-        let (mut sink, stream) = pubsub.split();
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
-        sink.subscribe(&channels)
-            .await
-            .map_err(|e| self.error("SUBSCRIBE", e))?;
-        let state = Subscription {
-            backend: self.clone(),
-            sink,
-            messages: stream,
-            done: false,
-        };
-        Ok(Box::pin(futures_lite::stream::unfold(
-            state,
-            Subscription::next,
-        )))
+        match &self.inner.target {
+            Target::Single(client) => {
+                let pubsub = client
+                    .get_async_pubsub()
+                    .await
+                    .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
+                let (mut sink, stream) = pubsub.split();
+                sink.subscribe(&channels)
+                    .await
+                    .map_err(|e| self.error("SUBSCRIBE", e))?;
+                let state = Subscription {
+                    backend: self.clone(),
+                    source: Source::Single {
+                        sink,
+                        messages: stream,
+                    },
+                    done: false,
+                };
+                Ok(Box::pin(futures_lite::stream::unfold(
+                    state,
+                    Subscription::next,
+                )))
+            }
+            Target::Cluster { params, .. } => {
+                // RESP3 pushes from a cluster connection of its own; the connection keeps the
+                // subscription on whichever nodes it talks to and renews it after reconnects.
+                let (tx, rx) = async_channel::unbounded();
+                let client = params
+                    .builder()
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(move |info: redis::PushInfo| {
+                        tx.try_send(info).map_err(|_| redis::aio::SendError)
+                    })
+                    .build()
+                    .map_err(|e| self.error("SUBSCRIBE (cluster client)", e))?;
+                let mut connection = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
+                connection
+                    .subscribe(&channels)
+                    .await
+                    .map_err(|e| self.error("SUBSCRIBE", e))?;
+                let state = Subscription {
+                    backend: self.clone(),
+                    source: Source::Cluster {
+                        connection,
+                        pushes: rx,
+                    },
+                    done: false,
+                };
+                Ok(Box::pin(futures_lite::stream::unfold(
+                    state,
+                    Subscription::next,
+                )))
+            }
+        }
+    }
+}
+
+enum Source {
+    Single {
+        sink: redis::aio::PubSubSink,
+        messages: redis::aio::PubSubStream,
+    },
+    Cluster {
+        connection: ClusterConnection,
+        pushes: async_channel::Receiver<redis::PushInfo>,
+    },
+}
+
+/// One delivered message: channel and payload.
+type Message = (String, Vec<u8>);
+
+impl Source {
+    /// The next pub/sub message; `None` when the connection is gone.
+    async fn next_message(&mut self) -> Option<Message> {
+        match self {
+            Source::Single { messages, .. } => {
+                let msg = messages.next().await?;
+                Some((
+                    msg.get_channel_name().to_string(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Source::Cluster { pushes, .. } => loop {
+                let push = pushes.recv().await.ok()?;
+                match push.kind {
+                    redis::PushKind::Message => {
+                        if let [
+                            redis::Value::BulkString(channel),
+                            redis::Value::BulkString(payload),
+                            ..,
+                        ] = push.data.as_slice()
+                        {
+                            return Some((
+                                String::from_utf8_lossy(channel).into_owned(),
+                                payload.clone(),
+                            ));
+                        }
+                    }
+                    redis::PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            },
+        }
+    }
+
+    async fn ping(&mut self) -> bool {
+        match self {
+            Source::Single { sink, .. } => sink.ping::<String>().await.is_ok(),
+            Source::Cluster { connection, .. } => redis::cmd("PING")
+                .query_async::<String>(connection)
+                .await
+                .is_ok(),
+        }
     }
 }
 
 struct Subscription {
     backend: RedisBackend,
-    sink: redis::aio::PubSubSink,
-    messages: redis::aio::PubSubStream,
+    source: Source,
     done: bool,
 }
 
 enum Woke {
-    Message(Option<redis::Msg>),
+    Message(Option<Message>),
     HealthCheck,
 }
 
@@ -699,21 +942,18 @@ impl Subscription {
         }
         loop {
             let interval = self.backend.inner.health_check_interval;
-            let messages = &mut self.messages;
-            let woke =
-                futures_lite::future::or(async { Woke::Message(messages.next().await) }, async {
+            let source = &mut self.source;
+            let woke = futures_lite::future::or(
+                async { Woke::Message(source.next_message().await) },
+                async {
                     async_io::Timer::after(interval).await;
                     Woke::HealthCheck
-                })
-                .await;
+                },
+            )
+            .await;
             match woke {
-                Woke::Message(Some(msg)) => {
-                    let channel = msg.get_channel_name().to_string();
-                    if let Some(event) = self
-                        .backend
-                        .event_for(&channel, msg.get_payload_bytes())
-                        .await
-                    {
+                Woke::Message(Some((channel, payload))) => {
+                    if let Some(event) = self.backend.event_for(&channel, &payload).await {
                         if matches!(event, BackendEvent::Disconnected) {
                             self.done = true;
                         }
@@ -727,14 +967,11 @@ impl Subscription {
                 }
                 Woke::HealthCheck => {
                     let timeout = self.backend.inner.response_timeout;
-                    let sink = &mut self.sink;
-                    let alive = futures_lite::future::or(
-                        async { sink.ping::<String>().await.is_ok() },
-                        async {
-                            async_io::Timer::after(timeout).await;
-                            false
-                        },
-                    )
+                    let source = &mut self.source;
+                    let alive = futures_lite::future::or(async { source.ping().await }, async {
+                        async_io::Timer::after(timeout).await;
+                        false
+                    })
                     .await;
                     if !alive {
                         tracing::warn!(address = %self.backend.inner.address, "reactive-lock: Redis stopped answering");
