@@ -262,7 +262,7 @@ enum Target {
     Single(Client),
     /// The command client; subscriptions build their own (the push sender is fixed per client).
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         params: ClusterParams,
     },
 }
