@@ -665,6 +665,19 @@ pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
 #[must_use = "the count already changed; await the Ack to know the backend has the transition"]
 pub struct Ack {
     pending: Option<BoxFuture<'static, Result<()>>>,
+    /// Set while the acknowledgement is outstanding, so a drop can hand the publish to the
+    /// driver (an `Ack` dropped before its first poll has not started publishing).
+    tracker: Option<Arc<TrackerShared>>,
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(tracker) = &self.tracker {
+            if tracker.has_pending() {
+                tracker.wake_driver();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Ack {
@@ -678,11 +691,16 @@ impl fmt::Debug for Ack {
 impl Ack {
     fn for_epoch(shared: &Arc<TrackerShared>, epoch: Option<u32>) -> Ack {
         match epoch {
-            None => Ack { pending: None },
+            None => Ack {
+                pending: None,
+                tracker: None,
+            },
             Some(epoch) => {
+                let tracker = shared.clone();
                 let shared = shared.clone();
                 Ack {
                     pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })),
+                    tracker: Some(tracker),
                 }
             }
         }
@@ -712,6 +730,7 @@ impl Future for Ack {
             Some(fut) => {
                 let out = core::task::ready!(fut.as_mut().poll(cx));
                 self.pending = None;
+                self.tracker = None;
                 Poll::Ready(out)
             }
         }

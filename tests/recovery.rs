@@ -140,8 +140,17 @@ fn store_restart_is_repaired_by_recovery_and_renewal() {
 fn guard_transitions_are_published_by_the_driver() {
     futures_lite::future::block_on(async {
         let backend = LocalBackend::new();
-        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
-        let b = instance(&backend, "b", UnknownPolicy::KeepLast).await;
+        // Renewal far beyond the test's waits: only the hand-off to the driver can publish.
+        let slow = |name: &'static str| {
+            ReactiveLock::builder()
+                .instance_name(name)
+                .renewal(Duration::from_secs(60))
+                .expiration(Duration::from_secs(120))
+                .tracker(KEY, TrackerConfig::new())
+                .build(backend.clone())
+        };
+        let a = slow("a").await.unwrap();
+        let b = slow("b").await.unwrap();
         let ctrl = a.controller(KEY).unwrap();
         let b_state = b.state(KEY).unwrap();
         {
@@ -155,7 +164,7 @@ fn guard_transitions_are_published_by_the_driver() {
             !s.is_blocked()
         })
         .await;
-        // A cancelled Ack is published in the background too.
+        // A cancelled Ack is published in the background too, at once.
         drop(ctrl.increment(Some("cancelled")));
         until(&b_state, "cancelled ack still published", |s| {
             s.lock_data().as_deref() == Some("cancelled")

@@ -18,3 +18,6 @@ pub mod redis;
 #[cfg(all(doctest, feature = "redis"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(feature = "redis")]
+pub mod testing;

@@ -2,13 +2,11 @@
 //! conformance scenarios, and pub/sub across nodes.
 #![cfg(feature = "redis")]
 
-mod support;
-
 use futures_lite::future::block_on;
 use reactive_lock_backends::conformance::{self, BackendFactory};
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
+use reactive_lock_backends::testing::RedisCluster;
 use redis::Commands;
-use support::RedisCluster;
 
 struct Factory(Vec<String>);
 

@@ -2,12 +2,10 @@
 //! with its own connections.
 #![cfg(feature = "redis")]
 
-mod support;
-
 use futures_lite::future::block_on;
 use reactive_lock_backends::conformance::{self, BackendFactory};
 use reactive_lock_backends::redis::RedisBackend;
-use support::RedisServer;
+use reactive_lock_backends::testing::RedisServer;
 
 struct Factory(String);
 

@@ -2,8 +2,6 @@
 //! paused with SIGSTOP, an instance process SIGKILLed while busy, random flapping.
 #![cfg(feature = "redis")]
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,8 +10,8 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
 use reactive_lock_backends::conformance::eventually;
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
+use reactive_lock_backends::testing::RedisServer;
 use redis::Commands;
-use support::RedisServer;
 
 const KEY: &str = "payments";
 const LIMIT: Duration = Duration::from_secs(15);

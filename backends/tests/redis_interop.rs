@@ -2,16 +2,14 @@
 //! the notification cost at scale — against real redis-servers.
 #![cfg(feature = "redis")]
 
-mod support;
-
 use std::time::Duration;
 
 use futures_lite::future::block_on;
 use reactive_lock::{BackendErrorKind, ReactiveLock, StoreTime, TrackerConfig};
 use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
 use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
+use reactive_lock_backends::testing::RedisServer;
 use redis::Commands;
-use support::RedisServer;
 
 const KEY: &str = "payments";
 

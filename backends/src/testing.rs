@@ -1,12 +1,17 @@
-//! A private `redis-server` per test: free port, temp dir, killable, pausable, restartable.
-#![allow(dead_code)] // each test binary uses a different part
+//! Test and bench helpers: a private `redis-server` per test (free port, temp dir, killable,
+//! pausable, restartable) and a local Redis Cluster. They never touch a shared server.
+//!
+//! `redis-server` and `redis-cli` must be on `PATH`; a missing binary panics with a message
+//! saying so (tests must never skip silently).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `redis-server` child process on a free port, without persistence; killed on drop.
 pub struct RedisServer {
+    /// The port it listens on.
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -154,6 +159,7 @@ impl Drop for RedisServer {
 
 /// A local Redis Cluster of `masters` masters, no replicas, created with `redis-cli --cluster`.
 pub struct RedisCluster {
+    /// The masters.
     pub nodes: Vec<RedisServer>,
 }
 

@@ -1,0 +1,152 @@
+//! Redis: each reactive-lock operation beside the raw redis-crate floor, same run, same
+//! server (a private `redis-server` the bench starts on a free port).
+//!
+//! `taskset -c 0 cargo bench -p reactive-lock-benches --bench redis` (the server inherits
+//! the CPU mask).
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_lite::StreamExt;
+use futures_lite::future::block_on;
+use reactive_lock::{ReactiveLock, TrackerConfig};
+use reactive_lock_backends::redis::RedisBackend;
+use reactive_lock_backends::testing::RedisServer;
+
+const KEY: &str = "bench";
+
+async fn instance(url: &str, name: &str) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .tracker(KEY, TrackerConfig::new())
+        .build(RedisBackend::connect(url).await.expect("connect"))
+        .await
+        .expect("build")
+}
+
+const LUA: &str = r"
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], '1;' .. t[1] .. t[2] .. ';x')
+redis.call('PUBLISH', ARGV[2], 'payload')
+return 1
+";
+
+fn redis_benches(c: &mut Criterion) {
+    let server = RedisServer::start();
+    let url = server.url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = block_on(client.get_multiplexed_async_connection()).unwrap();
+    let hash = "ReactiveLock:Redis:HashSet:raw";
+    let channel = "ReactiveLock:Redis:HashSetNotifier:raw";
+
+    let mut group = c.benchmark_group("redis");
+    group.bench_function("raw_hset_publish_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                for value in ["1;638000000000000000;x", "0;638000000000000000"] {
+                    let _: (i64,) = redis::pipe()
+                        .hset(hash, "raw", value)
+                        .ignore()
+                        .publish(channel, value)
+                        .query_async(&mut raw)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+
+    let script = redis::Script::new(LUA);
+    group.bench_function("lua_hset_publish_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                for _ in 0..2 {
+                    let _: i64 = script
+                        .key(hash)
+                        .arg("lua")
+                        .arg(channel)
+                        .invoke_async(&mut raw)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+
+    let (a, b_lock) = block_on(async { (instance(&url, "a").await, instance(&url, "b").await) });
+    let ctrl = a.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                ctrl.increment(Some("x")).await.unwrap();
+                ctrl.decrement(1).await.unwrap();
+            })
+        })
+    });
+
+    group.bench_function("hgetall_time_roundtrip", |b| {
+        b.iter(|| {
+            block_on(async {
+                let _: (Vec<(String, String)>, (u64, u64)) = redis::pipe()
+                    .hgetall(hash)
+                    .cmd("TIME")
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+            })
+        })
+    });
+
+    let state_a = a.state(KEY).unwrap();
+    group.bench_function("consistent_wait", |b| {
+        b.iter(|| block_on(async { assert!(!state_a.wait_if_blocked_consistent().await.unwrap()) }))
+    });
+
+    let mut pubsub = block_on(client.get_async_pubsub()).unwrap();
+    block_on(pubsub.subscribe("bench:pubsub")).unwrap();
+    let mut messages = pubsub.into_on_message();
+    group.bench_function("raw_pubsub_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                for payload in ["busy", "idle"] {
+                    let _: i64 = redis::cmd("PUBLISH")
+                        .arg("bench:pubsub")
+                        .arg(payload)
+                        .query_async(&mut raw)
+                        .await
+                        .unwrap();
+                    messages.next().await.expect("delivery");
+                }
+            })
+        })
+    });
+
+    let state_b = b_lock.state(KEY).unwrap();
+    let mut changes = state_b.changes();
+    group.bench_function("propagation_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                ctrl.increment(Some("x")).await.unwrap();
+                while !state_b.is_blocked() {
+                    changes.next().await;
+                }
+                ctrl.decrement(1).await.unwrap();
+                while state_b.is_blocked() {
+                    changes.next().await;
+                }
+            })
+        })
+    });
+    group.finish();
+    block_on(async {
+        a.shutdown().await;
+        b_lock.shutdown().await;
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = redis_benches
+}
+criterion_main!(benches);
