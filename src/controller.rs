@@ -672,10 +672,10 @@ pub struct Ack {
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if let Some(tracker) = &self.tracker {
-            if tracker.has_pending() {
-                tracker.wake_driver();
-            }
+        if let Some(tracker) = &self.tracker
+            && tracker.has_pending()
+        {
+            tracker.wake_driver();
         }
     }
 }
