@@ -440,3 +440,96 @@ fn tls_with_a_self_signed_certificate() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn command_calls(raw: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    let prefix = format!("cmdstat_{command}:");
+    info.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split(['=', ',']).nth(1))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn flapping_a_hundred_thousand_times_coalesces_writes() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    block_on(async {
+        let a = instance(&server.url(), "a").await;
+        let b = instance(&server.url(), "b").await;
+        let ctrl = a.controller(KEY).unwrap();
+        let before = command_calls(&mut raw, "evalsha") + command_calls(&mut raw, "eval");
+        for _ in 0..100_000 {
+            drop(ctrl.enter(Some("flap")));
+        }
+        let _last = ctrl.enter(Some("final"));
+        eventually(
+            &b.state(KEY).unwrap(),
+            PROPAGATION_LIMIT,
+            "b ends on the newest status",
+            |s| s.lock_data().as_deref() == Some("final"),
+        )
+        .await;
+        let writes = command_calls(&mut raw, "evalsha") + command_calls(&mut raw, "eval") - before;
+        eprintln!("{writes} script calls for 200,001 transitions");
+        assert!(
+            writes < 20_000,
+            "latest wins must coalesce: {writes} writes for 200,001 transitions"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
+/// A turns busy, B sees it, A turns idle, B sees that — inside whatever runtime calls it.
+async fn propagation(url: String) {
+    let a = instance(&url, "a").await;
+    let b = instance(&url, "b").await;
+    let ctrl = a.controller(KEY).unwrap();
+    let state = b.state(KEY).unwrap();
+    ctrl.increment(Some("rt")).await.unwrap();
+    eventually(&state, PROPAGATION_LIMIT, "b sees a", |s| s.is_blocked()).await;
+    ctrl.decrement(1).await.unwrap();
+    assert!(
+        state
+            .wait_if_blocked_timeout(PROPAGATION_LIMIT)
+            .await
+            .is_ok(),
+        "released"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn works_inside_tokio() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(propagation(server.url()));
+}
+
+#[test]
+fn works_inside_tokio_current_thread() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(propagation(server.url()));
+}
+
+#[test]
+fn works_inside_async_std() {
+    let server = RedisServer::start();
+    async_std::task::block_on(propagation(server.url()));
+}
+
+#[test]
+fn works_inside_smol() {
+    let server = RedisServer::start();
+    smol::block_on(propagation(server.url()));
+}

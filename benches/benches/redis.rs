@@ -73,6 +73,33 @@ fn redis_benches(c: &mut Criterion) {
         })
     });
 
+    // The same, with two subscribers draining the channel as the two instances below do
+    // (each subscriber's connection task and reader share the pinned CPU with the caller).
+    let drains: Vec<_> = (0..2)
+        .map(|_| {
+            let mut pubsub = block_on(client.get_async_pubsub()).unwrap();
+            block_on(pubsub.subscribe(channel)).unwrap();
+            let mut messages = pubsub.into_on_message();
+            std::thread::spawn(move || block_on(async { while messages.next().await.is_some() {} }))
+        })
+        .collect();
+    group.bench_function("lua_hset_publish_pair_2_subscribers", |b| {
+        b.iter(|| {
+            block_on(async {
+                for _ in 0..2 {
+                    let _: i64 = script
+                        .key(hash)
+                        .arg("lua")
+                        .arg(channel)
+                        .invoke_async(&mut raw)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+    drop(drains); // detached: they end with the process
+
     let (a, b_lock) = block_on(async { (instance(&url, "a").await, instance(&url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
     group.bench_function("transition_ack_pair", |b| {
