@@ -103,6 +103,13 @@ fn state(lock: &ReactiveLock) -> TrackerState {
     lock.state(KEY).expect("the suite's tracker exists")
 }
 
+/// Waits until every instance sees the key unblocked.
+async fn all_unblocked(locks: &[ReactiveLock], what: &str) {
+    for lock in locks {
+        eventually(&state(lock), PROPAGATION_LIMIT, what, |s| !s.is_blocked()).await;
+    }
+}
+
 async fn shutdown_all(locks: &[ReactiveLock]) {
     for lock in locks {
         lock.shutdown().await;
@@ -131,15 +138,7 @@ pub async fn busy_blocks_others<F: BackendFactory>(factory: &F) {
         .await;
     }
     a.decrement(1).await.unwrap();
-    for lock in &locks {
-        eventually(
-            &state(lock),
-            PROPAGATION_LIMIT,
-            "all unblocked after A idles",
-            |s| !s.is_blocked(),
-        )
-        .await;
-    }
+    all_unblocked(&locks, "all unblocked after A idles").await;
     shutdown_all(&locks).await;
 }
 
@@ -215,15 +214,7 @@ pub async fn all_idle_releases_waiters<F: BackendFactory>(factory: &F) {
         w.join().expect("waiter thread");
     }
     assert_eq!(released.load(Ordering::SeqCst), 10, "every waiter released");
-    for lock in &locks {
-        eventually(
-            &state(lock),
-            PROPAGATION_LIMIT,
-            "unblocked everywhere",
-            |s| !s.is_blocked(),
-        )
-        .await;
-    }
+    all_unblocked(&locks, "unblocked everywhere").await;
     shutdown_all(&locks).await;
 }
 
@@ -414,15 +405,7 @@ pub async fn random_operations_converge<F: BackendFactory>(factory: &F) {
             .await
             .unwrap();
     }
-    for lock in &locks {
-        eventually(
-            &state(lock),
-            PROPAGATION_LIMIT,
-            "all unblocked at the end",
-            |s| !s.is_blocked(),
-        )
-        .await;
-    }
+    all_unblocked(&locks, "all unblocked at the end").await;
     let deadline = Instant::now() + PROPAGATION_LIMIT;
     while waiters_done.load(Ordering::SeqCst) < 9 * 12 {
         assert!(

@@ -136,6 +136,19 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// How many times the server ran `command` (lower case), from `INFO commandstats`.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.client())
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:");
+        info.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.split(['=', ',']).nth(1))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// A raw client connection, for writing entries the way other clients do.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url())
@@ -216,4 +229,22 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+}
+
+/// The path of an example of this package, built by `cargo test` (all targets) next to the
+/// test binaries; panics naming the build step if it is missing.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test binary");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the examples first (`cargo test` with all targets, or `cargo build --examples`) with `--features redis`",
+        path.display()
+    );
+    path
 }

@@ -10,7 +10,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
 use reactive_lock_backends::conformance::eventually;
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
-use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_backends::testing::{RedisServer, example_binary};
 use redis::Commands;
 
 const KEY: &str = "payments";
@@ -160,28 +160,11 @@ fn server_paused_gives_unknown_then_converges() {
     });
 }
 
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} missing: build the examples with `--features redis`",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn instance_process_killed_while_busy_expires_with_no_further_writes() {
     use std::io::BufRead;
     let server = RedisServer::start();
-    let mut child = std::process::Command::new(example("redis_instance"))
+    let mut child = std::process::Command::new(example_binary("redis_instance"))
         .args(["hold", &server.url(), KEY, "doomed"])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -8,7 +8,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{BackendErrorKind, ReactiveLock, StoreTime, TrackerConfig};
 use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
 use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
-use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_backends::testing::{RedisServer, example_binary};
 use redis::Commands;
 
 const KEY: &str = "payments";
@@ -172,24 +172,6 @@ fn oversized_lock_data_is_rejected_with_a_clear_error() {
 /// skewed clock is the client's.)
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
-/// The `redis_instance` example, built by `cargo test` next to this test binary.
-pub fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} missing: build the examples first (`cargo test` with all targets, or `cargo build --examples`) with `--features redis`",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
     assert!(
@@ -208,7 +190,7 @@ fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
         // Readers whose clocks run an hour ahead (the live entry would look expired by their
         // clock) and an hour behind (an expired one would look alive).
         let watch = |offset: &str| {
-            let out = std::process::Command::new(example("redis_instance"))
+            let out = std::process::Command::new(example_binary("redis_instance"))
                 .args(["watch", &server.url(), KEY])
                 .env("LD_PRELOAD", FAKETIME_LIB)
                 .env("FAKETIME", offset)
@@ -317,24 +299,15 @@ fn unreachable_server_fails_fast_naming_the_address() {
     });
 }
 
-fn hgetall_calls(raw: &mut redis::Connection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_hgetall:"))
-        .and_then(|l| l.split(['=', ',']).nth(1))
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[test]
 fn fifty_instances_no_read_storm() {
     let server = RedisServer::start();
-    let mut raw = server.client();
     block_on(async {
         let mut locks = Vec::new();
         for i in 0..50 {
             locks.push(instance(&server.url(), &format!("i{i}")).await);
         }
-        let after_build = hgetall_calls(&mut raw);
+        let after_build = server.command_calls("hgetall");
         let ctrl = locks[0].controller(KEY).unwrap();
         for _ in 0..500 {
             ctrl.increment(Some("flap")).await.unwrap();
@@ -350,7 +323,7 @@ fn fifty_instances_no_read_storm() {
             )
             .await;
         }
-        let during = hgetall_calls(&mut raw) - after_build;
+        let during = server.command_calls("hgetall") - after_build;
         eprintln!(
             "HGETALL calls: {after_build} for 50 initial syncs, {during} during 1,001 transitions"
         );
@@ -441,24 +414,14 @@ fn tls_with_a_self_signed_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn command_calls(raw: &mut redis::Connection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
-    let prefix = format!("cmdstat_{command}:");
-    info.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.split(['=', ',']).nth(1))
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[test]
 fn flapping_a_hundred_thousand_times_coalesces_writes() {
     let server = RedisServer::start();
-    let mut raw = server.client();
     block_on(async {
         let a = instance(&server.url(), "a").await;
         let b = instance(&server.url(), "b").await;
         let ctrl = a.controller(KEY).unwrap();
-        let before = command_calls(&mut raw, "evalsha") + command_calls(&mut raw, "eval");
+        let before = server.command_calls("evalsha") + server.command_calls("eval");
         for _ in 0..100_000 {
             drop(ctrl.enter(Some("flap")));
         }
@@ -470,7 +433,7 @@ fn flapping_a_hundred_thousand_times_coalesces_writes() {
             |s| s.lock_data().as_deref() == Some("final"),
         )
         .await;
-        let writes = command_calls(&mut raw, "evalsha") + command_calls(&mut raw, "eval") - before;
+        let writes = server.command_calls("evalsha") + server.command_calls("eval") - before;
         eprintln!("{writes} script calls for 200,001 transitions");
         assert!(
             writes < 20_000,
