@@ -21,3 +21,6 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "redis")]
 pub mod testing;
+
+#[cfg(feature = "grpc")]
+pub mod grpc;

@@ -1,0 +1,610 @@
+//! gRPC backend and hub, wire-compatible with the .NET ReactiveLockGrpc.
+//!
+//! The protocol (`proto/reactive_lock.proto`, compiled with protox: no `protoc` needed) has
+//! no package, so paths are `/ReactiveLockGrpc/SetStatus` and
+//! `/ReactiveLockGrpc/SubscribeLockStatus`, as in .NET.
+//!
+//! [`GrpcBackend`] talks to one or more hubs ([`server::Hub`], or the .NET sample). With
+//! several hubs it does what .NET clients do: every status goes to every hub, and it
+//! subscribes to each, merging their states per instance (newest `validUntil` wins), so one
+//! hub dying loses nothing and blocks nobody. tonic needs tokio, so the backend owns a small
+//! tokio runtime (one worker thread) and bridges to the caller's executor with channels:
+//! the application may use tokio, smol, async-std or no runtime.
+
+pub mod server;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_lite::{Stream, StreamExt};
+use parking_lot::Mutex;
+use reactive_lock::{
+    Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
+    StoreTime,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// The generated protocol types and tonic stubs.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+use proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+use proto::{LockStatusNotification, LockStatusRequest};
+
+pub(crate) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub(crate) fn system_time(t: &prost_types::Timestamp) -> SystemTime {
+    if t.seconds < 0 {
+        return UNIX_EPOCH;
+    }
+    UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos.clamp(0, 999_999_999) as u32)
+}
+
+fn store_time(t: &prost_types::Timestamp) -> StoreTime {
+    let d = system_time(t)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    StoreTime::from_unix_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Checks `authorization: Bearer <token>` when a token is configured.
+#[derive(Clone)]
+pub(crate) struct TokenCheck {
+    expected: Option<Arc<str>>,
+}
+
+impl TokenCheck {
+    pub(crate) fn new(token: Option<String>) -> Self {
+        TokenCheck {
+            expected: token.map(|t| Arc::from(format!("Bearer {t}"))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        match request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(given) if given == &**expected => Ok(request),
+            _ => Err(tonic::Status::unauthenticated(
+                "missing or wrong bearer token",
+            )),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client =
+    ReactiveLockGrpcClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
+
+struct Hub {
+    url: String,
+    client: Client,
+}
+
+struct Inner {
+    hubs: Vec<Hub>,
+    runtime: tokio::runtime::Runtime,
+    response_timeout: Duration,
+    /// Last `validUntil` sent per (key, instance): kept strictly increasing, so hubs order
+    /// statuses by it.
+    last_valid_until: Mutex<HashMap<(String, String), SystemTime>>,
+    reader_name: String,
+}
+
+/// The gRPC backend; see the [module docs](self).
+///
+/// # Examples
+///
+/// ```no_run
+/// use reactive_lock::{ReactiveLock, TrackerConfig};
+/// use reactive_lock_backends::grpc::GrpcBackend;
+///
+/// # futures_lite::future::block_on(async {
+/// let backend = GrpcBackend::connect(["http://127.0.0.1:50051", "http://127.0.0.1:50052"]).await?;
+/// let lock = ReactiveLock::builder()
+///     .tracker("payments", TrackerConfig::new())
+///     .build(backend)
+///     .await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct GrpcBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GrpcBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<&str> = self.inner.hubs.iter().map(|h| h.url.as_str()).collect();
+        f.debug_struct("GrpcBackend")
+            .field("hubs", &urls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`GrpcBackend`]; see [`GrpcBackend::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock_backends::grpc::GrpcBackend;
+/// let builder = GrpcBackend::builder(["http://127.0.0.1:50051"]).token("secret");
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until connect() is awaited"]
+pub struct GrpcBackendBuilder {
+    urls: Vec<String>,
+    token: Option<String>,
+    tls_root_cert: Option<Vec<u8>>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl GrpcBackendBuilder {
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts this root certificate (PEM) for `https://` hubs.
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// How long connecting to a hub may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call may wait for its answer (default 2 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Connects: at least one hub must answer; the others are retried in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendErrorKind::Rejected`] for no URL, an invalid URL or token, or bad TLS
+    /// material; [`BackendErrorKind::Unavailable`] when no hub can be reached. Messages name
+    /// the hubs.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it resolves leaves nothing running.
+    pub async fn connect(self) -> Result<GrpcBackend, BackendError> {
+        let rejected = |m: String| BackendError::new(BackendErrorKind::Rejected, m);
+        if self.urls.is_empty() {
+            return Err(rejected("no hub URL given".into()));
+        }
+        let token = match &self.token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| rejected("the token is not valid ASCII header text".into()))?,
+            ),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("reactive-lock-grpc")
+            .enable_all()
+            .build()
+            .map_err(|e| rejected(format!("cannot start the gRPC runtime thread: {e}")))?;
+        let mut hubs = Vec::new();
+        let mut reachable = 0;
+        let mut failures = Vec::new();
+        for url in &self.urls {
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| rejected(format!("invalid hub URL `{url}`: {e}")))?
+                .tcp_nodelay(true)
+                .connect_timeout(self.connect_timeout)
+                .timeout(self.response_timeout.max(Duration::from_secs(3600)));
+            if let Some(pem) = &self.tls_root_cert {
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem.clone()));
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| rejected(format!("TLS for `{url}`: {e}")))?;
+            }
+            let probe = {
+                let endpoint = endpoint.clone();
+                runtime.spawn(async move { endpoint.connect().await })
+            };
+            let channel = match probe.await {
+                Ok(Ok(channel)) => {
+                    reachable += 1;
+                    channel
+                }
+                Ok(Err(e)) => {
+                    failures.push(format!("{url}: {e}"));
+                    let _guard = runtime.enter();
+                    endpoint.connect_lazy()
+                }
+                Err(e) => return Err(rejected(format!("gRPC runtime failed: {e}"))),
+            };
+            let client = ReactiveLockGrpcClient::with_interceptor(channel, AddToken(token.clone()));
+            hubs.push(Hub {
+                url: url.clone(),
+                client,
+            });
+        }
+        if reachable == 0 {
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!("no gRPC hub reachable: {}", failures.join("; ")),
+            ));
+        }
+        Ok(GrpcBackend {
+            inner: Arc::new(Inner {
+                hubs,
+                runtime,
+                response_timeout: self.response_timeout,
+                last_valid_until: Mutex::new(HashMap::new()),
+                reader_name: format!("reactive-lock-reader-{:08x}", fastrand::u32(..)),
+            }),
+        })
+    }
+}
+
+impl GrpcBackend {
+    /// Connects to the hubs at `urls` (`http://host:port`, `https://` for TLS) with default
+    /// options; see [`GrpcBackendBuilder::connect`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`GrpcBackendBuilder::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it resolves leaves nothing running.
+    pub async fn connect<S: Into<String>>(
+        urls: impl IntoIterator<Item = S>,
+    ) -> Result<GrpcBackend, BackendError> {
+        Self::builder(urls).connect().await
+    }
+
+    /// A builder for the options.
+    pub fn builder<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> GrpcBackendBuilder {
+        GrpcBackendBuilder {
+            urls: urls.into_iter().map(Into::into).collect(),
+            token: None,
+            tls_root_cert: None,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Runs `f` on the backend's tokio runtime and awaits it from any executor.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        self.inner.runtime.spawn(f).await.map_err(|e| {
+            BackendError::new(
+                BackendErrorKind::Other,
+                format!("gRPC runtime task failed: {e}"),
+            )
+        })
+    }
+
+    fn valid_until(&self, key: &str, instance: &str, valid_for: Duration) -> SystemTime {
+        let mut last = self.inner.last_valid_until.lock();
+        let slot = last
+            .entry((key.into(), instance.into()))
+            .or_insert(UNIX_EPOCH);
+        let next = (SystemTime::now() + valid_for).max(*slot + Duration::from_micros(1));
+        *slot = next;
+        next
+    }
+}
+
+/// Merges the hubs' states of one key per instance (newest `validUntil` wins).
+fn merge(key: &str, per_hub: &[Option<LockStatusNotification>]) -> Snapshot {
+    let mut merged: HashMap<&str, &proto::InstanceLockStatus> = HashMap::new();
+    for notification in per_hub.iter().flatten() {
+        for (instance, status) in &notification.instances_status {
+            let newer = match merged.get(instance.as_str()) {
+                None => true,
+                Some(held) => {
+                    held.valid_until.as_ref().map(store_time)
+                        < status.valid_until.as_ref().map(store_time)
+                }
+            };
+            if newer {
+                merged.insert(instance, status);
+            }
+        }
+    }
+    let entries = merged
+        .into_iter()
+        .map(|(instance, status)| {
+            let valid_until = status
+                .valid_until
+                .as_ref()
+                .map(store_time)
+                .unwrap_or(StoreTime::UNIX_EPOCH);
+            let data = (!status.lock_data.is_empty()).then(|| status.lock_data.clone());
+            Entry::new(instance, status.is_busy, data, valid_until)
+                .with_seq(valid_until.as_unix_nanos())
+        })
+        .collect();
+    Snapshot::new(key, entries, StoreTime::now_system())
+}
+
+fn unavailable(what: &str, errors: &[String]) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        format!("{what} failed on every hub: {}", errors.join("; ")),
+    )
+}
+
+/// Opens a subscription stream for `key` on one hub (first message: key and instance).
+async fn open_stream(
+    mut client: Client,
+    key: String,
+    instance: String,
+) -> Result<tonic::Streaming<LockStatusNotification>, tonic::Status> {
+    let first = LockStatusRequest {
+        lock_key: key,
+        instance_id: instance,
+        is_busy: false,
+        lock_data: None,
+        valid_until: None,
+    };
+    // The request stream stays open (pending) so the hub keeps the subscription.
+    let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+    Ok(client.subscribe_lock_status(requests).await?.into_inner())
+}
+
+impl Backend for GrpcBackend {
+    type Events = Pin<Box<dyn Stream<Item = BackendEvent> + Send>>;
+
+    async fn publish(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Result<(), BackendError> {
+        let request = LockStatusRequest {
+            lock_key: key.into(),
+            instance_id: instance.into(),
+            is_busy: status.busy,
+            lock_data: status.lock_data.clone(),
+            valid_until: Some(timestamp(self.valid_until(key, instance, status.valid_for))),
+        };
+        let timeout = self.inner.response_timeout;
+        let calls: Vec<_> = self
+            .inner
+            .hubs
+            .iter()
+            .map(|hub| {
+                let mut client = hub.client.clone();
+                let request = request.clone();
+                let url = hub.url.clone();
+                async move {
+                    match tokio::time::timeout(timeout, client.set_status(request)).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err((status.code(), format!("{url}: {status}"))),
+                        Err(_) => Err((
+                            tonic::Code::DeadlineExceeded,
+                            format!("{url}: no answer within {timeout:?}"),
+                        )),
+                    }
+                }
+            })
+            .collect();
+        let results = self
+            .on_runtime(async move {
+                let mut out = Vec::new();
+                let handles: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
+                for h in handles {
+                    out.push(
+                        h.await
+                            .unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string()))),
+                    );
+                }
+                out
+            })
+            .await?;
+        if results.iter().any(Result::is_ok) {
+            return Ok(());
+        }
+        let errors: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.1.clone()))
+            .collect();
+        let refused = results.iter().all(|r| {
+            matches!(r, Err((code, _)) if matches!(code, tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied))
+        });
+        if refused {
+            return Err(BackendError::new(
+                BackendErrorKind::Rejected,
+                format!("SetStatus refused: {}", errors.join("; ")),
+            ));
+        }
+        Err(unavailable("SetStatus", &errors))
+    }
+
+    async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
+        let timeout = self.inner.response_timeout;
+        let reads: Vec<_> = self
+            .inner
+            .hubs
+            .iter()
+            .map(|hub| {
+                let client = hub.client.clone();
+                let (key, instance, url) = (
+                    key.to_string(),
+                    self.inner.reader_name.clone(),
+                    hub.url.clone(),
+                );
+                async move {
+                    let read = async {
+                        let mut stream = open_stream(client, key, instance).await?;
+                        stream
+                            .message()
+                            .await?
+                            .ok_or_else(|| tonic::Status::unavailable("stream closed"))
+                    };
+                    match tokio::time::timeout(timeout, read).await {
+                        Ok(Ok(n)) => Ok(n),
+                        Ok(Err(status)) => Err(format!("{url}: {status}")),
+                        Err(_) => Err(format!("{url}: no answer within {timeout:?}")),
+                    }
+                }
+            })
+            .collect();
+        let results = self
+            .on_runtime(async move {
+                let handles: Vec<_> = reads.into_iter().map(tokio::spawn).collect();
+                let mut out = Vec::new();
+                for h in handles {
+                    out.push(h.await.unwrap_or_else(|e| Err(e.to_string())));
+                }
+                out
+            })
+            .await?;
+        let per_hub: Vec<Option<LockStatusNotification>> =
+            results.iter().map(|r| r.as_ref().ok().cloned()).collect();
+        if per_hub.iter().all(Option::is_none) {
+            let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+            return Err(unavailable("reading the key", &errors));
+        }
+        Ok(merge(key, &per_hub))
+    }
+
+    async fn subscribe(&self, keys: &[String]) -> Result<Self::Events, BackendError> {
+        let (tx, rx) = async_channel::unbounded::<BackendEvent>();
+        let hubs: Vec<(String, Client)> = self
+            .inner
+            .hubs
+            .iter()
+            .map(|h| (h.url.clone(), h.client.clone()))
+            .collect();
+        let keys = keys.to_vec();
+        let instance = self.inner.reader_name.clone();
+        let hub_count = hubs.len();
+        // One stream per hub and key (a .NET-style hub reads only a stream's first message),
+        // all feeding one merge task.
+        let (updates_tx, mut updates_rx) = tokio::sync::mpsc::unbounded_channel::<(
+            usize,
+            String,
+            Option<LockStatusNotification>,
+        )>();
+        self.inner.runtime.spawn(async move {
+            let mut tasks = Vec::new();
+            for (hub_index, (url, client)) in hubs.into_iter().enumerate() {
+                for key in &keys {
+                    let (client, key, instance, url, updates) =
+                        (client.clone(), key.clone(), instance.clone(), url.clone(), updates_tx.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut delay = Duration::from_millis(50);
+                        loop {
+                            match open_stream(client.clone(), key.clone(), instance.clone()).await {
+                                Ok(mut stream) => {
+                                    delay = Duration::from_millis(50);
+                                    while let Ok(Some(n)) = stream.message().await {
+                                        if updates.send((hub_index, key.clone(), Some(n))).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    tracing::warn!(hub = %url, key, "reactive-lock: hub stream ended; reconnecting");
+                                }
+                                Err(status) => {
+                                    tracing::debug!(hub = %url, key, %status, "reactive-lock: hub unreachable");
+                                }
+                            }
+                            if updates.send((hub_index, key.clone(), None)).is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                    }));
+                }
+            }
+            drop(updates_tx);
+            // Merge: per key, the latest state of every hub; per hub, whether it is up.
+            let mut states: HashMap<String, Vec<Option<LockStatusNotification>>> = HashMap::new();
+            let mut up: HashMap<(usize, String), bool> = HashMap::new();
+            let mut connected = true;
+            while let Some((hub, key, update)) = updates_rx.recv().await {
+                let per_hub = states.entry(key.clone()).or_insert_with(|| vec![None; hub_count]);
+                let was_up = up.get(&(hub, key.clone())).copied();
+                match update {
+                    Some(n) => {
+                        per_hub[hub] = Some(n);
+                        up.insert((hub, key.clone()), true);
+                        if was_up == Some(false) && tx.send(BackendEvent::Reconnected).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        // A hub that dropped out no longer speaks for anyone.
+                        per_hub[hub] = None;
+                        up.insert((hub, key.clone()), false);
+                    }
+                }
+                let any_up = up.values().any(|&u| u);
+                if connected && !any_up {
+                    connected = false;
+                    if tx.send(BackendEvent::Disconnected).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                connected = any_up;
+                if per_hub.iter().any(Option::is_some) {
+                    let snapshot = merge(&key, per_hub);
+                    if tx.send(BackendEvent::Snapshot(snapshot)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            for task in tasks {
+                task.abort();
+            }
+        });
+        Ok(Box::pin(rx))
+    }
+}

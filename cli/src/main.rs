@@ -1,0 +1,144 @@
+//! `reactive-lock`: the command line of reactive-lock.
+//!
+//! `reactive-lock hub --listen 127.0.0.1:50051` runs the gRPC hub that instances using
+//! `GrpcBackend` (or the .NET ReactiveLockGrpc client) share state through.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reactive_lock_backends::grpc::server::{Hub, HubLimits};
+
+#[derive(Parser)]
+#[command(
+    name = "reactive-lock",
+    version,
+    about = "reactive-lock: distributed busy/idle state, reactively"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC hub (wire-compatible with the .NET ReactiveLockGrpc service).
+    ///
+    /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. Stops cleanly on
+    /// SIGINT or SIGTERM.
+    Hub {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// PEM certificate chain for TLS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS (with --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require `authorization: Bearer <TOKEN>` on every call.
+        #[arg(long, env = "REACTIVE_LOCK_HUB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Largest accepted message, bytes.
+        #[arg(long, default_value_t = HubLimits::default().max_message_size)]
+        max_message_size: usize,
+        /// Keys the hub holds at most.
+        #[arg(long, default_value_t = HubLimits::default().max_keys)]
+        max_keys: usize,
+        /// Instances per key at most.
+        #[arg(long, default_value_t = HubLimits::default().max_instances_per_key)]
+        max_instances_per_key: usize,
+        /// Longest lock data, bytes.
+        #[arg(long, default_value_t = HubLimits::default().max_lock_data_len)]
+        max_lock_data_len: usize,
+        /// Notifications buffered per subscriber before a stalled one is dropped.
+        #[arg(long, default_value_t = HubLimits::default().subscriber_buffer)]
+        subscriber_buffer: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("reactive-lock: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reactive-lock: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match cli.command {
+        Command::Hub {
+            listen,
+            tls_cert,
+            tls_key,
+            token,
+            max_message_size,
+            max_keys,
+            max_instances_per_key,
+            max_lock_data_len,
+            subscriber_buffer,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some((
+                    std::fs::read(&cert)
+                        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?,
+                    std::fs::read(&key).map_err(|e| format!("--tls-key {}: {e}", key.display()))?,
+                )),
+                _ => None,
+            };
+            let mut limits = HubLimits::default();
+            limits.max_message_size = max_message_size;
+            limits.max_keys = max_keys;
+            limits.max_instances_per_key = max_instances_per_key;
+            limits.max_lock_data_len = max_lock_data_len;
+            limits.subscriber_buffer = subscriber_buffer;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            // The first stdout line says where the hub listens (port 0 picks a free port).
+            println!("listening on {scheme}://{}", listener.local_addr()?);
+            tracing::info!(%listen, tls = tls.is_some(), token = token.is_some(), "reactive-lock hub started");
+            Hub::new(limits)
+                .serve_listener(listener, tls, token, shutdown_signal())
+                .await?;
+            tracing::info!("reactive-lock hub stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%e, "cannot listen for SIGTERM; only SIGINT stops the hub");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
