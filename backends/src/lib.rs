@@ -19,7 +19,7 @@ pub mod redis;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "grpc-server"))]
 pub mod testing;
 
 #[cfg(feature = "grpc")]

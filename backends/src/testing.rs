@@ -4,11 +4,15 @@
 //! `redis-server` and `redis-cli` must be on `PATH`; a missing binary panics with a message
 //! saying so (tests must never skip silently).
 
+// The Redis helpers need these; a grpc-only build does not.
+#![cfg_attr(not(feature = "redis"), allow(unused_imports, dead_code))]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
 /// A `redis-server` child process on a free port, without persistence; killed on drop.
 pub struct RedisServer {
     /// The port it listens on.
@@ -27,6 +31,7 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[cfg(feature = "redis")]
 impl RedisServer {
     /// Starts `redis-server` (from PATH) on a free port, no persistence.
     pub fn start() -> Self {
@@ -158,6 +163,7 @@ impl RedisServer {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
@@ -170,12 +176,14 @@ impl Drop for RedisServer {
     }
 }
 
+#[cfg(feature = "redis")]
 /// A local Redis Cluster of `masters` masters, no replicas, created with `redis-cli --cluster`.
 pub struct RedisCluster {
     /// The masters.
     pub nodes: Vec<RedisServer>,
 }
 
+#[cfg(feature = "redis")]
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..masters)
@@ -247,4 +255,59 @@ pub fn example_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A gRPC hub served in-process on an ephemeral port, on its own runtime thread; stopped on
+/// drop.
+#[cfg(feature = "grpc-server")]
+pub struct HubServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The hub's state, e.g. to inspect it.
+    pub hub: crate::grpc::server::Hub,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "grpc-server")]
+impl HubServer {
+    /// Starts a hub with default limits, no TLS, no token.
+    pub fn start() -> Self {
+        Self::start_with(crate::grpc::server::Hub::default(), None, None)
+    }
+
+    /// Starts `hub` with optional TLS (PEM cert, key) and token.
+    pub fn start_with(hub: crate::grpc::server::Hub, tls: Option<(Vec<u8>, Vec<u8>)>, token: Option<String>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let serving = hub.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                ready_tx.send(listener.local_addr().unwrap().port()).unwrap();
+                serving
+                    .serve_listener(listener, tls, token, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("hub serves");
+            });
+        });
+        let port = ready_rx.recv().expect("hub started");
+        HubServer { url: format!("{scheme}://127.0.0.1:{port}"), hub, stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+#[cfg(feature = "grpc-server")]
+impl Drop for HubServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -164,7 +164,7 @@ fn server_paused_gives_unknown_then_converges() {
 fn instance_process_killed_while_busy_expires_with_no_further_writes() {
     use std::io::BufRead;
     let server = RedisServer::start();
-    let mut child = std::process::Command::new(example_binary("redis_instance"))
+    let mut child = std::process::Command::new(example_binary("instance"))
         .args(["hold", &server.url(), KEY, "doomed"])
         .stdout(std::process::Stdio::piped())
         .spawn()

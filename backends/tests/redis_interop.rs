@@ -190,7 +190,7 @@ fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
         // Readers whose clocks run an hour ahead (the live entry would look expired by their
         // clock) and an hour behind (an expired one would look alive).
         let watch = |offset: &str| {
-            let out = std::process::Command::new(example_binary("redis_instance"))
+            let out = std::process::Command::new(example_binary("instance"))
                 .args(["watch", &server.url(), KEY])
                 .env("LD_PRELOAD", FAKETIME_LIB)
                 .env("FAKETIME", offset)

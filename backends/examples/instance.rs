@@ -1,9 +1,10 @@
-//! One reactive-lock instance on Redis, as its own process (used by the fault tests, and
-//! handy by hand):
+//! One reactive-lock instance as its own process, on Redis (`redis://`, `rediss://`) or on
+//! gRPC hubs (`http://`, `https://`; several hubs comma-separated). Used by the fault tests,
+//! and handy by hand:
 //!
 //! ```sh
-//! cargo run -p reactive-lock-backends --features redis --example redis_instance -- hold redis://127.0.0.1:6379/ payments worker-1
-//! cargo run -p reactive-lock-backends --features redis --example redis_instance -- watch redis://127.0.0.1:6379/ payments
+//! cargo run -p reactive-lock-backends --all-features --example instance -- hold redis://127.0.0.1:6379/ payments worker-1
+//! cargo run -p reactive-lock-backends --all-features --example instance -- watch http://127.0.0.1:50051 payments
 //! ```
 //!
 //! `hold` turns busy (renewal 300 ms, expiration 1.5 s), prints `BUSY` and keeps running until
@@ -14,12 +15,14 @@ use std::io::Write;
 use std::time::Duration;
 
 use reactive_lock::{ReactiveLock, TrackerConfig};
+use reactive_lock::Backend;
+use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::redis::RedisBackend;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, url, key, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: redis_instance hold|watch REDIS_URL KEY [INSTANCE]");
+        eprintln!("usage: instance hold|watch URL[,URL...] KEY [INSTANCE]");
         std::process::exit(2);
     };
     let name = rest
@@ -27,19 +30,32 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| format!("{mode}-{}", std::process::id()));
     futures_lite::future::block_on(async {
-        let backend = RedisBackend::connect(url).await.unwrap_or_else(|e| {
-            eprintln!("{e}");
-            std::process::exit(1)
-        });
+        if url.starts_with("http") {
+            let backend = GrpcBackend::connect(url.split(',')).await.unwrap_or_else(|e| exit_with(&e));
+            run(mode.as_str(), key.as_str(), name, backend).await
+        } else {
+            let backend = RedisBackend::connect(url).await.unwrap_or_else(|e| exit_with(&e));
+            run(mode.as_str(), key.as_str(), name, backend).await
+        }
+    });
+}
+
+fn exit_with(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("{e}");
+    std::process::exit(1)
+}
+
+async fn run(mode: &str, key: &str, name: String, backend: impl Backend) {
+    {
         let lock = ReactiveLock::builder()
             .instance_name(name)
             .renewal(Duration::from_millis(300))
             .expiration(Duration::from_millis(1500))
-            .tracker(key.as_str(), TrackerConfig::new())
+            .tracker(key, TrackerConfig::new())
             .build(backend)
             .await
             .expect("build");
-        match mode.as_str() {
+        match mode {
             "hold" => {
                 let _busy = lock.controller(key).unwrap().enter_owned(Some("held"));
                 lock.controller(key)
@@ -66,5 +82,5 @@ fn main() {
                 std::process::exit(2);
             }
         }
-    });
+    }
 }
