@@ -14,8 +14,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock::Backend;
+use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::redis::RedisBackend;
 
@@ -31,10 +31,14 @@ fn main() {
         .unwrap_or_else(|| format!("{mode}-{}", std::process::id()));
     futures_lite::future::block_on(async {
         if url.starts_with("http") {
-            let backend = GrpcBackend::connect(url.split(',')).await.unwrap_or_else(|e| exit_with(&e));
+            let backend = GrpcBackend::connect(url.split(','))
+                .await
+                .unwrap_or_else(|e| exit_with(&e));
             run(mode.as_str(), key.as_str(), name, backend).await
         } else {
-            let backend = RedisBackend::connect(url).await.unwrap_or_else(|e| exit_with(&e));
+            let backend = RedisBackend::connect(url)
+                .await
+                .unwrap_or_else(|e| exit_with(&e));
             run(mode.as_str(), key.as_str(), name, backend).await
         }
     });

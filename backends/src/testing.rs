@@ -277,16 +277,28 @@ impl HubServer {
     }
 
     /// Starts `hub` with optional TLS (PEM cert, key) and token.
-    pub fn start_with(hub: crate::grpc::server::Hub, tls: Option<(Vec<u8>, Vec<u8>)>, token: Option<String>) -> Self {
+    pub fn start_with(
+        hub: crate::grpc::server::Hub,
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+        token: Option<String>,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let serving = hub.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                ready_tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                ready_tx
+                    .send(listener.local_addr().unwrap().port())
+                    .unwrap();
                 serving
                     .serve_listener(listener, tls, token, async {
                         let _ = stopped.await;
@@ -296,7 +308,12 @@ impl HubServer {
             });
         });
         let port = ready_rx.recv().expect("hub started");
-        HubServer { url: format!("{scheme}://127.0.0.1:{port}"), hub, stop: Some(stop), thread: Some(thread) }
+        HubServer {
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            hub,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 

@@ -12,7 +12,9 @@ struct Factory(Vec<String>);
 impl BackendFactory for Factory {
     type Backend = GrpcBackend;
     async fn connect(&self) -> GrpcBackend {
-        GrpcBackend::connect(self.0.clone()).await.expect("connect to the test hub")
+        GrpcBackend::connect(self.0.clone())
+            .await
+            .expect("connect to the test hub")
     }
 }
 

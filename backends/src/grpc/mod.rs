@@ -371,10 +371,28 @@ fn merge(key: &str, per_hub: &[Option<LockStatusNotification>]) -> Snapshot {
     Snapshot::new(key, entries, StoreTime::now_system())
 }
 
-fn unavailable(what: &str, errors: &[String]) -> BackendError {
+/// The error for a call that failed on every hub: `Rejected` if every hub refused it (bad
+/// input, a limit, authentication), else `Unavailable`.
+fn failed_everywhere(what: &str, errors: &[(tonic::Code, String)]) -> BackendError {
+    let refused = errors.iter().all(|(code, _)| {
+        matches!(
+            code,
+            tonic::Code::InvalidArgument
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::OutOfRange
+                | tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied
+        )
+    });
+    let kind = if refused {
+        BackendErrorKind::Rejected
+    } else {
+        BackendErrorKind::Unavailable
+    };
+    let messages: Vec<&str> = errors.iter().map(|(_, m)| m.as_str()).collect();
     BackendError::new(
-        BackendErrorKind::Unavailable,
-        format!("{what} failed on every hub: {}", errors.join("; ")),
+        kind,
+        format!("{what} failed on every hub: {}", messages.join("; ")),
     )
 }
 
@@ -449,20 +467,9 @@ impl Backend for GrpcBackend {
         if results.iter().any(Result::is_ok) {
             return Ok(());
         }
-        let errors: Vec<String> = results
-            .iter()
-            .filter_map(|r| r.as_ref().err().map(|e| e.1.clone()))
-            .collect();
-        let refused = results.iter().all(|r| {
-            matches!(r, Err((code, _)) if matches!(code, tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied))
-        });
-        if refused {
-            return Err(BackendError::new(
-                BackendErrorKind::Rejected,
-                format!("SetStatus refused: {}", errors.join("; ")),
-            ));
-        }
-        Err(unavailable("SetStatus", &errors))
+        let errors: Vec<(tonic::Code, String)> =
+            results.into_iter().filter_map(Result::err).collect();
+        Err(failed_everywhere("SetStatus", &errors))
     }
 
     async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
@@ -488,8 +495,11 @@ impl Backend for GrpcBackend {
                     };
                     match tokio::time::timeout(timeout, read).await {
                         Ok(Ok(n)) => Ok(n),
-                        Ok(Err(status)) => Err(format!("{url}: {status}")),
-                        Err(_) => Err(format!("{url}: no answer within {timeout:?}")),
+                        Ok(Err(status)) => Err((status.code(), format!("{url}: {status}"))),
+                        Err(_) => Err((
+                            tonic::Code::DeadlineExceeded,
+                            format!("{url}: no answer within {timeout:?}"),
+                        )),
                     }
                 }
             })
@@ -499,7 +509,10 @@ impl Backend for GrpcBackend {
                 let handles: Vec<_> = reads.into_iter().map(tokio::spawn).collect();
                 let mut out = Vec::new();
                 for h in handles {
-                    out.push(h.await.unwrap_or_else(|e| Err(e.to_string())));
+                    out.push(
+                        h.await
+                            .unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string()))),
+                    );
                 }
                 out
             })
@@ -507,8 +520,9 @@ impl Backend for GrpcBackend {
         let per_hub: Vec<Option<LockStatusNotification>> =
             results.iter().map(|r| r.as_ref().ok().cloned()).collect();
         if per_hub.iter().all(Option::is_none) {
-            let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-            return Err(unavailable("reading the key", &errors));
+            let errors: Vec<(tonic::Code, String)> =
+                results.into_iter().filter_map(Result::err).collect();
+            return Err(failed_everywhere("reading the key", &errors));
         }
         Ok(merge(key, &per_hub))
     }

@@ -1,0 +1,402 @@
+//! Wire compatibility with .NET ReactiveLockGrpc clients (a client built from the proto
+//! alone), bad input, TLS and bearer tokens, a stalled subscriber, a killed instance.
+#![cfg(feature = "grpc-server")]
+
+use std::time::{Duration, SystemTime};
+
+use futures_lite::future::block_on;
+use reactive_lock::{BackendErrorKind, ReactiveLock, TrackerConfig};
+use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
+use reactive_lock_backends::grpc::GrpcBackend;
+use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
+use reactive_lock_backends::grpc::server::{Hub, HubLimits, valid_for};
+use reactive_lock_backends::testing::{HubServer, example_binary};
+
+const KEY: &str = "payments";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn instance(url: &str, name: &str) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .tracker(KEY, TrackerConfig::new())
+        .build(GrpcBackend::connect([url]).await.unwrap())
+        .await
+        .unwrap()
+}
+
+fn request(
+    key: &str,
+    instance: &str,
+    busy: bool,
+    data: Option<&str>,
+    until: Option<Duration>,
+) -> LockStatusRequest {
+    LockStatusRequest {
+        lock_key: key.into(),
+        instance_id: instance.into(),
+        is_busy: busy,
+        lock_data: data.map(String::from),
+        valid_until: until.map(valid_for),
+    }
+}
+
+/// Subscribes like the .NET client: the first message names the key and the subscriber.
+async fn raw_subscribe(url: &str, key: &str) -> tonic::Streaming<LockStatusNotification> {
+    let mut client = ReactiveLockGrpcClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let first = request(key, "dotnet-reader", false, None, None);
+    let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+    client
+        .subscribe_lock_status(requests)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+use futures_lite::StreamExt;
+
+#[test]
+fn dotnet_client_and_ours_understand_each_other() {
+    let hub = HubServer::start();
+    let rt = rt();
+    block_on(async {
+        let ours = instance(&hub.url, "rust-1").await;
+        let state = ours.state(KEY).unwrap();
+
+        // A .NET-style SetStatus: validUntil = now + 10 s as Timestamp, lockData as StringValue.
+        let url = hub.url.clone();
+        rt.spawn(async move {
+            let mut client = ReactiveLockGrpcClient::connect(url).await.unwrap();
+            client
+                .set_status(request(
+                    KEY,
+                    "dotnet-1",
+                    true,
+                    Some("x"),
+                    Some(Duration::from_secs(10)),
+                ))
+                .await
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        eventually(
+            &state,
+            PROPAGATION_LIMIT,
+            "blocked by the .NET client",
+            |s| s.is_blocked() && s.lock_data().as_deref() == Some("x"),
+        )
+        .await;
+
+        // Our messages, seen by a raw client: fields as .NET expects them.
+        let url = hub.url.clone();
+        let seen = rt.spawn(async move {
+            let mut stream = raw_subscribe(&url, KEY).await;
+            loop {
+                let n = stream.message().await.unwrap().unwrap();
+                if let Some(ours) = n.instances_status.get("rust-1") {
+                    if ours.is_busy {
+                        return (n.lock_key.clone(), ours.clone());
+                    }
+                }
+            }
+        });
+        ours.controller(KEY)
+            .unwrap()
+            .increment(Some("batch-7"))
+            .await
+            .unwrap();
+        let (key, status) = seen.await.unwrap();
+        assert_eq!(key, KEY);
+        assert_eq!(status.lock_data, "batch-7");
+        let until = status.valid_until.expect("validUntil set");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            (until.seconds - now - 10).abs() <= 2,
+            "validUntil ≈ now + 10 s: {until:?}"
+        );
+        ours.shutdown().await;
+    });
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_hub_keeps_serving() {
+    let mut limits = HubLimits::default();
+    limits.max_keys = 5;
+    limits.max_lock_data_len = 100;
+    let hub = HubServer::start_with(Hub::new(limits), None, None);
+    let rt = rt();
+    let url = hub.url.clone();
+    rt.block_on(async move {
+        let mut client = ReactiveLockGrpcClient::connect(url.clone()).await.unwrap();
+        let big = "d".repeat(200);
+        let err = client
+            .set_status(request(
+                KEY,
+                "i",
+                true,
+                Some(&big),
+                Some(Duration::from_secs(5)),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("max_lock_data_len"), "{err}");
+        let err = client
+            .set_status(request("", "i", true, None, None))
+            .await
+            .unwrap_err();
+        assert!(
+            err.code() == tonic::Code::InvalidArgument && err.message().contains("lockKey"),
+            "{err}"
+        );
+        let err = client
+            .set_status(request(KEY, "", true, None, None))
+            .await
+            .unwrap_err();
+        assert!(
+            err.code() == tonic::Code::InvalidArgument && err.message().contains("instanceId"),
+            "{err}"
+        );
+        let huge = "m".repeat(100_000);
+        let err = client
+            .set_status(request(&huge, "i", true, None, None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::OutOfRange
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::InvalidArgument
+            ),
+            "{err}"
+        );
+        let mut last = None;
+        for i in 0..20 {
+            if let Err(e) = client
+                .set_status(request(&format!("k{i}"), "i", false, None, None))
+                .await
+            {
+                last = Some(e);
+            }
+        }
+        let err = last.expect("a flood of keys hits max_keys");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("max_keys"), "{err}");
+        // Still serving.
+        client
+            .set_status(request(
+                "k0",
+                "i",
+                true,
+                Some("fine"),
+                Some(Duration::from_secs(5)),
+            ))
+            .await
+            .unwrap();
+    });
+    // Through the backend: refusals are Rejected errors naming the limit.
+    block_on(async {
+        let err = ReactiveLock::builder()
+            .tracker("one-too-many", TrackerConfig::new())
+            .build(GrpcBackend::connect([hub.url.as_str()]).await.unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("max_keys") && err.to_string().contains("Rejected"),
+            "{err}"
+        );
+        let lock = ReactiveLock::builder()
+            .tracker("k0", TrackerConfig::new())
+            .build(GrpcBackend::connect([hub.url.as_str()]).await.unwrap())
+            .await
+            .unwrap();
+        let err = lock
+            .controller("k0")
+            .unwrap()
+            .increment(Some(&"d".repeat(200)))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("max_lock_data_len"), "{err}");
+        lock.shutdown().await;
+    });
+}
+
+#[test]
+fn tls_and_token() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = certified.cert.pem();
+    let key = certified.signing_key.serialize_pem();
+    let hub = HubServer::start_with(
+        Hub::default(),
+        Some((cert.clone().into_bytes(), key.into_bytes())),
+        Some("s3cret".into()),
+    );
+    assert!(hub.url.starts_with("https://"));
+    block_on(async {
+        // Connecting only opens the channel; the first call without the token is refused.
+        let backend = GrpcBackend::builder([hub.url.clone()])
+            .tls_root_cert(cert.clone())
+            .connect()
+            .await
+            .unwrap();
+        let e = ReactiveLock::builder()
+            .tracker(KEY, TrackerConfig::new())
+            .build(backend)
+            .await
+            .expect_err("no token");
+        assert!(
+            e.to_string().contains("bearer token") && e.to_string().contains("Rejected"),
+            "{e}"
+        );
+        let with = |name: &str| {
+            let url = hub.url.clone();
+            let cert = cert.clone();
+            let name = name.to_string();
+            async move {
+                let backend = GrpcBackend::builder([url])
+                    .tls_root_cert(cert)
+                    .token("s3cret")
+                    .connect()
+                    .await
+                    .unwrap();
+                ReactiveLock::builder()
+                    .instance_name(name)
+                    .tracker(KEY, TrackerConfig::new())
+                    .build(backend)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (with("a").await, with("b").await);
+        a.controller(KEY)
+            .unwrap()
+            .increment(Some("tls"))
+            .await
+            .unwrap();
+        eventually(
+            &b.state(KEY).unwrap(),
+            PROPAGATION_LIMIT,
+            "propagates over TLS with the token",
+            |s| s.lock_data().as_deref() == Some("tls"),
+        )
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+    // A raw client without the token: Unauthenticated.
+    rt().block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(cert));
+        let channel = tonic::transport::Endpoint::from_shared(hub.url.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let err = ReactiveLockGrpcClient::new(channel)
+            .set_status(request(KEY, "x", false, None, None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    });
+}
+
+#[test]
+fn a_stalled_subscriber_does_not_block_the_hub_or_others() {
+    let mut limits = HubLimits::default();
+    limits.subscriber_buffer = 4;
+    let hub = HubServer::start_with(Hub::new(limits), None, None);
+    let rt = rt();
+    // Subscribes and never reads again.
+    let url = hub.url.clone();
+    let _stalled = rt.block_on(async move { raw_subscribe(&url, KEY).await });
+    block_on(async {
+        let a = instance(&hub.url, "a").await;
+        let b = instance(&hub.url, "b").await;
+        let ctrl = a.controller(KEY).unwrap();
+        for i in 0..200 {
+            ctrl.increment(Some(&format!("v{i}"))).await.unwrap();
+            ctrl.decrement(1).await.unwrap();
+        }
+        ctrl.increment(Some("last")).await.unwrap();
+        eventually(
+            &b.state(KEY).unwrap(),
+            PROPAGATION_LIMIT,
+            "b keeps receiving",
+            |s| s.lock_data().as_deref() == Some("last"),
+        )
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
+#[test]
+fn instance_process_killed_while_busy_expires_with_no_further_messages() {
+    use std::io::BufRead;
+    let hub = HubServer::start();
+    let mut child = std::process::Command::new(example_binary("instance"))
+        .args(["hold", &hub.url, KEY, "doomed"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the holder");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "BUSY");
+    block_on(async {
+        let watcher = instance(&hub.url, "watcher").await;
+        let state = watcher.state(KEY).unwrap();
+        eventually(&state, PROPAGATION_LIMIT, "watcher sees the holder", |s| {
+            s.is_blocked()
+        })
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Expiration 1.5 s; the hub's expiry broadcast (or the watcher's own timer) unblocks.
+        eventually(
+            &state,
+            Duration::from_secs(5),
+            "unblocked by expiry alone",
+            |s| !s.is_blocked(),
+        )
+        .await;
+        watcher.shutdown().await;
+    });
+}
+
+#[test]
+fn connect_errors_name_the_hubs() {
+    block_on(async {
+        let err = GrpcBackend::builder(["http://127.0.0.1:1"])
+            .connect_timeout(Duration::from_millis(300))
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::Unavailable);
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+        let err = GrpcBackend::connect(["not a url"]).await.unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::Rejected);
+        let err = GrpcBackend::connect(Vec::<String>::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::Rejected);
+    });
+}
