@@ -103,10 +103,10 @@ fn dotnet_client_and_ours_understand_each_other() {
             let mut stream = raw_subscribe(&url, KEY).await;
             loop {
                 let n = stream.message().await.unwrap().unwrap();
-                if let Some(ours) = n.instances_status.get("rust-1") {
-                    if ours.is_busy {
-                        return (n.lock_key.clone(), ours.clone());
-                    }
+                if let Some(ours) = n.instances_status.get("rust-1")
+                    && ours.is_busy
+                {
+                    return (n.lock_key.clone(), ours.clone());
                 }
             }
         });

@@ -1,0 +1,223 @@
+//! The hub as a real process (`reactive-lock hub`): failover between two hubs, restart of
+//! the only hub, clean shutdown on SIGTERM, `--help`.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_lite::future::block_on;
+use reactive_lock::{ReactiveLock, Status, TrackerConfig};
+use reactive_lock_backends::conformance::eventually;
+use reactive_lock_backends::grpc::GrpcBackend;
+
+const KEY: &str = "payments";
+const LIMIT: Duration = Duration::from_secs(15);
+
+struct HubProcess {
+    child: Child,
+    port: u16,
+}
+
+impl HubProcess {
+    fn start(port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
+            .args(["hub", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn reactive-lock hub");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("listening on http://127.0.0.1:{port}"),
+            "first line says where it listens"
+        );
+        HubProcess { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn instance(urls: &[String], name: &str) -> ReactiveLock {
+    let backend = GrpcBackend::builder(urls.to_vec())
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    ReactiveLock::builder()
+        .instance_name(name)
+        .renewal(Duration::from_millis(500))
+        .expiration(Duration::from_secs(3))
+        .tracker(KEY, TrackerConfig::new())
+        .build(backend)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn one_of_two_hubs_killed_while_busy_loses_nothing() {
+    let mut first = HubProcess::start(free_port());
+    let second = HubProcess::start(free_port());
+    let urls = vec![first.url(), second.url()];
+    block_on(async {
+        let a = instance(&urls, "a").await;
+        let b = instance(&urls, "b").await;
+        let ctrl = a.controller(KEY).unwrap();
+        ctrl.increment(Some("batch")).await.unwrap();
+        let b_state = b.state(KEY).unwrap();
+        eventually(&b_state, LIMIT, "b sees a busy", |s| s.is_blocked()).await;
+
+        first.kill();
+        // Through the other hub: still blocked (never Unknown), and transitions still flow.
+        async_io::Timer::after(Duration::from_secs(1)).await;
+        assert_eq!(
+            b_state.status(),
+            Status::Blocked,
+            "the surviving hub keeps b's view"
+        );
+        let transition = Instant::now();
+        ctrl.decrement(1)
+            .await
+            .expect("acknowledged by the surviving hub");
+        eventually(&b_state, LIMIT, "idle through the surviving hub", |s| {
+            s.status() == Status::Unblocked
+        })
+        .await;
+        eprintln!(
+            "failover: a transition after the kill reached b in {:?}",
+            transition.elapsed()
+        );
+
+        // The killed hub comes back empty; clients re-send their statuses to it.
+        let revived = HubProcess::start(first.port);
+        ctrl.increment(Some("again")).await.unwrap();
+        let only_revived = instance(&[revived.url()], "c").await;
+        eventually(
+            &only_revived.state(KEY).unwrap(),
+            LIMIT,
+            "the revived hub has a's status",
+            |s| s.lock_data().as_deref() == Some("again"),
+        )
+        .await;
+        for l in [a, b, only_revived] {
+            l.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn the_only_hub_killed_gives_unknown_then_converges_after_restart() {
+    let port = free_port();
+    let mut hub = HubProcess::start(port);
+    let urls = vec![hub.url()];
+    block_on(async {
+        let a = instance(&urls, "a").await;
+        let b = instance(&urls, "b").await;
+        a.controller(KEY)
+            .unwrap()
+            .increment(Some("held"))
+            .await
+            .unwrap();
+        let b_state = b.state(KEY).unwrap();
+        eventually(&b_state, LIMIT, "b sees a", |s| s.is_blocked()).await;
+
+        hub.kill();
+        eventually(&b_state, LIMIT, "Unknown while no hub is reachable", |s| {
+            s.status() == Status::Unknown
+        })
+        .await;
+
+        let restarted = Instant::now();
+        let _hub = HubProcess::start(port); // empty
+        eventually(
+            &b_state,
+            LIMIT,
+            "converges: a re-sent its busy status",
+            |s| s.status() == Status::Blocked && s.lock_data().as_deref() == Some("held"),
+        )
+        .await;
+        eprintln!("convergence after hub restart: {:?}", restarted.elapsed());
+        a.controller(KEY).unwrap().decrement(1).await.unwrap();
+        eventually(&b_state, LIMIT, "and unblocks", |s| {
+            s.status() == Status::Unblocked
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
+#[test]
+fn sigterm_stops_the_hub_cleanly() {
+    let mut hub = HubProcess::start(free_port());
+    let status = Command::new("kill")
+        .args(["-TERM", &hub.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(exit) = hub.child.try_wait().unwrap() {
+            assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "hub did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
+        .args(["hub", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--tls-cert",
+        "--tls-key",
+        "--token",
+        "--max-message-size",
+        "--max-keys",
+        "--max-instances-per-key",
+        "--max-lock-data-len",
+        "--subscriber-buffer",
+    ] {
+        assert!(help.contains(flag), "--help names {flag}:\n{help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
+        .args(["hub", "--listen", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--listen"),
+        "bad flag value names the flag"
+    );
+}
