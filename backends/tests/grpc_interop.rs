@@ -400,3 +400,38 @@ fn connect_errors_name_the_hubs() {
         assert_eq!(err.kind(), BackendErrorKind::Rejected);
     });
 }
+
+/// h2 ends a connection after a budget of small DATA frames (every notification of a
+/// long-lived subscription is one); with the default window that is ~17,000 notifications.
+/// 20,000 transitions must pass with no disconnect.
+#[test]
+fn twenty_thousand_notifications_on_one_connection() {
+    let hub = HubServer::start();
+    block_on(async {
+        let a = instance(&hub.url, "a").await;
+        let b = instance(&hub.url, "b").await;
+        let ctrl = a.controller(KEY).unwrap();
+        for _ in 0..10_000 {
+            ctrl.increment(Some("flip")).await.unwrap();
+            ctrl.decrement(1).await.unwrap();
+        }
+        ctrl.increment(Some("end")).await.unwrap();
+        eventually(
+            &b.state(KEY).unwrap(),
+            PROPAGATION_LIMIT,
+            "b ends on the newest status",
+            |s| s.lock_data().as_deref() == Some("end"),
+        )
+        .await;
+        for lock in [&a, &b] {
+            let m = lock.metrics();
+            assert_eq!(
+                (m.disconnects, m.resyncs),
+                (0, 0),
+                "no connection lost: {m:?}"
+            );
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}

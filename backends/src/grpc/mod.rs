@@ -237,6 +237,12 @@ impl GrpcBackendBuilder {
             let mut endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| rejected(format!("invalid hub URL `{url}`: {e}")))?
                 .tcp_nodelay(true)
+                // h2 (≥ 0.4.16) ends a connection with GOAWAY(ENHANCE_YOUR_CALM) after a budget
+                // of small non-final DATA frames — every notification of a long-lived
+                // subscription is one — and the automatic budget is half the connection
+                // window. A 1 GiB window makes that millions of notifications per connection
+                // instead of ~17,000; the stream windows, which bound buffering, stay default.
+                .initial_connection_window_size(Some(1 << 30))
                 .connect_timeout(self.connect_timeout)
                 .timeout(self.response_timeout.max(Duration::from_secs(3600)));
             if let Some(pem) = &self.tls_root_cert {
@@ -371,6 +377,14 @@ fn merge(key: &str, per_hub: &[Option<LockStatusNotification>]) -> Snapshot {
     Snapshot::new(key, entries, StoreTime::now_system())
 }
 
+/// A transport failure under the call (the channel reconnects), not an answer of the hub.
+fn is_connection_error(status: &tonic::Status) -> bool {
+    let text = status.message();
+    status.code() == tonic::Code::Unavailable
+        || text.contains("GoAway")
+        || text.contains("h2 protocol error")
+}
+
 /// The error for a call that failed on every hub: `Rejected` if every hub refused it (bad
 /// input, a limit, authentication), else `Unavailable`.
 fn failed_everywhere(what: &str, errors: &[(tonic::Code, String)]) -> BackendError {
@@ -440,13 +454,26 @@ impl Backend for GrpcBackend {
                 let request = request.clone();
                 let url = hub.url.clone();
                 async move {
-                    match tokio::time::timeout(timeout, client.set_status(request)).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(status)) => Err((status.code(), format!("{url}: {status}"))),
-                        Err(_) => Err((
-                            tonic::Code::DeadlineExceeded,
-                            format!("{url}: no answer within {timeout:?}"),
-                        )),
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        match tokio::time::timeout(timeout, client.set_status(request.clone()))
+                            .await
+                        {
+                            Ok(Ok(_)) => return Ok(()),
+                            // A connection that went away under the call (GOAWAY, reset) is
+                            // re-established by the channel: one retry; a status is idempotent.
+                            Ok(Err(status)) if attempt == 1 && is_connection_error(&status) => {}
+                            Ok(Err(status)) => {
+                                return Err((status.code(), format!("{url}: {status}")));
+                            }
+                            Err(_) => {
+                                return Err((
+                                    tonic::Code::DeadlineExceeded,
+                                    format!("{url}: no answer within {timeout:?}"),
+                                ));
+                            }
+                        }
                     }
                 }
             })

@@ -166,7 +166,15 @@ impl Hub {
             builder =
                 builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
         }
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // TCP_NODELAY on every accepted socket: `Server::tcp_nodelay` only applies to sockets
+        // the server accepts itself, and without it each streamed notification can wait for
+        // the peer's delayed ACK (~40 ms).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+            accepted.and_then(|stream| {
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+        });
         let check = super::TokenCheck::new(token);
         let service = tonic::service::interceptor::InterceptedService::new(self.service(), check);
         builder

@@ -1,0 +1,125 @@
+//! gRPC: reactive-lock over an in-process hub beside raw tonic calls to the same hub.
+//!
+//! `taskset -c 0 cargo bench -p reactive-lock-benches --bench grpc`
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_lite::StreamExt;
+use futures_lite::future::block_on;
+use reactive_lock::{ReactiveLock, TrackerConfig};
+use reactive_lock_backends::grpc::GrpcBackend;
+use reactive_lock_backends::grpc::proto::LockStatusRequest;
+use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+use reactive_lock_backends::grpc::server::valid_for;
+use reactive_lock_backends::testing::HubServer;
+
+const KEY: &str = "bench";
+
+fn request(key: &str, busy: bool) -> LockStatusRequest {
+    LockStatusRequest {
+        lock_key: key.into(),
+        instance_id: "raw".into(),
+        is_busy: busy,
+        lock_data: busy.then(|| "x".to_string()),
+        valid_until: Some(valid_for(Duration::from_secs(10))),
+    }
+}
+
+async fn instance(url: &str, name: &str) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .tracker(KEY, TrackerConfig::new())
+        .build(GrpcBackend::connect([url]).await.expect("connect"))
+        .await
+        .expect("build")
+}
+
+fn grpc_benches(c: &mut Criterion) {
+    let hub = HubServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut raw = rt
+        .block_on(ReactiveLockGrpcClient::connect(hub.url.clone()))
+        .unwrap();
+
+    let mut group = c.benchmark_group("grpc");
+    group.bench_function("raw_unary_pair", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                raw.set_status(request("raw", true)).await.unwrap();
+                raw.set_status(request("raw", false)).await.unwrap();
+            })
+        })
+    });
+
+    let mut stream = rt.block_on(async {
+        let mut client = raw.clone();
+        let first = LockStatusRequest {
+            lock_key: "raw-stream".into(),
+            instance_id: "reader".into(),
+            ..Default::default()
+        };
+        let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+        let mut stream = client
+            .subscribe_lock_status(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap(); // the current state
+        stream
+    });
+    group.bench_function("raw_stream_pair", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for busy in [true, false] {
+                    raw.set_status(request("raw-stream", busy)).await.unwrap();
+                    stream.message().await.unwrap().expect("notification");
+                }
+            })
+        })
+    });
+
+    let (a, b_lock) =
+        block_on(async { (instance(&hub.url, "a").await, instance(&hub.url, "b").await) });
+    let ctrl = a.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                ctrl.increment(Some("x")).await.unwrap();
+                ctrl.decrement(1).await.unwrap();
+            })
+        })
+    });
+
+    let state_b = b_lock.state(KEY).unwrap();
+    let mut changes = state_b.changes();
+    group.bench_function("propagation_pair", |b| {
+        b.iter(|| {
+            block_on(async {
+                ctrl.increment(Some("x")).await.unwrap();
+                while !state_b.is_blocked() {
+                    changes.next().await;
+                }
+                ctrl.decrement(1).await.unwrap();
+                while state_b.is_blocked() {
+                    changes.next().await;
+                }
+            })
+        })
+    });
+    group.finish();
+    block_on(async {
+        a.shutdown().await;
+        b_lock.shutdown().await;
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = grpc_benches
+}
+criterion_main!(benches);
