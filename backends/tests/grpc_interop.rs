@@ -435,3 +435,98 @@ fn twenty_thousand_notifications_on_one_connection() {
         b.shutdown().await;
     });
 }
+
+#[test]
+fn statuses_streamed_after_the_first_message_are_applied() {
+    let hub = HubServer::start();
+    let rt = rt();
+    block_on(async {
+        let ours = instance(&hub.url, "rust-1").await;
+        let state = ours.state(KEY).unwrap();
+        let url = hub.url.clone();
+        // A .NET-style subscriber that then sends its own status on the same stream.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(async move {
+            let mut client = ReactiveLockGrpcClient::connect(url).await.unwrap();
+            tx.send(request(KEY, "dotnet-2", false, None, None))
+                .unwrap();
+            tx.send(request(
+                KEY,
+                "dotnet-2",
+                true,
+                Some("streamed"),
+                Some(Duration::from_secs(10)),
+            ))
+            .unwrap();
+            let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+            let mut stream = client
+                .subscribe_lock_status(requests)
+                .await
+                .unwrap()
+                .into_inner();
+            // Keep the request stream (and so the subscription) open while reading.
+            let _open = &tx;
+            while stream.message().await.is_ok_and(|m| m.is_some()) {}
+        });
+        eventually(
+            &state,
+            PROPAGATION_LIMIT,
+            "the streamed status blocks",
+            |s| s.lock_data().as_deref() == Some("streamed"),
+        )
+        .await;
+        ours.shutdown().await;
+    });
+}
+
+/// A turns busy, B sees it, A turns idle, B sees that — inside whatever runtime calls it.
+async fn propagation(url: String) {
+    let a = instance(&url, "a").await;
+    let b = instance(&url, "b").await;
+    let ctrl = a.controller(KEY).unwrap();
+    let state = b.state(KEY).unwrap();
+    ctrl.increment(Some("rt")).await.unwrap();
+    eventually(&state, PROPAGATION_LIMIT, "b sees a", |s| s.is_blocked()).await;
+    ctrl.decrement(1).await.unwrap();
+    assert!(
+        state
+            .wait_if_blocked_timeout(PROPAGATION_LIMIT)
+            .await
+            .is_ok(),
+        "released"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn works_inside_tokio_current_thread() {
+    let hub = HubServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(propagation(hub.url.clone()));
+}
+
+#[test]
+fn works_inside_async_std_and_smol() {
+    let hub = HubServer::start();
+    async_std::task::block_on(propagation(hub.url.clone()));
+    smol::block_on(propagation(hub.url.clone()));
+}
+
+#[test]
+fn failed_connect_inside_tokio_does_not_panic() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let err = GrpcBackend::builder(["http://127.0.0.1:1"])
+            .connect_timeout(Duration::from_millis(200))
+            .connect()
+            .await;
+        assert!(err.is_err());
+    });
+}

@@ -117,7 +117,7 @@ struct Hub {
 
 struct Inner {
     hubs: Vec<Hub>,
-    runtime: tokio::runtime::Runtime,
+    runtime: BackgroundRuntime,
     response_timeout: Duration,
     /// Last `validUntil` sent per (key, instance): kept strictly increasing, so hubs order
     /// statuses by it.
@@ -145,6 +145,32 @@ struct Inner {
 #[derive(Clone)]
 pub struct GrpcBackend {
     inner: Arc<Inner>,
+}
+
+/// The backend's own tokio runtime. Always `Some` until drop, which shuts it down in the
+/// background: dropping a tokio runtime inside an application's own tokio context (the
+/// last backend handle dropped in a tokio task, or a failed connect) would panic.
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::ops::Deref for BackgroundRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the runtime lives until drop")
+    }
+}
+
+impl Inner {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
 }
 
 impl std::fmt::Debug for GrpcBackend {
@@ -230,6 +256,7 @@ impl GrpcBackendBuilder {
             .enable_all()
             .build()
             .map_err(|e| rejected(format!("cannot start the gRPC runtime thread: {e}")))?;
+        let runtime = BackgroundRuntime(Some(runtime));
         let mut hubs = Vec::new();
         let mut reachable = 0;
         let mut failures = Vec::new();
@@ -325,7 +352,7 @@ impl GrpcBackend {
         &self,
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, BackendError> {
-        self.inner.runtime.spawn(f).await.map_err(|e| {
+        self.inner.runtime().spawn(f).await.map_err(|e| {
             BackendError::new(
                 BackendErrorKind::Other,
                 format!("gRPC runtime task failed: {e}"),
@@ -572,7 +599,7 @@ impl Backend for GrpcBackend {
             String,
             Option<LockStatusNotification>,
         )>();
-        self.inner.runtime.spawn(async move {
+        self.inner.runtime().spawn(async move {
             let mut tasks = Vec::new();
             for (hub_index, (url, client)) in hubs.into_iter().enumerate() {
                 for key in &keys {
