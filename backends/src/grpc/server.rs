@@ -85,7 +85,7 @@ struct HubInner {
 /// ```no_run
 /// use reactive_lock_backends::grpc::server::Hub;
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// // Standalone:
 /// Hub::default().serve("127.0.0.1:50051".parse()?, None, None, std::future::pending()).await?;
 /// // Or embedded in an application's own tonic server:
