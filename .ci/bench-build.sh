@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Benches must compile (running them is a pinned, manual step: see BENCHMARKS.md).
+# Benches compile and run once in test mode (one iteration each, no measurement), so they
+# can't rot; measuring is a pinned, manual step (see BENCHMARKS.md). The mem binary too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench --workspace --no-run --locked
+cargo bench --workspace --locked -- --test
+cargo run --locked --release -p reactive-lock-benches --bin mem -- --trackers 1000 --backend local

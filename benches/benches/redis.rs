@@ -169,6 +169,111 @@ fn redis_benches(c: &mut Criterion) {
         a.shutdown().await;
         b_lock.shutdown().await;
     });
+
+    // Throughput at 64 concurrent tasks, 10,000 operations per iteration: what users pick
+    // instead (a per-operation Redis lock, redsync/rslock style) against reactive-lock.
+    let mut group = c.benchmark_group("redis");
+    group
+        .sample_size(10)
+        .throughput(criterion::Throughput::Elements(
+            (OPS / TASKS * TASKS) as u64,
+        ));
+    group.bench_function("per_op_lock_64_tasks", |b| {
+        b.iter(|| per_op_locks(&client, |_| "lock:one".to_string()))
+    });
+    group.bench_function("per_op_lock_64_keys", |b| {
+        b.iter(|| per_op_locks(&client, |t| format!("lock:{t}")))
+    });
+    let lock = block_on(instance(&url, "reactive"));
+    let ctrl = lock.controller(KEY).unwrap();
+    let mut raw_check = client.get_connection().unwrap();
+    group.bench_function("reactive_64_tasks", |b| {
+        b.iter(|| {
+            let ex = smol::LocalExecutor::new();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let ctrl = ctrl.clone();
+                    ex.spawn(async move {
+                        for _ in 0..OPS / TASKS {
+                            let guard = ctrl.enter(None);
+                            futures_lite::future::yield_now().await;
+                            drop(guard);
+                        }
+                    })
+                })
+                .collect();
+            block_on(ex.run(async {
+                for task in tasks {
+                    task.await;
+                }
+            }));
+            // The operations count only once the final idle status is in Redis.
+            loop {
+                let value: Option<String> = redis::Commands::hget(
+                    &mut raw_check,
+                    "ReactiveLock:Redis:HashSet:bench",
+                    "reactive",
+                )
+                .unwrap();
+                if value.is_some_and(|v| v.starts_with("0;")) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        })
+    });
+    group.finish();
+    block_on(lock.shutdown());
+}
+
+const TASKS: usize = 64;
+const OPS: usize = 10_000;
+
+const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// 64 tasks, 10,000 lock/unlock cycles in all: `SET key token NX PX 10000`, retried until it
+/// succeeds, then a compare-and-`DEL` script — one Redis lock per operation.
+fn per_op_locks(client: &redis::Client, key_of: impl Fn(usize) -> String) {
+    let connection = block_on(client.get_multiplexed_async_connection()).unwrap();
+    let unlock = redis::Script::new(UNLOCK);
+    let ex = smol::LocalExecutor::new();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let mut con = connection.clone();
+            let key = key_of(t);
+            let unlock = unlock.clone();
+            ex.spawn(async move {
+                for op in 0..OPS / TASKS {
+                    let token = format!("{t}-{op}");
+                    loop {
+                        let got: Option<String> = redis::cmd("SET")
+                            .arg(&key)
+                            .arg(&token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(10_000)
+                            .query_async(&mut con)
+                            .await
+                            .unwrap();
+                        if got.is_some() {
+                            break;
+                        }
+                    }
+                    let _: i64 = unlock
+                        .key(&key)
+                        .arg(&token)
+                        .invoke_async(&mut con)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    block_on(ex.run(async {
+        for task in tasks {
+            task.await;
+        }
+    }));
 }
 
 criterion_group! {
