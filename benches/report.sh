@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Regenerates the ratio tables of BENCHMARKS.md from the newest criterion run:
+# reads target/criterion/<group>/<bench>/new/estimates.json (median point estimates) and
+# prints one markdown table per group: bench, median, baseline, ratio, target.
+#   taskset -c 0 cargo bench -p reactive-lock-benches && benches/report.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 - "${CARGO_TARGET_DIR:-target}/criterion" <<'PY'
+import json, pathlib, sys
+
+root = pathlib.Path(sys.argv[1])
+def median(group, bench):
+    f = root / group / bench / "new" / "estimates.json"
+    return json.loads(f.read_text())["median"]["point_estimate"] if f.exists() else None
+
+def fmt(ns):
+    if ns is None: return "—"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale: return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+# (group, bench, baseline, target ratio or None)
+PAIRS = [
+    ("hot_path", "guard_enter_drop", "atomic_pair", 1.5),
+    ("hot_path", "increment_decrement", "atomic_pair", None),
+    ("hot_path", "transition_pair_local", "atomic_pair", 10),
+    ("hot_path", "contended_8_threads", "contended_atomic_8_threads", None),
+    ("wake", "state_pingpong", "raw_event_pingpong", 1.3),
+    ("wake", "release_1000_waiters", None, None),
+    ("redis", "transition_ack_pair", "lua_hset_publish_pair", 1.2),
+    ("redis", "transition_ack_pair", "raw_hset_publish_pair", None),
+    ("redis", "transition_ack_pair", "lua_hset_publish_pair_2_subscribers", None),
+    ("redis", "consistent_wait", "hgetall_time_roundtrip", 1.2),
+    ("redis", "propagation_pair", "raw_pubsub_pair", 1.5),
+    ("redis", "reactive_64_tasks", "per_op_lock_64_keys", None),
+    ("redis", "reactive_64_tasks", "per_op_lock_64_tasks", None),
+    ("grpc", "transition_ack_pair", "raw_unary_pair", 1.2),
+    ("grpc", "propagation_pair", "raw_stream_pair", 1.5),
+    ("scale", "propagation_100_instances", None, None),
+]
+group = None
+for g, bench, base, target in PAIRS:
+    if g != group:
+        group = g
+        print(f"\n### {g}\n\n| bench | median | baseline | baseline median | ratio | target |\n|---|---|---|---|---|---|")
+    ours, theirs = median(g, bench), (median(g, base) if base else None)
+    ratio = f"{ours / theirs:.2f}×" if ours and theirs else "—"
+    verdict = "—" if target is None or ratio == "—" else (f"≤ {target}× " + ("✅" if ours / theirs <= target else "❌"))
+    if bench == "reactive_64_tasks" and ours and theirs:
+        ratio, verdict = f"{theirs / ours:.0f}× the ops/s", ("≥ 20× ✅" if theirs / ours >= 20 else "≥ 20× ❌") if base == "per_op_lock_64_keys" else "—"
+    print(f"| `{g}/{bench}` | {fmt(ours)} | {f'`{base}`' if base else '—'} | {fmt(theirs)} | {ratio} | {verdict} |")
+PY
