@@ -418,6 +418,35 @@ pub async fn random_operations_converge<F: BackendFactory>(factory: &F) {
     shutdown_all(&locks).await;
 }
 
+#[doc(hidden)]
+pub use futures_lite::future::block_on as __block_on;
+
+/// Generates one `#[test]` per scenario of the suite. `$setup` is evaluated in each test and
+/// returns `(guard, factory)`: the guard (e.g. a server) lives until the scenario ends.
+///
+/// ```
+/// mod local {
+///     reactive_lock_backends::conformance_tests!(((), reactive_lock::LocalBackend::new()));
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:expr) => {
+        $crate::conformance_tests!(@each $setup; busy_blocks_others, lock_data_of_all_busy,
+            all_idle_releases_waiters, threshold_hysteresis, crashed_instance_expires,
+            shutdown_unblocks_at_once, random_operations_converge);
+    };
+    (@each $setup:expr; $($scenario:ident),*) => {
+        $(
+            #[test]
+            fn $scenario() {
+                let (_guard, factory) = $setup;
+                $crate::conformance::__block_on($crate::conformance::$scenario(&factory));
+            }
+        )*
+    };
+}
+
 /// Every scenario, in order.
 pub async fn run_all<F: BackendFactory>(factory: &F) {
     busy_blocks_others(factory).await;

@@ -23,12 +23,20 @@ pub struct RedisServer {
     env: Vec<(String, String)>,
 }
 
+/// A free port whose cluster-bus twin (port + 10000) is free too, both below Linux's
+/// ephemeral range (32768+): a port from that range can be taken by any outgoing connection
+/// between this check and the server's bind, and a probe `connect` to a port nobody listens
+/// on can even connect to itself there.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = fastrand::u16(10_000..22_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair found in 10000..32000");
 }
 
 #[cfg(feature = "redis")]
@@ -100,10 +108,25 @@ impl RedisServer {
         });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Ready = this child is alive and accepts connections on the port. (The port is below
+        // the ephemeral range, so a probe cannot connect to itself or to someone else there.)
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not listen on port {} within 10 s",
+                "redis-server did not answer on port {} within 10 s",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -326,5 +349,35 @@ impl Drop for HubServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A conformance-suite factory: a new [`RedisBackend`](crate::redis::RedisBackend)
+/// connection to the server at this URL per instance.
+#[cfg(feature = "redis")]
+pub struct RedisFactory(pub String);
+
+#[cfg(feature = "redis")]
+impl crate::conformance::BackendFactory for RedisFactory {
+    type Backend = crate::redis::RedisBackend;
+    async fn connect(&self) -> crate::redis::RedisBackend {
+        crate::redis::RedisBackend::connect(&self.0)
+            .await
+            .expect("connect to the test redis-server")
+    }
+}
+
+/// A conformance-suite factory: a new [`GrpcBackend`](crate::grpc::GrpcBackend) to these hubs
+/// per instance.
+#[cfg(feature = "grpc-server")]
+pub struct GrpcFactory(pub Vec<String>);
+
+#[cfg(feature = "grpc-server")]
+impl crate::conformance::BackendFactory for GrpcFactory {
+    type Backend = crate::grpc::GrpcBackend;
+    async fn connect(&self) -> crate::grpc::GrpcBackend {
+        crate::grpc::GrpcBackend::connect(self.0.clone())
+            .await
+            .expect("connect to the test hub")
     }
 }

@@ -11,7 +11,7 @@ use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits, valid_for};
-use reactive_lock_backends::testing::{HubServer, example_binary};
+use reactive_lock_backends::testing::{GrpcFactory, HubServer, example_binary};
 
 const KEY: &str = "payments";
 
@@ -479,24 +479,9 @@ fn statuses_streamed_after_the_first_message_are_applied() {
     });
 }
 
-/// A turns busy, B sees it, A turns idle, B sees that — inside whatever runtime calls it.
-async fn propagation(url: String) {
-    let a = instance(&url, "a").await;
-    let b = instance(&url, "b").await;
-    let ctrl = a.controller(KEY).unwrap();
-    let state = b.state(KEY).unwrap();
-    ctrl.increment(Some("rt")).await.unwrap();
-    eventually(&state, PROPAGATION_LIMIT, "b sees a", |s| s.is_blocked()).await;
-    ctrl.decrement(1).await.unwrap();
-    assert!(
-        state
-            .wait_if_blocked_timeout(PROPAGATION_LIMIT)
-            .await
-            .is_ok(),
-        "released"
-    );
-    a.shutdown().await;
-    b.shutdown().await;
+/// The suite's first scenario inside whatever runtime calls it.
+async fn propagation(factory: impl reactive_lock_backends::conformance::BackendFactory) {
+    reactive_lock_backends::conformance::busy_blocks_others(&factory).await;
 }
 
 #[test]
@@ -506,14 +491,14 @@ fn works_inside_tokio_current_thread() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(propagation(hub.url.clone()));
+    rt.block_on(propagation(GrpcFactory(vec![hub.url.clone()])));
 }
 
 #[test]
 fn works_inside_async_std_and_smol() {
     let hub = HubServer::start();
-    async_std::task::block_on(propagation(hub.url.clone()));
-    smol::block_on(propagation(hub.url.clone()));
+    async_std::task::block_on(propagation(GrpcFactory(vec![hub.url.clone()])));
+    smol::block_on(propagation(GrpcFactory(vec![hub.url.clone()])));
 }
 
 #[test]

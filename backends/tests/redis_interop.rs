@@ -8,7 +8,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{BackendErrorKind, ReactiveLock, StoreTime, TrackerConfig};
 use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
 use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
-use reactive_lock_backends::testing::{RedisServer, example_binary};
+use reactive_lock_backends::testing::{RedisFactory, RedisServer, example_binary};
 use redis::Commands;
 
 const KEY: &str = "payments";
@@ -444,24 +444,9 @@ fn flapping_a_hundred_thousand_times_coalesces_writes() {
     });
 }
 
-/// A turns busy, B sees it, A turns idle, B sees that — inside whatever runtime calls it.
-async fn propagation(url: String) {
-    let a = instance(&url, "a").await;
-    let b = instance(&url, "b").await;
-    let ctrl = a.controller(KEY).unwrap();
-    let state = b.state(KEY).unwrap();
-    ctrl.increment(Some("rt")).await.unwrap();
-    eventually(&state, PROPAGATION_LIMIT, "b sees a", |s| s.is_blocked()).await;
-    ctrl.decrement(1).await.unwrap();
-    assert!(
-        state
-            .wait_if_blocked_timeout(PROPAGATION_LIMIT)
-            .await
-            .is_ok(),
-        "released"
-    );
-    a.shutdown().await;
-    b.shutdown().await;
+/// The suite's first scenario inside whatever runtime calls it.
+async fn propagation(factory: impl reactive_lock_backends::conformance::BackendFactory) {
+    reactive_lock_backends::conformance::busy_blocks_others(&factory).await;
 }
 
 #[test]
@@ -472,7 +457,7 @@ fn works_inside_tokio() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(propagation(server.url()));
+    rt.block_on(propagation(RedisFactory(server.url())));
 }
 
 #[test]
@@ -482,17 +467,17 @@ fn works_inside_tokio_current_thread() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(propagation(server.url()));
+    rt.block_on(propagation(RedisFactory(server.url())));
 }
 
 #[test]
 fn works_inside_async_std() {
     let server = RedisServer::start();
-    async_std::task::block_on(propagation(server.url()));
+    async_std::task::block_on(propagation(RedisFactory(server.url())));
 }
 
 #[test]
 fn works_inside_smol() {
     let server = RedisServer::start();
-    smol::block_on(propagation(server.url()));
+    smol::block_on(propagation(RedisFactory(server.url())));
 }

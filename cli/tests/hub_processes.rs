@@ -55,12 +55,16 @@ impl Drop for HubProcess {
     }
 }
 
+/// A free port below Linux's ephemeral range (32768+), so that no outgoing connection can
+/// take it between this check and a hub (re)starting on it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = fastrand::u16(22_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768");
 }
 
 async fn instance(urls: &[String], name: &str) -> ReactiveLock {
