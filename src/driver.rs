@@ -90,7 +90,6 @@ pub(crate) struct DriverShared {
 
 impl DriverShared {
     pub(crate) fn new(
-        _instance: String,
         backend: Arc<dyn DynBackend>,
         trackers: Vec<Arc<TrackerShared>>,
         resilience: Resilience,

@@ -208,7 +208,11 @@ impl LocalBackend {
     fn write(&self, key: &str, instance: &str, status: &InstanceStatus) -> bool {
         let now = StoreTime::now_system();
         let mut keys = self.inner.keys.lock();
-        let entries = keys.entry(key.to_string()).or_default();
+        // Look up by `&str` first: the key's `String` is allocated only on its first write.
+        if !keys.contains_key(key) {
+            keys.insert(key.to_string(), Vec::new());
+        }
+        let entries = keys.get_mut(key).expect("inserted above");
         let entry = Entry::new(
             instance,
             status.busy,

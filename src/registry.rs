@@ -372,7 +372,6 @@ impl ReactiveLockBuilder {
         }
 
         let shared = Arc::new(DriverShared::new(
-            instance,
             backend,
             trackers,
             self.resilience,

@@ -11,7 +11,7 @@ use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits, valid_for};
-use reactive_lock_backends::testing::{GrpcFactory, HubServer, example_binary};
+use reactive_lock_backends::testing::{GrpcFactory, HubServer, spawn_holder};
 
 const KEY: &str = "payments";
 
@@ -349,18 +349,8 @@ fn a_stalled_subscriber_does_not_block_the_hub_or_others() {
 
 #[test]
 fn instance_process_killed_while_busy_expires_with_no_further_messages() {
-    use std::io::BufRead;
     let hub = HubServer::start();
-    let mut child = std::process::Command::new(example_binary("instance"))
-        .args(["hold", &hub.url, KEY, "doomed"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the holder");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "BUSY");
+    let mut child = spawn_holder(&hub.url, KEY, "doomed");
     block_on(async {
         let watcher = instance(&hub.url, "watcher").await;
         let state = watcher.state(KEY).unwrap();

@@ -10,7 +10,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
 use reactive_lock_backends::conformance::eventually;
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
-use reactive_lock_backends::testing::{RedisServer, example_binary};
+use reactive_lock_backends::testing::{RedisServer, spawn_holder};
 use redis::Commands;
 
 const KEY: &str = "payments";
@@ -162,18 +162,8 @@ fn server_paused_gives_unknown_then_converges() {
 
 #[test]
 fn instance_process_killed_while_busy_expires_with_no_further_writes() {
-    use std::io::BufRead;
     let server = RedisServer::start();
-    let mut child = std::process::Command::new(example_binary("instance"))
-        .args(["hold", &server.url(), KEY, "doomed"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the holder");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "BUSY");
+    let mut child = spawn_holder(&server.url(), KEY, "doomed");
     block_on(async {
         let watcher = instance(&server.url(), "watcher").await;
         let state = watcher.state(KEY).unwrap();

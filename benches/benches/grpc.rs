@@ -13,6 +13,7 @@ use reactive_lock_backends::grpc::proto::LockStatusRequest;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::server::valid_for;
 use reactive_lock_backends::testing::HubServer;
+use reactive_lock_benches::{propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
 
@@ -86,29 +87,13 @@ fn grpc_benches(c: &mut Criterion) {
         block_on(async { (instance(&hub.url, "a").await, instance(&hub.url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
     group.bench_function("transition_ack_pair", |b| {
-        b.iter(|| {
-            block_on(async {
-                ctrl.increment(Some("x")).await.unwrap();
-                ctrl.decrement(1).await.unwrap();
-            })
-        })
+        b.iter(|| block_on(transition_ack_pair(&ctrl)))
     });
 
     let state_b = b_lock.state(KEY).unwrap();
     let mut changes = state_b.changes();
     group.bench_function("propagation_pair", |b| {
-        b.iter(|| {
-            block_on(async {
-                ctrl.increment(Some("x")).await.unwrap();
-                while !state_b.is_blocked() {
-                    changes.next().await;
-                }
-                ctrl.decrement(1).await.unwrap();
-                while state_b.is_blocked() {
-                    changes.next().await;
-                }
-            })
-        })
+        b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
     });
     group.finish();
     block_on(async {

@@ -12,6 +12,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
 use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_benches::{propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
 
@@ -58,19 +59,7 @@ fn redis_benches(c: &mut Criterion) {
 
     let script = redis::Script::new(LUA);
     group.bench_function("lua_hset_publish_pair", |b| {
-        b.iter(|| {
-            block_on(async {
-                for _ in 0..2 {
-                    let _: i64 = script
-                        .key(hash)
-                        .arg("lua")
-                        .arg(channel)
-                        .invoke_async(&mut raw)
-                        .await
-                        .unwrap();
-                }
-            })
-        })
+        b.iter(|| block_on(lua_pair(&script, hash, channel, &mut raw)))
     });
 
     // The same, with two subscribers draining the channel as the two instances below do
@@ -84,31 +73,14 @@ fn redis_benches(c: &mut Criterion) {
         })
         .collect();
     group.bench_function("lua_hset_publish_pair_2_subscribers", |b| {
-        b.iter(|| {
-            block_on(async {
-                for _ in 0..2 {
-                    let _: i64 = script
-                        .key(hash)
-                        .arg("lua")
-                        .arg(channel)
-                        .invoke_async(&mut raw)
-                        .await
-                        .unwrap();
-                }
-            })
-        })
+        b.iter(|| block_on(lua_pair(&script, hash, channel, &mut raw)))
     });
     drop(drains); // detached: they end with the process
 
     let (a, b_lock) = block_on(async { (instance(&url, "a").await, instance(&url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
     group.bench_function("transition_ack_pair", |b| {
-        b.iter(|| {
-            block_on(async {
-                ctrl.increment(Some("x")).await.unwrap();
-                ctrl.decrement(1).await.unwrap();
-            })
-        })
+        b.iter(|| block_on(transition_ack_pair(&ctrl)))
     });
 
     group.bench_function("hgetall_time_roundtrip", |b| {
@@ -151,18 +123,7 @@ fn redis_benches(c: &mut Criterion) {
     let state_b = b_lock.state(KEY).unwrap();
     let mut changes = state_b.changes();
     group.bench_function("propagation_pair", |b| {
-        b.iter(|| {
-            block_on(async {
-                ctrl.increment(Some("x")).await.unwrap();
-                while !state_b.is_blocked() {
-                    changes.next().await;
-                }
-                ctrl.decrement(1).await.unwrap();
-                while state_b.is_blocked() {
-                    changes.next().await;
-                }
-            })
-        })
+        b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
     });
     group.finish();
     block_on(async {
@@ -224,6 +185,24 @@ fn redis_benches(c: &mut Criterion) {
     });
     group.finish();
     block_on(lock.shutdown());
+}
+
+/// Two EVALSHA of the TIME + HSET + PUBLISH script: the floor for a server-clock write.
+async fn lua_pair(
+    script: &redis::Script,
+    hash: &str,
+    channel: &str,
+    raw: &mut redis::aio::MultiplexedConnection,
+) {
+    for _ in 0..2 {
+        let _: i64 = script
+            .key(hash)
+            .arg("lua")
+            .arg(channel)
+            .invoke_async(raw)
+            .await
+            .unwrap();
+    }
 }
 
 const TASKS: usize = 64;

@@ -107,6 +107,9 @@ impl tonic::service::Interceptor for AddToken {
     }
 }
 
+/// One hub's answer, or its gRPC code and a message naming the hub.
+type HubResult<T> = Result<T, (tonic::Code, String)>;
+
 type Client =
     ReactiveLockGrpcClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
@@ -360,6 +363,66 @@ impl GrpcBackend {
         })
     }
 
+    /// Runs `call` against every hub concurrently on the backend's runtime, each attempt
+    /// bounded by the response timeout; one result per hub, in hub order, errors naming the
+    /// hub. With `retry_lost_connection`, a call whose connection went away under it (GOAWAY,
+    /// reset) is tried once more: the channel re-establishes the connection.
+    async fn on_every_hub<T, F, Fut>(
+        &self,
+        retry_lost_connection: bool,
+        call: F,
+    ) -> Result<Vec<HubResult<T>>, BackendError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
+        let timeout = self.inner.response_timeout;
+        let calls: Vec<_> = self
+            .inner
+            .hubs
+            .iter()
+            .map(|hub| {
+                let (url, client, call) = (hub.url.clone(), hub.client.clone(), call.clone());
+                async move {
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        match tokio::time::timeout(timeout, call(client.clone())).await {
+                            Ok(Ok(value)) => return Ok(value),
+                            Ok(Err(status))
+                                if retry_lost_connection
+                                    && attempt == 1
+                                    && is_connection_error(&status) => {}
+                            Ok(Err(status)) => {
+                                return Err((status.code(), format!("{url}: {status}")));
+                            }
+                            Err(_) => {
+                                return Err((
+                                    tonic::Code::DeadlineExceeded,
+                                    format!("{url}: no answer within {timeout:?}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            })
+            .collect();
+        self.on_runtime(async move {
+            let handles: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
+            let mut out = Vec::with_capacity(handles.len());
+            for handle in handles {
+                out.push(
+                    handle
+                        .await
+                        .unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string()))),
+                );
+            }
+            out
+        })
+        .await
+    }
+
     fn valid_until(&self, key: &str, instance: &str, valid_for: Duration) -> SystemTime {
         let mut last = self.inner.last_valid_until.lock();
         let slot = last
@@ -471,51 +534,10 @@ impl Backend for GrpcBackend {
             lock_data: status.lock_data.clone(),
             valid_until: Some(timestamp(self.valid_until(key, instance, status.valid_for))),
         };
-        let timeout = self.inner.response_timeout;
-        let calls: Vec<_> = self
-            .inner
-            .hubs
-            .iter()
-            .map(|hub| {
-                let mut client = hub.client.clone();
-                let request = request.clone();
-                let url = hub.url.clone();
-                async move {
-                    let mut attempt = 0;
-                    loop {
-                        attempt += 1;
-                        match tokio::time::timeout(timeout, client.set_status(request.clone()))
-                            .await
-                        {
-                            Ok(Ok(_)) => return Ok(()),
-                            // A connection that went away under the call (GOAWAY, reset) is
-                            // re-established by the channel: one retry; a status is idempotent.
-                            Ok(Err(status)) if attempt == 1 && is_connection_error(&status) => {}
-                            Ok(Err(status)) => {
-                                return Err((status.code(), format!("{url}: {status}")));
-                            }
-                            Err(_) => {
-                                return Err((
-                                    tonic::Code::DeadlineExceeded,
-                                    format!("{url}: no answer within {timeout:?}"),
-                                ));
-                            }
-                        }
-                    }
-                }
-            })
-            .collect();
         let results = self
-            .on_runtime(async move {
-                let mut out = Vec::new();
-                let handles: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
-                for h in handles {
-                    out.push(
-                        h.await
-                            .unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string()))),
-                    );
-                }
-                out
+            .on_every_hub(true, move |mut client| {
+                let request = request.clone();
+                async move { client.set_status(request).await.map(|_| ()) }
             })
             .await?;
         if results.iter().any(Result::is_ok) {
@@ -527,48 +549,17 @@ impl Backend for GrpcBackend {
     }
 
     async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
-        let timeout = self.inner.response_timeout;
-        let reads: Vec<_> = self
-            .inner
-            .hubs
-            .iter()
-            .map(|hub| {
-                let client = hub.client.clone();
-                let (key, instance, url) = (
-                    key.to_string(),
-                    self.inner.reader_name.clone(),
-                    hub.url.clone(),
-                );
-                async move {
-                    let read = async {
-                        let mut stream = open_stream(client, key, instance).await?;
-                        stream
-                            .message()
-                            .await?
-                            .ok_or_else(|| tonic::Status::unavailable("stream closed"))
-                    };
-                    match tokio::time::timeout(timeout, read).await {
-                        Ok(Ok(n)) => Ok(n),
-                        Ok(Err(status)) => Err((status.code(), format!("{url}: {status}"))),
-                        Err(_) => Err((
-                            tonic::Code::DeadlineExceeded,
-                            format!("{url}: no answer within {timeout:?}"),
-                        )),
-                    }
-                }
-            })
-            .collect();
+        let (key_owned, instance) = (key.to_string(), self.inner.reader_name.clone());
         let results = self
-            .on_runtime(async move {
-                let handles: Vec<_> = reads.into_iter().map(tokio::spawn).collect();
-                let mut out = Vec::new();
-                for h in handles {
-                    out.push(
-                        h.await
-                            .unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string()))),
-                    );
+            .on_every_hub(false, move |client| {
+                let (key, instance) = (key_owned.clone(), instance.clone());
+                async move {
+                    let mut stream = open_stream(client, key, instance).await?;
+                    stream
+                        .message()
+                        .await?
+                        .ok_or_else(|| tonic::Status::unavailable("stream closed"))
                 }
-                out
             })
             .await?;
         let per_hub: Vec<Option<LockStatusNotification>> =

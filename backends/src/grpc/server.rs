@@ -184,15 +184,10 @@ impl Hub {
         Ok(())
     }
 
-    /// Applies one status update; the caller already validated its shape.
+    /// Applies one status update, after checking it against the limits.
     fn set(&self, request: LockStatusRequest) -> Result<(), Status> {
         let limits = self.inner.limits;
-        if request.lock_key.is_empty() {
-            return Err(Status::invalid_argument("lockKey must not be empty"));
-        }
-        if request.instance_id.is_empty() {
-            return Err(Status::invalid_argument("instanceId must not be empty"));
-        }
+        require_names(&request)?;
         if let Some(data) = &request.lock_data
             && data.len() > limits.max_lock_data_len
         {
@@ -327,6 +322,17 @@ impl Hub {
     }
 }
 
+/// Every request must name its key and instance.
+fn require_names(request: &LockStatusRequest) -> Result<(), Status> {
+    if request.lock_key.is_empty() {
+        return Err(Status::invalid_argument("lockKey must not be empty"));
+    }
+    if request.instance_id.is_empty() {
+        return Err(Status::invalid_argument("instanceId must not be empty"));
+    }
+    Ok(())
+}
+
 type NotificationStream =
     Pin<Box<dyn Stream<Item = Result<LockStatusNotification, Status>> + Send>>;
 
@@ -350,12 +356,7 @@ impl ReactiveLockGrpc for Hub {
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the first message must name the key and the instance")
         })?;
-        if first.lock_key.is_empty() {
-            return Err(Status::invalid_argument("lockKey must not be empty"));
-        }
-        if first.instance_id.is_empty() {
-            return Err(Status::invalid_argument("instanceId must not be empty"));
-        }
+        require_names(&first)?;
         let key = first.lock_key.clone();
         let rx = self.subscribe(&key)?;
         // Later messages on the stream are status updates for this key.
