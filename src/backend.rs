@@ -321,7 +321,12 @@ pub enum BackendEvent {
 ///   `seq` (latest wins), and notifies subscribers. It resolves once the store acknowledged.
 /// * [`snapshot`](Backend::snapshot) reads every entry of `key` plus the store's clock.
 /// * [`subscribe`](Backend::subscribe) yields [`BackendEvent`]s for all `keys` on one
-///   stream (one connection for all keys where the transport allows).
+///   stream (one connection for all keys where the transport allows). Changes of the
+///   subscribing instance's own entry may be left out: the core never reads its own status
+///   back from the store (it is authoritative locally), so skipping these echoes saves the
+///   subscriber a wake-up per own transition.
+/// * [`publish_now`](Backend::publish_now) (optional) completes a publish without waiting,
+///   for stores that need no I/O; the default defers to `publish`.
 ///
 /// # Examples
 ///
@@ -353,11 +358,39 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads every instance's entry for `key` and the store's clock.
     fn snapshot(&self, key: &str) -> impl Future<Output = Result<Snapshot, BackendError>> + Send;
 
-    /// Subscribes to changes of all `keys`.
+    /// Subscribes `instance` to changes of all `keys`. Events that only echo `instance`'s
+    /// own publishes may be left out.
     fn subscribe(
         &self,
+        instance: &str,
         keys: &[String],
     ) -> impl Future<Output = Result<Self::Events, BackendError>> + Send;
+
+    /// Publishes without waiting when the backend can (an in-process store, which needs no
+    /// I/O): `Some(outcome)` means the publish is done, exactly as [`publish`](Backend::publish)
+    /// would have done it; `None` (the default) means "call `publish`". The core tries it
+    /// first on every transition, so an in-process store completes a transition inside
+    /// `increment` or a guard's drop, with no future, no allocation and no thread hand-off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{Backend, InstanceStatus, LocalBackend};
+    /// use std::time::Duration;
+    ///
+    /// let backend = LocalBackend::new();
+    /// let status = InstanceStatus::busy(None, 1, Duration::from_secs(10));
+    /// assert!(matches!(backend.publish_now("payments", "api-1", &status), Some(Ok(()))));
+    /// ```
+    fn publish_now(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Option<Result<(), BackendError>> {
+        let _ = (key, instance, status);
+        None
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -365,8 +398,8 @@ pub(crate) type EventStream = Pin<Box<dyn Stream<Item = BackendEvent> + Send + '
 
 /// Object-safe mirror of [`Backend`], so that the registry, controllers and states are not
 /// generic over the backend type (users name `ReactiveLock`, not `ReactiveLock<B>`). The
-/// boxing costs one allocation per backend call, i.e. only on transitions, never on the
-/// hot path.
+/// boxing costs one allocation per backend call that has to wait (never on the hot path;
+/// a backend with [`Backend::publish_now`] needs none per transition).
 pub(crate) trait DynBackend: Send + Sync + 'static {
     fn publish_dyn<'a>(
         &'a self,
@@ -374,9 +407,16 @@ pub(crate) trait DynBackend: Send + Sync + 'static {
         instance: &'a str,
         status: &'a InstanceStatus,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+    fn publish_now_dyn(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Option<Result<(), BackendError>>;
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>>;
     fn subscribe_dyn<'a>(
         &'a self,
+        instance: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<EventStream, BackendError>>;
 }
@@ -391,16 +431,26 @@ impl<B: Backend> DynBackend for B {
         Box::pin(self.publish(key, instance, status))
     }
 
+    fn publish_now_dyn(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Option<Result<(), BackendError>> {
+        self.publish_now(key, instance, status)
+    }
+
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>> {
         Box::pin(self.snapshot(key))
     }
 
     fn subscribe_dyn<'a>(
         &'a self,
+        instance: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<EventStream, BackendError>> {
         Box::pin(async move {
-            let events = self.subscribe(keys).await?;
+            let events = self.subscribe(instance, keys).await?;
             Ok(Box::pin(events) as EventStream)
         })
     }

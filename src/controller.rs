@@ -14,12 +14,11 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 
 use crossbeam_utils::CachePadded;
-use event_listener::Event;
 
 use crate::backend::BoxFuture;
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::state::{TrackerState, epoch_is_newer};
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering, Signal};
 
 // Layout of the state word (`TrackerShared::word`, 64 bits):
 //
@@ -56,6 +55,11 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         busy: bool,
         data: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>>;
+    /// Publishes without waiting if the backend can ([`Backend::publish_now`]); `None`
+    /// means "use [`publish`](Self::publish)".
+    ///
+    /// [`Backend::publish_now`]: crate::Backend::publish_now
+    fn publish_now(&self, key: &str, busy: bool, data: Option<&str>) -> Option<Result<()>>;
     /// Asks the background driver to publish what is pending (sync transitions, cancelled
     /// or failed publishes).
     fn wake_driver(&self);
@@ -83,7 +87,7 @@ pub(crate) struct TrackerShared {
     state: TrackerState,
     slot: Mutex<PublishSlot>,
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
-    published: Event,
+    published: Signal,
     publisher: Option<Arc<dyn Publisher>>,
 }
 
@@ -113,7 +117,7 @@ impl TrackerShared {
                 failed: None,
                 publishing: false,
             }),
-            published: Event::new(),
+            published: Signal::new(),
             publisher,
         }
     }
@@ -261,18 +265,8 @@ impl TrackerShared {
         let Some(publisher) = &self.publisher else {
             return Ok(false);
         };
-        let (epoch, busy, data) = {
-            let mut slot = self.slot.lock();
-            let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
-            if slot.publishing || !(pending || (force && slot.newest_busy)) {
-                return Ok(false);
-            }
-            slot.publishing = true;
-            (
-                slot.newest_epoch,
-                slot.newest_busy,
-                slot.newest_data.clone(),
-            )
+        let Some((epoch, busy, data)) = self.claim(force) else {
+            return Ok(false);
         };
         // If this future is dropped mid-publish, the guard gives the key back and wakes
         // the driver, which publishes the newest status in the background.
@@ -283,10 +277,57 @@ impl TrackerShared {
         };
         let result = publisher.publish(&self.key, busy, data.as_deref()).await;
         guard.done = true;
+        self.settle(&**publisher, epoch, &result);
+        result.map(|()| true)
+    }
+
+    /// Publishes the newest status inline when the backend needs no I/O, so the transition
+    /// `epoch` completes without a future, an allocation or a driver wake-up. Returns whether
+    /// `epoch` (or a newer status) is now acknowledged; if not, the caller falls back to the
+    /// asynchronous path (an [`Ack`] future, or the driver for guards).
+    fn publish_inline(&self, epoch: u32) -> bool {
+        let Some(publisher) = &self.publisher else {
+            return true;
+        };
+        let Some((claimed, busy, data)) = self.claim(false) else {
+            return false;
+        };
+        match publisher.publish_now(&self.key, busy, data.as_deref()) {
+            None => {
+                self.slot.lock().publishing = false;
+                self.published.notify_all();
+                false
+            }
+            Some(result) => {
+                self.settle(&**publisher, claimed, &result);
+                result.is_ok() && !epoch_is_newer(epoch, claimed)
+            }
+        }
+    }
+
+    /// Takes the publishing role for the newest status if it needs publishing (with
+    /// `force`: also an acknowledged busy one) and no one else holds the role.
+    fn claim(&self, force: bool) -> Option<(u32, bool, Option<String>)> {
+        let mut slot = self.slot.lock();
+        let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
+        if slot.publishing || !(pending || (force && slot.newest_busy)) {
+            return None;
+        }
+        slot.publishing = true;
+        Some((
+            slot.newest_epoch,
+            slot.newest_busy,
+            slot.newest_data.clone(),
+        ))
+    }
+
+    /// Records the outcome of publishing `epoch` for every waiter and gives the role back;
+    /// a failure hands the retry to the driver.
+    fn settle(&self, publisher: &dyn Publisher, epoch: u32, result: &Result<()>) {
         {
             let mut slot = self.slot.lock();
             slot.publishing = false;
-            match &result {
+            match result {
                 Ok(()) => {
                     if epoch_is_newer(epoch, slot.acked_epoch) || epoch == slot.acked_epoch {
                         slot.acked_epoch = epoch;
@@ -304,11 +345,10 @@ impl TrackerShared {
                 }
             }
         }
-        self.published.notify(usize::MAX);
+        self.published.notify_all();
         if result.is_err() {
             publisher.wake_driver();
         }
-        result.map(|()| true)
     }
 
     /// Whether the newest status still waits for an acknowledgement.
@@ -336,6 +376,17 @@ impl TrackerShared {
         }
     }
 
+    /// A transition made where no one can await it (a guard): published inline when the
+    /// backend allows, else by the driver.
+    fn publish_detached(&self, epoch: Option<u32>) {
+        if let Some(epoch) = epoch
+            && !self.publish_inline(epoch)
+            && let Some(publisher) = &self.publisher
+        {
+            publisher.wake_driver();
+        }
+    }
+
     fn wake_driver(&self) {
         if let Some(publisher) = &self.publisher {
             publisher.wake_driver();
@@ -353,7 +404,7 @@ impl Drop for PublishingGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.tracker.slot.lock().publishing = false;
-            self.tracker.published.notify(usize::MAX);
+            self.tracker.published.notify_all();
             self.publisher.wake_driver();
         }
     }
@@ -522,8 +573,9 @@ impl TrackerController {
 
     /// Increments synchronously and returns a guard whose drop decrements by one — also
     /// on panic/unwind and when the future holding it is cancelled. Transitions made here
-    /// or in the drop are applied locally at once and published by the background driver
-    /// (a guard cannot await).
+    /// or in the drop are applied locally at once and published inline when the backend
+    /// needs no I/O (an in-process store), else by the background driver (a guard cannot
+    /// await).
     ///
     /// # Examples
     ///
@@ -537,9 +589,8 @@ impl TrackerController {
     /// # Ok::<(), reactive_lock::Error>(())
     /// ```
     pub fn enter(&self, lock_data: Option<&str>) -> TrackerGuard<'_> {
-        if self.shared.increment_sync(lock_data).is_some() {
-            self.shared.wake_driver();
-        }
+        self.shared
+            .publish_detached(self.shared.increment_sync(lock_data));
         TrackerGuard {
             shared: &self.shared,
         }
@@ -558,9 +609,8 @@ impl TrackerController {
     /// # Ok::<(), reactive_lock::Error>(())
     /// ```
     pub fn enter_owned(&self, lock_data: Option<&str>) -> OwnedTrackerGuard {
-        if self.shared.increment_sync(lock_data).is_some() {
-            self.shared.wake_driver();
-        }
+        self.shared
+            .publish_detached(self.shared.increment_sync(lock_data));
         OwnedTrackerGuard {
             shared: self.shared.clone(),
         }
@@ -695,6 +745,11 @@ impl Ack {
                 pending: None,
                 tracker: None,
             },
+            // An in-process store acknowledges inline: nothing left to wait for.
+            Some(epoch) if shared.publish_inline(epoch) => Ack {
+                pending: None,
+                tracker: None,
+            },
             Some(epoch) => {
                 let tracker = shared.clone();
                 let shared = shared.clone();
@@ -706,8 +761,9 @@ impl Ack {
         }
     }
 
-    /// Whether it needs no acknowledgement: a non-transition change, or any change of a
-    /// standalone controller (no backend).
+    /// Whether there is nothing left to wait for: a non-transition change, any change of a
+    /// standalone controller (no backend), or a transition the backend acknowledged inline
+    /// (an in-process store, see [`Backend::publish_now`](crate::Backend::publish_now)).
     ///
     /// # Examples
     ///
@@ -764,9 +820,7 @@ impl fmt::Debug for TrackerGuard<'_> {
 
 impl Drop for TrackerGuard<'_> {
     fn drop(&mut self) {
-        if self.shared.decrement_sync(1).is_some() {
-            self.shared.wake_driver();
-        }
+        self.shared.publish_detached(self.shared.decrement_sync(1));
     }
 }
 
@@ -797,9 +851,7 @@ impl fmt::Debug for OwnedTrackerGuard {
 
 impl Drop for OwnedTrackerGuard {
     fn drop(&mut self) {
-        if self.shared.decrement_sync(1).is_some() {
-            self.shared.wake_driver();
-        }
+        self.shared.publish_detached(self.shared.decrement_sync(1));
     }
 }
 

@@ -162,7 +162,7 @@ impl DriverShared {
     pub(crate) async fn initial_sync(&self) -> Result<EventStream> {
         let events = self
             .backend
-            .subscribe_dyn(&self.keys)
+            .subscribe_dyn(&self.publisher.instance, &self.keys)
             .await
             .map_err(|source| Error::Backend {
                 key: self.keys.join(","),
@@ -416,7 +416,11 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
     let mut failed = false;
 
     if st.events.is_none() && may_retry {
-        match shared.backend.subscribe_dyn(&shared.keys).await {
+        match shared
+            .backend
+            .subscribe_dyn(&shared.publisher.instance, &shared.keys)
+            .await
+        {
             Ok(events) => {
                 st.events = Some(events);
                 st.resync_since.get_or_insert(now);

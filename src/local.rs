@@ -2,12 +2,14 @@
 
 use alloc::collections::BTreeSet;
 use alloc::string::{String, ToString};
-use alloc::sync::{Arc, Weak};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::task::{Context, Poll};
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 
 use event_listener::{Event, EventListener};
 use futures_core::Stream;
@@ -64,31 +66,31 @@ pub struct LocalBackend {
 impl core::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("LocalBackend")
-            .field("keys", &self.inner.keys.lock().len())
+            .field("keys", &self.inner.store.lock().keys.len())
             .field("available", &self.is_available())
             .finish()
     }
 }
 
+#[derive(Default)]
 struct LocalInner {
-    keys: Mutex<HashMap<String, Vec<Entry>>>,
-    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    /// Entries and subscribers under one lock: a publish takes it once.
+    store: Mutex<Store>,
     unavailable: AtomicBool,
-    publishes: AtomicU64,
 }
 
-impl Default for LocalInner {
-    fn default() -> Self {
-        LocalInner {
-            keys: Mutex::new(HashMap::new()),
-            subscribers: Mutex::new(Vec::new()),
-            unavailable: AtomicBool::new(false),
-            publishes: AtomicU64::new(0),
-        }
-    }
+#[derive(Default)]
+struct Store {
+    keys: HashMap<String, Vec<Entry>, RandomState>,
+    /// Shared with each subscriber's stream; an entry whose stream is gone (the store holds
+    /// the only reference) is dropped on the next publish.
+    subscribers: Vec<Arc<Subscriber>>,
+    publishes: u64,
 }
 
 struct Subscriber {
+    /// The subscribing instance: its own publishes are not echoed back to it.
+    instance: String,
     keys: BTreeSet<String>,
     pending: Mutex<Pending>,
     wake: Event,
@@ -164,7 +166,7 @@ impl LocalBackend {
     /// backend.clear();
     /// ```
     pub fn clear(&self) {
-        self.inner.keys.lock().clear();
+        self.inner.store.lock().keys.clear();
     }
 
     /// How many publishes the store has applied (for tests and benches).
@@ -175,7 +177,7 @@ impl LocalBackend {
     /// assert_eq!(reactive_lock::LocalBackend::new().publish_count(), 0);
     /// ```
     pub fn publish_count(&self) -> u64 {
-        self.inner.publishes.load(Ordering::Relaxed)
+        self.inner.store.lock().publishes
     }
 
     fn check_available(&self, what: &str) -> Result<(), BackendError> {
@@ -189,42 +191,97 @@ impl LocalBackend {
         }
     }
 
-    fn for_each_subscriber(&self, mut f: impl FnMut(&Subscriber)) {
-        let mut subscribers = self.inner.subscribers.lock();
-        subscribers.retain(|weak| match weak.upgrade() {
-            Some(s) => {
-                f(&s);
-                true
-            }
-            None => false,
-        });
+    fn for_each_subscriber(&self, f: impl FnMut(&Subscriber)) {
+        self.inner.store.lock().for_each_subscriber(f);
     }
 
     fn read(&self, key: &str) -> Snapshot {
-        let entries = self.inner.keys.lock().get(key).cloned().unwrap_or_default();
+        let entries = self
+            .inner
+            .store
+            .lock()
+            .keys
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
         Snapshot::new(key, entries, StoreTime::now_system())
     }
 
-    fn write(&self, key: &str, instance: &str, status: &InstanceStatus) -> bool {
+    /// The whole publish; it never waits, so `publish` and `publish_now` share it.
+    fn publish_sync(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Result<(), BackendError> {
+        self.check_available("publish")?;
         let now = StoreTime::now_system();
-        let mut keys = self.inner.keys.lock();
-        // Look up by `&str` first: the key's `String` is allocated only on its first write.
-        if !keys.contains_key(key) {
-            keys.insert(key.to_string(), Vec::new());
+        let mut store = self.inner.store.lock();
+        if store.write(key, instance, status, now) {
+            store.publishes += 1;
+            store.for_each_subscriber(|s| {
+                if s.instance != instance && s.keys.contains(key) {
+                    let mut pending = s.pending.lock();
+                    // Latest wins: a key already marked is read once, whatever else changed.
+                    if !pending.dirty.contains(key) {
+                        pending.dirty.insert(key.to_string());
+                        drop(pending);
+                        s.wake.notify(usize::MAX);
+                    }
+                }
+            });
         }
-        let entries = keys.get_mut(key).expect("inserted above");
-        let entry = Entry::new(
-            instance,
-            status.busy,
-            status.lock_data.clone(),
-            now.saturating_add(status.valid_for),
-        )
-        .with_seq(status.seq);
+        Ok(())
+    }
+}
+
+impl Store {
+    fn for_each_subscriber(&mut self, mut f: impl FnMut(&Subscriber)) {
+        self.subscribers.retain(|s| {
+            let alive = Arc::strong_count(s) > 1;
+            if alive {
+                f(s);
+            }
+            alive
+        });
+    }
+
+    fn write(
+        &mut self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+        now: StoreTime,
+    ) -> bool {
+        // Look up by `&str` first: the key's `String` is allocated only on its first write.
+        if let Some(entries) = self.keys.get_mut(key) {
+            return Self::write_entry(entries, instance, status, now);
+        }
+        let entries = self.keys.entry(key.to_string()).or_default();
+        Self::write_entry(entries, instance, status, now)
+    }
+
+    fn write_entry(
+        entries: &mut Vec<Entry>,
+        instance: &str,
+        status: &InstanceStatus,
+        now: StoreTime,
+    ) -> bool {
+        let valid_until = now.saturating_add(status.valid_for);
         match entries.iter_mut().find(|e| e.instance == instance) {
             // Latest wins: never replace a newer status with an older one.
             Some(held) if held.seq > status.seq => return false,
-            Some(held) => *held = entry,
-            None => entries.push(entry),
+            // In place: the instance's name is not allocated again on every write.
+            Some(held) => {
+                held.busy = status.busy;
+                held.lock_data.clone_from(&status.lock_data);
+                held.valid_until = valid_until;
+                held.seq = status.seq;
+            }
+            None => entries.push(
+                Entry::new(instance, status.busy, status.lock_data.clone(), valid_until)
+                    .with_seq(status.seq),
+            ),
         }
         true
     }
@@ -239,19 +296,16 @@ impl Backend for LocalBackend {
         instance: &str,
         status: &InstanceStatus,
     ) -> Result<(), BackendError> {
-        self.check_available("publish")?;
-        if self.write(key, instance, status) {
-            self.inner.publishes.fetch_add(1, Ordering::Relaxed);
-            self.for_each_subscriber(|s| {
-                if s.keys.contains(key) {
-                    let newly = s.pending.lock().dirty.insert(key.to_string());
-                    if newly {
-                        s.wake.notify(usize::MAX);
-                    }
-                }
-            });
-        }
-        Ok(())
+        self.publish_sync(key, instance, status)
+    }
+
+    fn publish_now(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Option<Result<(), BackendError>> {
+        Some(self.publish_sync(key, instance, status))
     }
 
     async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
@@ -259,17 +313,19 @@ impl Backend for LocalBackend {
         Ok(self.read(key))
     }
 
-    async fn subscribe(&self, keys: &[String]) -> Result<LocalEvents, BackendError> {
+    async fn subscribe(
+        &self,
+        instance: &str,
+        keys: &[String],
+    ) -> Result<LocalEvents, BackendError> {
         self.check_available("subscribe")?;
         let subscriber = Arc::new(Subscriber {
+            instance: instance.to_string(),
             keys: keys.iter().cloned().collect(),
             pending: Mutex::new(Pending::default()),
             wake: Event::new(),
         });
-        self.inner
-            .subscribers
-            .lock()
-            .push(Arc::downgrade(&subscriber));
+        self.inner.store.lock().subscribers.push(subscriber.clone());
         Ok(LocalEvents {
             backend: self.clone(),
             subscriber,
@@ -289,7 +345,7 @@ impl Backend for LocalBackend {
 ///
 /// # futures_lite::future::block_on(async {
 /// let backend = LocalBackend::new();
-/// let mut events = backend.subscribe(&["k".to_string()]).await?;
+/// let mut events = backend.subscribe("reader", &["k".to_string()]).await?;
 /// backend.publish("k", "a", &InstanceStatus::busy(None, 1, Duration::from_secs(5))).await?;
 /// match events.next().await {
 ///     Some(BackendEvent::Snapshot(s)) => assert!(s.is_blocked()),
@@ -340,5 +396,66 @@ impl Stream for LocalEvents {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+    use futures_lite::StreamExt;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn own_publishes_are_not_echoed_to_the_subscriber() {
+        block_on(async {
+            let backend = LocalBackend::new();
+            let mut events = backend.subscribe("a", &["k".into()]).await.unwrap();
+            let valid = Duration::from_secs(5);
+            backend
+                .publish("k", "a", &InstanceStatus::busy(None, 1, valid))
+                .await
+                .unwrap();
+            assert!(
+                backend.inner.store.lock().subscribers[0]
+                    .pending
+                    .lock()
+                    .dirty
+                    .is_empty(),
+                "a's own write marks nothing for a"
+            );
+            backend
+                .publish("k", "b", &InstanceStatus::busy(Some("x".into()), 1, valid))
+                .await
+                .unwrap();
+            match events.next().await {
+                Some(BackendEvent::Snapshot(s)) => {
+                    assert_eq!(s.entries.len(), 2, "the read still holds both entries");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn publish_now_is_the_publish() {
+        let backend = LocalBackend::new();
+        let status = InstanceStatus::busy(None, 2, Duration::from_secs(5));
+        assert!(matches!(
+            backend.publish_now("k", "a", &status),
+            Some(Ok(()))
+        ));
+        // An older sequence loses, inline as through `publish`.
+        let older = InstanceStatus::idle(1, Duration::from_secs(5));
+        assert!(matches!(
+            backend.publish_now("k", "a", &older),
+            Some(Ok(()))
+        ));
+        assert!(backend.read("k").is_blocked());
+        backend.set_available(false);
+        assert!(matches!(
+            backend.publish_now("k", "a", &status),
+            Some(Err(e)) if e.kind() == BackendErrorKind::Unavailable
+        ));
     }
 }

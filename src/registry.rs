@@ -450,6 +450,8 @@ pub(crate) struct RegistryPublisher {
     pub(crate) closed: AtomicBool,
     pub(crate) driver_wake: Arc<Event>,
     last_seq: AtomicU64,
+    /// Cleared once the backend answers `publish_now` with `None`: it never publishes inline.
+    inline: AtomicBool,
     pub(crate) valid_for: Duration,
     pub(crate) publishes: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
@@ -467,30 +469,38 @@ impl RegistryPublisher {
             backend,
             closed: AtomicBool::new(false),
             driver_wake,
-            last_seq: AtomicU64::new(0),
+            last_seq: AtomicU64::new(StoreTime::now_system().as_unix_nanos()),
+            inline: AtomicBool::new(true),
             valid_for,
             publishes: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
         }
     }
 
-    /// Strictly increasing, and starting from the wall clock in nanoseconds so that an
-    /// instance restarted under the same name still supersedes its old statuses.
+    /// Strictly increasing, starting from the wall clock in nanoseconds at build so that an
+    /// instance restarted under the same name still supersedes its old statuses: the old
+    /// process's sequences grew by one per publish, and a publish takes far longer than a
+    /// nanosecond, so they stay below the wall clock at which the new process starts. One
+    /// atomic add: no clock read per transition.
     pub(crate) fn next_seq(&self) -> u64 {
-        let now = StoreTime::now_system().as_unix_nanos();
-        let mut last = self.last_seq.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1);
-            match self.last_seq.compare_exchange_weak(
-                last,
-                next,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => last = actual,
-            }
-        }
+        self.last_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn count_outcome(
+        &self,
+        key: &str,
+        result: core::result::Result<(), crate::BackendError>,
+    ) -> Result<()> {
+        let counter = if result.is_ok() {
+            &self.publishes
+        } else {
+            &self.publish_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result.map_err(|source| Error::Backend {
+            key: key.into(),
+            source,
+        })
     }
 
     pub(crate) fn status(&self, busy: bool, data: Option<&str>) -> InstanceStatus {
@@ -516,17 +526,21 @@ impl Publisher for RegistryPublisher {
             }
             let status = self.status(busy, data);
             let result = self.backend.publish_dyn(key, &self.instance, &status).await;
-            let counter = if result.is_ok() {
-                &self.publishes
-            } else {
-                &self.publish_failures
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            result.map_err(|source| Error::Backend {
-                key: key.into(),
-                source,
-            })
+            self.count_outcome(key, result)
         })
+    }
+
+    fn publish_now(&self, key: &str, busy: bool, data: Option<&str>) -> Option<Result<()>> {
+        // After shutdown the asynchronous path reports `Error::Shutdown`.
+        if !self.inline.load(Ordering::Relaxed) || self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let status = self.status(busy, data);
+        let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
+            self.inline.store(false, Ordering::Relaxed);
+            return None;
+        };
+        Some(self.count_outcome(key, result))
     }
 
     fn wake_driver(&self) {

@@ -14,11 +14,11 @@ use core::fmt;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
-use event_listener::{Event, EventListener};
+use event_listener::EventListener;
 use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
-use crate::sync::{AtomicU8, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU8, AtomicU64, Mutex, Ordering, Signal};
 
 /// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
 /// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
@@ -118,7 +118,7 @@ struct StateInner {
     /// Bumped on every change of `flags`, for [`StatusChanges`].
     version: AtomicU64,
     /// Notified on every change of `flags`.
-    changed: Event,
+    changed: Signal,
     data: Mutex<StateData>,
     handlers: Mutex<Handlers>,
     policy: UnknownPolicy,
@@ -132,7 +132,7 @@ pub(crate) struct Link {
     pub(crate) own_instance: String,
     /// Wakes the driver so it re-arms its expiry timer after a read-through.
     #[cfg(feature = "std")]
-    pub(crate) driver_wake: Arc<Event>,
+    pub(crate) driver_wake: Arc<event_listener::Event>,
 }
 
 #[derive(Default)]
@@ -161,6 +161,8 @@ struct StateData {
     pending: VecDeque<bool>,
     /// Set while one thread runs the handler queue; others leave their items to it.
     dispatching: bool,
+    /// Whether any handler was ever registered: without one, changes queue nothing.
+    has_handlers: bool,
 }
 
 impl Default for TrackerState {
@@ -197,7 +199,7 @@ impl TrackerState {
             inner: Arc::new(StateInner {
                 flags: AtomicU8::new(0),
                 version: AtomicU64::new(0),
-                changed: Event::new(),
+                changed: Signal::new(),
                 data: Mutex::new(StateData {
                     local_busy: false,
                     local_data: None,
@@ -209,6 +211,7 @@ impl TrackerState {
                     connected: true,
                     pending: VecDeque::new(),
                     dispatching: false,
+                    has_handlers: false,
                 }),
                 handlers: Mutex::new(Handlers::default()),
                 policy,
@@ -474,6 +477,7 @@ impl TrackerState {
             .lock()
             .on_blocked
             .push(Arc::new(handler));
+        self.inner.data.lock().has_handlers = true;
     }
 
     /// Runs `handler` each time the key turns unblocked; see [`on_blocked`](Self::on_blocked).
@@ -498,6 +502,7 @@ impl TrackerState {
             .lock()
             .on_unblocked
             .push(Arc::new(handler));
+        self.inner.data.lock().has_handlers = true;
     }
 
     /// A stream of status changes (watch semantics): yields the newest [`Status`] after each
@@ -636,22 +641,26 @@ impl TrackerState {
     /// handlers for any change. Returns what `change` returned.
     fn update(&self, change: impl FnOnce(&mut StateData) -> bool) -> bool {
         let inner = &*self.inner;
-        let (result, flags_changed) = {
+        let (result, flags_changed, queued) = {
             let mut d = inner.data.lock();
             let result = change(&mut d);
             let old = inner.flags.load(Ordering::SeqCst);
             let new = d.evaluate(inner.policy, old);
+            let mut queued = false;
             if new != old {
-                if (new ^ old) & BLOCKED != 0 {
+                if (new ^ old) & BLOCKED != 0 && d.has_handlers {
                     d.pending.push_back(new & BLOCKED != 0);
+                    queued = true;
                 }
                 inner.flags.store(new, Ordering::SeqCst);
                 inner.version.fetch_add(1, Ordering::SeqCst);
             }
-            (result, new != old)
+            (result, new != old, queued)
         };
         if flags_changed {
-            inner.changed.notify(usize::MAX);
+            inner.changed.notify_all();
+        }
+        if queued {
             self.dispatch_handlers();
         }
         result
@@ -780,6 +789,21 @@ impl fmt::Debug for StatusChanges {
     }
 }
 
+impl StatusChanges {
+    /// Drops the listener, if any, and uncounts it.
+    fn drop_listener(&mut self) {
+        if self.listener.take().is_some() {
+            self.state.inner.changed.unregister();
+        }
+    }
+}
+
+impl Drop for StatusChanges {
+    fn drop(&mut self) {
+        self.drop_listener();
+    }
+}
+
 impl Stream for StatusChanges {
     type Item = Status;
 
@@ -789,14 +813,14 @@ impl Stream for StatusChanges {
             let version = this.state.inner.version.load(Ordering::SeqCst);
             if version != this.seen {
                 this.seen = version;
-                this.listener = None;
+                this.drop_listener();
                 return Poll::Ready(Some(this.state.status()));
             }
             match &mut this.listener {
-                None => this.listener = Some(this.state.inner.changed.listen()),
+                None => this.listener = Some(this.state.inner.changed.register()),
                 Some(listener) => {
                     core::task::ready!(Pin::new(listener).poll(cx));
-                    this.listener = None;
+                    this.drop_listener();
                 }
             }
         }
@@ -815,7 +839,6 @@ impl TrackerState {
     /// assert!(!state.wait_if_blocked_blocking());
     /// ```
     pub fn wait_if_blocked_blocking(&self) -> bool {
-        use event_listener::Listener;
         if !self.is_blocked() {
             return false;
         }
@@ -849,7 +872,6 @@ impl TrackerState {
         &self,
         timeout: core::time::Duration,
     ) -> Result<bool, crate::Timeout> {
-        use event_listener::Listener;
         if !self.is_blocked() {
             return Ok(false);
         }
@@ -859,7 +881,7 @@ impl TrackerState {
             if !self.is_blocked() {
                 return Ok(true);
             }
-            if listener.wait_deadline(deadline).is_none() && self.is_blocked() {
+            if !listener.wait_deadline(deadline) && self.is_blocked() {
                 return Err(crate::Timeout { waited: timeout });
             }
             if !self.is_blocked() {

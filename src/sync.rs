@@ -7,10 +7,10 @@
 //! in the core is a handful of loads and stores with no I/O and no user code.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// A mutex with an infallible `lock()` whatever the backing implementation.
 pub(crate) struct Mutex<T> {
@@ -59,5 +59,105 @@ impl<T> Mutex<T> {
 impl<T: core::fmt::Debug> core::fmt::Debug for Mutex<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Mutex").finish_non_exhaustive()
+    }
+}
+
+/// An `event_listener::Event` that skips notifying when no one listens.
+///
+/// event-listener 5 takes its list lock on every `notify`, listeners or not; transitions
+/// notify twice each, so counting listeners saves two lock round trips per transition in
+/// the common case of nobody waiting. No wake-up is lost: a listener counts itself with a
+/// read-modify-write before it registers and re-checks its condition; a notifier changes
+/// the condition, then reads the count with a read-modify-write too (`fetch_add(0)`).
+/// Read-modify-writes of one atomic are totally ordered, so either the notifier's comes
+/// later and sees the listener, or the listener's comes later, reads the value the
+/// notifier's released and so acquires the changed condition before its re-check. This is
+/// plain acquire/release reasoning, which loom checks exactly (it weakens SeqCst loads and
+/// stores to acquire/release, so a store-load (Dekker) version would not be verifiable).
+pub(crate) struct Signal {
+    event: event_listener::Event,
+    listeners: AtomicUsize,
+}
+
+impl Signal {
+    pub(crate) fn new() -> Self {
+        Signal {
+            event: event_listener::Event::new(),
+            listeners: AtomicUsize::new(0),
+        }
+    }
+
+    /// Wakes every current listener (call it after changing the condition).
+    pub(crate) fn notify_all(&self) {
+        if self.listeners.fetch_add(0, Ordering::AcqRel) != 0 {
+            self.event.notify(usize::MAX);
+        }
+    }
+
+    /// Counts a listener and registers it; pair with [`unregister`](Self::unregister) when
+    /// the returned listener is dropped. Prefer [`listen`](Self::listen).
+    pub(crate) fn register(&self) -> event_listener::EventListener {
+        self.listeners.fetch_add(1, Ordering::AcqRel);
+        self.event.listen()
+    }
+
+    /// Uncounts a listener taken with [`register`](Self::register).
+    pub(crate) fn unregister(&self) {
+        self.listeners.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A counted listener, uncounted on drop. Re-check the condition before awaiting it.
+    pub(crate) fn listen(&self) -> SignalListener<'_> {
+        SignalListener {
+            listener: Some(self.register()),
+            signal: self,
+        }
+    }
+}
+
+/// A listener of a [`Signal`]: a future, or a blocking wait with `std`.
+pub(crate) struct SignalListener<'a> {
+    /// Always `Some` until a blocking wait takes it (the count stays until drop).
+    listener: Option<event_listener::EventListener>,
+    signal: &'a Signal,
+}
+
+impl SignalListener<'_> {
+    /// Parks the thread until notified.
+    #[cfg(feature = "std")]
+    pub(crate) fn wait(mut self) {
+        use event_listener::Listener;
+        if let Some(listener) = self.listener.take() {
+            listener.wait();
+        }
+    }
+
+    /// Parks the thread until notified or `deadline`; whether it was notified.
+    #[cfg(feature = "std")]
+    pub(crate) fn wait_deadline(mut self, deadline: std::time::Instant) -> bool {
+        use event_listener::Listener;
+        self.listener
+            .take()
+            .is_some_and(|listener| listener.wait_deadline(deadline).is_some())
+    }
+}
+
+impl Drop for SignalListener<'_> {
+    fn drop(&mut self) {
+        self.signal.unregister();
+    }
+}
+
+impl core::future::Future for SignalListener<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<()> {
+        match self.listener.as_mut() {
+            Some(listener) => core::pin::Pin::new(listener).poll(cx),
+            None => core::task::Poll::Ready(()),
+        }
     }
 }

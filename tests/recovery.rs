@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use reactive_lock::{
-    Error, LocalBackend, ReactiveLock, Status, TrackerConfig, TrackerState, UnknownPolicy,
+    Backend, BackendError, Error, InstanceStatus, LocalBackend, LocalEvents, ReactiveLock,
+    Snapshot, Status, TrackerConfig, TrackerState, UnknownPolicy,
 };
 
 const KEY: &str = "k";
@@ -27,14 +28,48 @@ async fn until(state: &TrackerState, what: &str, check: impl Fn(&TrackerState) -
     }
 }
 
+/// The in-process store reached only through `publish`, as a networked backend is (no
+/// `publish_now`): transitions go through `Ack` futures and the driver.
+#[derive(Clone)]
+struct Deferred(LocalBackend);
+
+impl Backend for Deferred {
+    type Events = LocalEvents;
+
+    async fn publish(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Result<(), BackendError> {
+        self.0.publish(key, instance, status).await
+    }
+
+    async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
+        self.0.snapshot(key).await
+    }
+
+    async fn subscribe(
+        &self,
+        instance: &str,
+        keys: &[String],
+    ) -> Result<LocalEvents, BackendError> {
+        self.0.subscribe(instance, keys).await
+    }
+}
+
 async fn instance(backend: &LocalBackend, name: &str, policy: UnknownPolicy) -> ReactiveLock {
+    instance_on(backend.clone(), name, policy).await
+}
+
+async fn instance_on<B: Backend>(backend: B, name: &str, policy: UnknownPolicy) -> ReactiveLock {
     ReactiveLock::builder()
         .instance_name(name)
         .renewal(Duration::from_millis(200))
         .expiration(Duration::from_secs(2))
         .unknown_policy(policy)
         .tracker(KEY, TrackerConfig::new())
-        .build(backend.clone())
+        .build(backend)
         .await
         .unwrap()
 }
@@ -139,8 +174,9 @@ fn store_restart_is_repaired_by_recovery_and_renewal() {
 #[test]
 fn guard_transitions_are_published_by_the_driver() {
     futures_lite::future::block_on(async {
-        let backend = LocalBackend::new();
-        // Renewal far beyond the test's waits: only the hand-off to the driver can publish.
+        // A backend without inline publishing, and renewal far beyond the test's waits:
+        // only the hand-off to the driver can publish.
+        let backend = Deferred(LocalBackend::new());
         let slow = |name: &'static str| {
             ReactiveLock::builder()
                 .instance_name(name)
@@ -175,32 +211,76 @@ fn guard_transitions_are_published_by_the_driver() {
     });
 }
 
+/// 100,000 guard flaps of `a`, then a last busy status, until `b` sees it: returns the
+/// publishes the store applied.
+async fn flap(a: &ReactiveLock, b: &ReactiveLock, publish_count: impl Fn() -> u64) -> u64 {
+    let ctrl = a.controller(KEY).unwrap();
+    let before = publish_count();
+    for _ in 0..100_000 {
+        drop(ctrl.enter(None));
+    }
+    let _last = ctrl.enter(Some("final"));
+    let b_state = b.state(KEY).unwrap();
+    until(&b_state, "b converges on the newest status", |s| {
+        s.lock_data().as_deref() == Some("final")
+    })
+    .await;
+    publish_count() - before
+}
+
 #[test]
 fn flapping_coalesces_to_the_newest_status() {
     futures_lite::future::block_on(async {
+        // A backend that must be awaited: the driver publishes only the newest status.
         let backend = LocalBackend::new();
-        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
-        let b = instance(&backend, "b", UnknownPolicy::KeepLast).await;
-        let ctrl = a.controller(KEY).unwrap();
-        let before = backend.publish_count();
-        for _ in 0..100_000 {
-            drop(ctrl.enter(None));
-        }
-        let _last = ctrl.enter(Some("final"));
-        let b_state = b.state(KEY).unwrap();
-        until(&b_state, "b converges on the newest status", |s| {
-            s.lock_data().as_deref() == Some("final")
-        })
-        .await;
-        let published = backend.publish_count() - before;
-        eprintln!("flapping: {published} publishes for 200,001 transitions");
-        // One publish per transition would be 200,001: latest wins must coalesce them.
+        let deferred = Deferred(backend.clone());
+        let a = instance_on(deferred.clone(), "a", UnknownPolicy::KeepLast).await;
+        let b = instance_on(deferred, "b", UnknownPolicy::KeepLast).await;
+        let published = flap(&a, &b, || backend.publish_count()).await;
+        eprintln!("flapping, deferred: {published} publishes for 200,001 transitions");
         assert!(
             published < 100_000,
             "latest-wins must coalesce: {published} publishes for 200,001 transitions"
         );
         a.shutdown().await;
         b.shutdown().await;
+
+        // The in-process store takes every transition inline (each is one cheap write);
+        // a reader that cannot keep up reads the key once, however many writes it missed.
+        let backend = LocalBackend::new();
+        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let (b, driver) = ReactiveLock::builder()
+            .instance_name("b")
+            .tracker(KEY, TrackerConfig::new())
+            .build_with_driver(backend.clone())
+            .await
+            .unwrap();
+        let read_before = b.metrics().snapshots_applied;
+        // b's driver starts only once every write is done: the reader is as slow as can be.
+        let ctrl = a.controller(KEY).unwrap();
+        let before = backend.publish_count();
+        for _ in 0..100_000 {
+            drop(ctrl.enter(None));
+        }
+        let _last = ctrl.enter(Some("final"));
+        assert_eq!(
+            backend.publish_count() - before,
+            200_001,
+            "every transition published inline"
+        );
+        let driver = std::thread::spawn(move || futures_lite::future::block_on(driver));
+        until(
+            &b.state(KEY).unwrap(),
+            "b converges on the newest status",
+            |s| s.lock_data().as_deref() == Some("final"),
+        )
+        .await;
+        let read = b.metrics().snapshots_applied - read_before;
+        eprintln!("flapping, inline: {read} reader snapshots for 200,001 transitions");
+        assert_eq!(read, 1, "the stalled reader reads the key once");
+        a.shutdown().await;
+        b.shutdown().await;
+        driver.join().unwrap();
     });
 }
 

@@ -588,9 +588,10 @@ impl RedisBackend {
         Ok(Snapshot::new(key, out, store_now))
     }
 
-    /// Turns one pub/sub message into an event: ours is applied as is; anything else makes
+    /// Turns one pub/sub message into an event: ours is applied as is (an echo of `own`'s
+    /// publish is dropped: the core never reads its own status back); anything else makes
     /// us re-read the key (a .NET writer's bare value) or is ignored (malformed).
-    async fn event_for(&self, channel: &str, payload: &[u8]) -> Option<BackendEvent> {
+    async fn event_for(&self, channel: &str, payload: &[u8], own: &str) -> Option<BackendEvent> {
         let key = channel.strip_prefix(CHANNEL_PREFIX)?;
         match parse_payload(payload) {
             Payload::Ours {
@@ -601,6 +602,9 @@ impl RedisBackend {
                 valid_until,
                 data,
             } => {
+                if instance == own {
+                    return None;
+                }
                 self.inner
                     .notifications_applied
                     .fetch_add(1, Ordering::Relaxed);
@@ -802,7 +806,11 @@ impl Backend for RedisBackend {
         self.read(key).await
     }
 
-    async fn subscribe(&self, keys: &[String]) -> Result<EventStream, BackendError> {
+    async fn subscribe(
+        &self,
+        instance: &str,
+        keys: &[String],
+    ) -> Result<EventStream, BackendError> {
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
         match &self.inner.target {
             Target::Single(client) => {
@@ -821,6 +829,8 @@ impl Backend for RedisBackend {
                         messages: stream,
                     },
                     done: false,
+                    instance: instance.to_string(),
+                    health_check: async_io::Timer::interval(self.inner.health_check_interval),
                 };
                 Ok(Box::pin(futures_lite::stream::unfold(
                     state,
@@ -854,6 +864,8 @@ impl Backend for RedisBackend {
                         pushes: rx,
                     },
                     done: false,
+                    instance: instance.to_string(),
+                    health_check: async_io::Timer::interval(self.inner.health_check_interval),
                 };
                 Ok(Box::pin(futures_lite::stream::unfold(
                     state,
@@ -927,6 +939,11 @@ struct Subscription {
     backend: RedisBackend,
     source: Source,
     done: bool,
+    /// The subscribing instance: echoes of its own publishes are dropped here.
+    instance: String,
+    /// One periodic timer for the whole subscription (registering a fresh timer per
+    /// message would cost a reactor wake-up per notification).
+    health_check: async_io::Timer,
 }
 
 enum Woke {
@@ -941,19 +958,19 @@ impl Subscription {
             return None;
         }
         loop {
-            let interval = self.backend.inner.health_check_interval;
-            let source = &mut self.source;
+            let (source, health_check) = (&mut self.source, &mut self.health_check);
             let woke = futures_lite::future::or(
                 async { Woke::Message(source.next_message().await) },
                 async {
-                    async_io::Timer::after(interval).await;
+                    health_check.next().await;
                     Woke::HealthCheck
                 },
             )
             .await;
             match woke {
                 Woke::Message(Some((channel, payload))) => {
-                    if let Some(event) = self.backend.event_for(&channel, &payload).await {
+                    let own = self.instance.as_str();
+                    if let Some(event) = self.backend.event_for(&channel, &payload, own).await {
                         if matches!(event, BackendEvent::Disconnected) {
                             self.done = true;
                         }

@@ -572,7 +572,11 @@ impl Backend for GrpcBackend {
         Ok(merge(key, &per_hub))
     }
 
-    async fn subscribe(&self, keys: &[String]) -> Result<Self::Events, BackendError> {
+    async fn subscribe(
+        &self,
+        instance: &str,
+        keys: &[String],
+    ) -> Result<Self::Events, BackendError> {
         let (tx, rx) = async_channel::unbounded::<BackendEvent>();
         let hubs: Vec<(String, Client)> = self
             .inner
@@ -581,7 +585,8 @@ impl Backend for GrpcBackend {
             .map(|h| (h.url.clone(), h.client.clone()))
             .collect();
         let keys = keys.to_vec();
-        let instance = self.inner.reader_name.clone();
+        // Subscribe under the instance's own name, as the .NET client does.
+        let instance = instance.to_string();
         let hub_count = hubs.len();
         // One stream per hub and key (a .NET-style hub reads only a stream's first message),
         // all feeding one merge task.
@@ -627,6 +632,9 @@ impl Backend for GrpcBackend {
             let mut states: HashMap<String, Vec<Option<LockStatusNotification>>> = HashMap::new();
             let mut up: HashMap<(usize, String), bool> = HashMap::new();
             let mut connected = true;
+            // Per key, the other instances' entries last sent: a notification that changed
+            // only this instance's own entry (the echo of its publish) is not passed on.
+            let mut last_sent: HashMap<String, Vec<Entry>> = HashMap::new();
             while let Some((hub, key, update)) = updates_rx.recv().await {
                 let per_hub = states.entry(key.clone()).or_insert_with(|| vec![None; hub_count]);
                 let was_up = up.get(&(hub, key.clone())).copied();
@@ -647,6 +655,7 @@ impl Backend for GrpcBackend {
                 let any_up = up.values().any(|&u| u);
                 if connected && !any_up {
                     connected = false;
+                    last_sent.clear();
                     if tx.send(BackendEvent::Disconnected).await.is_err() {
                         break;
                     }
@@ -655,6 +664,17 @@ impl Backend for GrpcBackend {
                 connected = any_up;
                 if per_hub.iter().any(Option::is_some) {
                     let snapshot = merge(&key, per_hub);
+                    let mut others: Vec<Entry> = snapshot
+                        .entries
+                        .iter()
+                        .filter(|e| e.instance != instance)
+                        .cloned()
+                        .collect();
+                    others.sort_by(|a, b| a.instance.cmp(&b.instance));
+                    if last_sent.get(&key) == Some(&others) {
+                        continue;
+                    }
+                    last_sent.insert(key.clone(), others);
                     if tx.send(BackendEvent::Snapshot(snapshot)).await.is_err() {
                         break;
                     }
