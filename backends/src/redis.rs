@@ -26,7 +26,7 @@
 //! registry. The redis crate runs them on smol's global executor (`smol-comp`), so the
 //! backend works whatever runtime the application uses — tokio, smol, async-std — or none.
 //! A lost command connection is re-established on the next call; the subscription pings the
-//! server every [`health_check_interval`](RedisBackendBuilder::health_check_interval) and
+//! server after [`health_check_interval`](RedisBackendBuilder::health_check_interval) of silence and
 //! reports [`BackendEvent::Disconnected`] when the server stops answering (also a server
 //! paused with SIGSTOP, whose sockets stay open), after which the driver resubscribes with
 //! backoff, re-reads every key and re-publishes its own statuses.
@@ -138,8 +138,9 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// How often the subscription pings the server to detect a dead or paused server
-    /// (default 1 s; the ping must answer within the response timeout).
+    /// How long the subscription may stay silent before it pings the server to detect a
+    /// dead or paused one (default 1 s, checked at that period, so a silent connection is
+    /// pinged within two periods; the ping must answer within the response timeout).
     pub fn health_check_interval(mut self, every: Duration) -> Self {
         self.health_check_interval = every;
         self
@@ -831,6 +832,7 @@ impl Backend for RedisBackend {
                     done: false,
                     instance: instance.to_string(),
                     health_check: async_io::Timer::interval(self.inner.health_check_interval),
+                    last_message: std::time::Instant::now(),
                 };
                 Ok(Box::pin(futures_lite::stream::unfold(
                     state,
@@ -866,6 +868,7 @@ impl Backend for RedisBackend {
                     done: false,
                     instance: instance.to_string(),
                     health_check: async_io::Timer::interval(self.inner.health_check_interval),
+                    last_message: std::time::Instant::now(),
                 };
                 Ok(Box::pin(futures_lite::stream::unfold(
                     state,
@@ -944,6 +947,9 @@ struct Subscription {
     /// One periodic timer for the whole subscription (registering a fresh timer per
     /// message would cost a reactor wake-up per notification).
     health_check: async_io::Timer,
+    /// When the last message arrived: traffic proves the connection alive, so the server
+    /// is pinged only after a full interval of silence.
+    last_message: std::time::Instant,
 }
 
 enum Woke {
@@ -969,6 +975,7 @@ impl Subscription {
             .await;
             match woke {
                 Woke::Message(Some((channel, payload))) => {
+                    self.last_message = std::time::Instant::now();
                     let own = self.instance.as_str();
                     if let Some(event) = self.backend.event_for(&channel, &payload, own).await {
                         if matches!(event, BackendEvent::Disconnected) {
@@ -982,6 +989,8 @@ impl Subscription {
                     self.done = true;
                     return Some((BackendEvent::Disconnected, self));
                 }
+                Woke::HealthCheck
+                    if self.last_message.elapsed() < self.backend.inner.health_check_interval => {}
                 Woke::HealthCheck => {
                     let timeout = self.backend.inner.response_timeout;
                     let source = &mut self.source;

@@ -115,12 +115,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            // Handlers go in before the hub says it listens: a SIGTERM sent right after
+            // that line must stop it cleanly, not kill it.
+            let shutdown = shutdown_signal()?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             // The first stdout line says where the hub listens (port 0 picks a free port).
             println!("listening on {scheme}://{}", listener.local_addr()?);
             tracing::info!(%listen, tls = tls.is_some(), token = token.is_some(), "reactive-lock hub started");
             Hub::new(limits)
-                .serve_listener(listener, tls, token, shutdown_signal())
+                .serve_listener(listener, tls, token, shutdown)
                 .await?;
             tracing::info!("reactive-lock hub stopped");
             Ok(())
@@ -128,17 +131,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%e, "cannot listen for SIGTERM; only SIGINT stops the hub");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+/// Registers SIGINT and SIGTERM at once; the returned future resolves on the first.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let register = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-    }
+    let mut int = register(SignalKind::interrupt(), "SIGINT")?;
+    let mut term = register(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
 }
