@@ -259,7 +259,7 @@ impl ReactiveLockBuilder {
 
     /// Validates the configuration, connects the trackers to `backend`, does the initial
     /// sync (subscribe, then read every key) and starts the driver on a background thread
-    /// (`reactive-lock-driver`, running async-io; no application runtime needed).
+    /// (`reactive-lock-driver-<instance>`; no application runtime needed).
     ///
     /// # Errors
     ///
@@ -291,7 +291,7 @@ impl ReactiveLockBuilder {
         let name = format!("reactive-lock-driver-{}", lock.instance_name());
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || async_io::block_on(driver))
+            .spawn(move || futures_lite::future::block_on(driver))
             .map_err(|e| Error::InvalidConfig {
                 field: "driver thread".into(),
                 reason: format!("cannot spawn the driver thread: {e}"),
