@@ -359,9 +359,12 @@ impl TrackerState {
                     source,
                 })?;
             self.apply_snapshot(&snapshot);
-            // The read may carry entries with an earlier expiry than the driver's timer.
+            // The read may carry entries with an earlier expiry than the driver's timer; with
+            // no busy entry there is nothing to expire and no thread to wake.
             #[cfg(feature = "std")]
-            link.driver_wake.notify(usize::MAX);
+            if snapshot.next_expiry().is_some() {
+                link.driver_wake.notify(usize::MAX);
+            }
         }
         Ok(())
     }

@@ -83,6 +83,46 @@ fn grpc_benches(c: &mut Criterion) {
         })
     });
 
+    // The unary pair again with two subscribers draining the key, as the two instances
+    // below do (the hub fans each status out to both; their readers share the pinned CPU).
+    for reader in ["drain-1", "drain-2"] {
+        let url = hub.url.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut client = ReactiveLockGrpcClient::connect(url).await.unwrap();
+                let first = LockStatusRequest {
+                    lock_key: "raw".into(),
+                    instance_id: reader.into(),
+                    ..Default::default()
+                };
+                let requests =
+                    futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+                let mut stream = client
+                    .subscribe_lock_status(requests)
+                    .await
+                    .unwrap()
+                    .into_inner();
+                stream.message().await.unwrap(); // the current state
+                ready_tx.send(()).unwrap();
+                while let Ok(Some(_)) = stream.message().await {}
+            })
+        });
+        ready_rx.recv().unwrap();
+    }
+    group.bench_function("raw_unary_pair_2_subscribers", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                raw.set_status(request("raw", true)).await.unwrap();
+                raw.set_status(request("raw", false)).await.unwrap();
+            })
+        })
+    });
+
     let (a, b_lock) =
         block_on(async { (instance(&hub.url, "a").await, instance(&hub.url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
