@@ -85,10 +85,13 @@ fn grpc_benches(c: &mut Criterion) {
 
     // The unary pair again with two subscribers draining the key, as the two instances
     // below do (the hub fans each status out to both; their readers share the pinned CPU).
+    let mut drains = Vec::new();
     for reader in ["drain-1", "drain-2"] {
         let url = hub.url.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        // Dropping `stop` ends the drain, so the hub can shut down gracefully at the end.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -109,10 +112,15 @@ fn grpc_benches(c: &mut Criterion) {
                     .into_inner();
                 stream.message().await.unwrap(); // the current state
                 ready_tx.send(()).unwrap();
-                while let Ok(Some(_)) = stream.message().await {}
+                let drain = async { while let Ok(Some(_)) = stream.message().await {} };
+                tokio::select! {
+                    _ = drain => {}
+                    _ = stopped => {}
+                }
             })
         });
         ready_rx.recv().unwrap();
+        drains.push((stop, thread));
     }
     group.bench_function("raw_unary_pair_2_subscribers", |b| {
         b.iter(|| {
@@ -140,6 +148,10 @@ fn grpc_benches(c: &mut Criterion) {
         a.shutdown().await;
         b_lock.shutdown().await;
     });
+    for (stop, thread) in drains {
+        drop(stop);
+        thread.join().unwrap();
+    }
 }
 
 criterion_group! {
