@@ -36,7 +36,10 @@ PAIRS = [
     ("redis", "reactive_64_tasks", "per_op_lock_64_tasks", None),
     ("grpc", "transition_ack_pair", "raw_unary_pair", 1.2),
     ("grpc", "transition_ack_pair", "raw_unary_pair_2_subscribers", None),
+    ("grpc", "transition_ack_pair_app_runtime", "raw_unary_pair", 1.2),
+    ("grpc", "transition_ack_pair_app_runtime", "raw_unary_pair_2_subscribers", None),
     ("grpc", "propagation_pair", "raw_stream_pair", 1.5),
+    ("grpc", "propagation_pair_app_runtime", "raw_stream_pair", 1.5),
     ("scale", "propagation_100_instances", None, None),
 ]
 group = None

@@ -111,9 +111,9 @@ pub struct TrackerState {
 }
 
 struct StateInner {
-    /// `BLOCKED | UNKNOWN`, see the layout above. SeqCst pairs with the full fence in
-    /// `Event::notify`/`listen`, so a waiter that registered before re-checking cannot miss
-    /// a change stored before the notify.
+    /// `BLOCKED | UNKNOWN`, see the layout above. Written under `data`'s lock with release
+    /// stores; a waiter that registered before re-checking cannot miss a change stored
+    /// before the notify (see [`Signal`] for why acquire/release is enough).
     flags: AtomicU8,
     /// Bumped on every change of `flags`, for [`StatusChanges`].
     version: AtomicU64,
@@ -231,7 +231,7 @@ impl TrackerState {
     /// assert!(state.is_blocked());
     /// ```
     pub fn is_blocked(&self) -> bool {
-        self.inner.flags.load(Ordering::SeqCst) & BLOCKED != 0
+        self.inner.flags.load(Ordering::Acquire) & BLOCKED != 0
     }
 
     /// The three-state status. `Unknown` while the backend is unreachable, unless this
@@ -244,7 +244,7 @@ impl TrackerState {
     /// assert_eq!(TrackerState::new().status(), Status::Unblocked);
     /// ```
     pub fn status(&self) -> Status {
-        let flags = self.inner.flags.load(Ordering::SeqCst);
+        let flags = self.inner.flags.load(Ordering::Acquire);
         if flags & UNKNOWN != 0 {
             Status::Unknown
         } else if flags & BLOCKED != 0 {
@@ -527,7 +527,7 @@ impl TrackerState {
     pub fn changes(&self) -> StatusChanges {
         StatusChanges {
             state: self.clone(),
-            seen: self.inner.version.load(Ordering::SeqCst),
+            seen: self.inner.version.load(Ordering::Acquire),
             listener: None,
         }
     }
@@ -647,7 +647,7 @@ impl TrackerState {
         let (result, flags_changed, queued) = {
             let mut d = inner.data.lock();
             let result = change(&mut d);
-            let old = inner.flags.load(Ordering::SeqCst);
+            let old = inner.flags.load(Ordering::Relaxed);
             let new = d.evaluate(inner.policy, old);
             let mut queued = false;
             if new != old {
@@ -655,8 +655,13 @@ impl TrackerState {
                     d.pending.push_back(new & BLOCKED != 0);
                     queued = true;
                 }
-                inner.flags.store(new, Ordering::SeqCst);
-                inner.version.fetch_add(1, Ordering::SeqCst);
+                // Plain release stores (both are only written under `data`'s lock): waiters
+                // acquire them through the `Signal`'s read-modify-write or its list lock.
+                inner.flags.store(new, Ordering::Release);
+                let version = inner.version.load(Ordering::Relaxed);
+                inner
+                    .version
+                    .store(version.wrapping_add(1), Ordering::Release);
             }
             (result, new != old, queued)
         };
@@ -813,7 +818,7 @@ impl Stream for StatusChanges {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Status>> {
         let this = &mut *self;
         loop {
-            let version = this.state.inner.version.load(Ordering::SeqCst);
+            let version = this.state.inner.version.load(Ordering::Acquire);
             if version != this.seen {
                 this.seen = version;
                 this.drop_listener();

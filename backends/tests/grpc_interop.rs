@@ -505,3 +505,56 @@ fn failed_connect_inside_tokio_does_not_panic() {
         assert!(err.is_err());
     });
 }
+
+#[test]
+fn runs_on_the_applications_runtime() {
+    let hub = HubServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks_before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let mut locks = Vec::new();
+        for name in ["a", "b"] {
+            let backend = GrpcBackend::builder([hub.url.clone()])
+                .runtime(tokio::runtime::Handle::current())
+                .connect()
+                .await
+                .unwrap();
+            let (lock, driver) = ReactiveLock::builder()
+                .instance_name(name)
+                .tracker(KEY, TrackerConfig::new())
+                .build_with_driver(backend)
+                .await
+                .unwrap();
+            tokio::spawn(driver);
+            locks.push(lock);
+        }
+        // The backends' subscription tasks live on this runtime, not on one of their own.
+        assert!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+                > tasks_before + 2,
+            "subscription tasks on the application's runtime"
+        );
+        let (a, b) = (&locks[0], &locks[1]);
+        let ctrl = a.controller(KEY).unwrap();
+        let b_state = b.state(KEY).unwrap();
+        ctrl.increment(Some("on-app-runtime")).await.unwrap();
+        eventually(&b_state, PROPAGATION_LIMIT, "b sees a busy", |s| {
+            s.lock_data().as_deref() == Some("on-app-runtime")
+        })
+        .await;
+        ctrl.decrement(1).await.unwrap();
+        eventually(&b_state, PROPAGATION_LIMIT, "b sees a idle", |s| {
+            !s.is_blocked()
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}

@@ -143,8 +143,45 @@ fn grpc_benches(c: &mut Criterion) {
     group.bench_function("propagation_pair", |b| {
         b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
     });
-    group.finish();
     block_on(async {
+        a.shutdown().await;
+        b_lock.shutdown().await;
+    });
+
+    // The same two instances on the application's tokio runtime (`GrpcBackendBuilder::runtime`,
+    // drivers spawned there): the caller, the channels and the drivers share one thread, as
+    // in the raw baselines.
+    let (a, b_lock) = rt.block_on(async {
+        let mut locks = Vec::new();
+        for name in ["app-a", "app-b"] {
+            let backend = GrpcBackend::builder([hub.url.clone()])
+                .runtime(tokio::runtime::Handle::current())
+                .connect()
+                .await
+                .expect("connect");
+            let (lock, driver) = ReactiveLock::builder()
+                .instance_name(name)
+                .tracker(KEY, TrackerConfig::new())
+                .build_with_driver(backend)
+                .await
+                .expect("build");
+            tokio::spawn(driver);
+            locks.push(lock);
+        }
+        let b = locks.pop().unwrap();
+        (locks.pop().unwrap(), b)
+    });
+    let ctrl = a.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair_app_runtime", |b| {
+        b.iter(|| rt.block_on(transition_ack_pair(&ctrl)))
+    });
+    let state_b = b_lock.state(KEY).unwrap();
+    let mut changes = state_b.changes();
+    group.bench_function("propagation_pair_app_runtime", |b| {
+        b.iter(|| rt.block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
+    });
+    group.finish();
+    rt.block_on(async {
         a.shutdown().await;
         b_lock.shutdown().await;
     });

@@ -3,10 +3,11 @@
 //! event-listener is built with its `loom` feature, so loom explores their interleavings.
 #![cfg(loom)]
 
+use futures_lite::StreamExt;
 use loom::sync::Arc;
 use loom::sync::Mutex;
 use loom::thread;
-use reactive_lock::{TrackerController, TrackerState};
+use reactive_lock::{Status, TrackerController, TrackerState};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -184,5 +185,25 @@ fn saturating_decrement_racing_increment() {
             "count {count}, busy {busy}, blocked {blocked}"
         );
         assert_consistent(&log.lock().unwrap(), blocked);
+    });
+}
+
+#[test]
+fn change_stream_sees_a_change_made_while_it_registers() {
+    model(|| {
+        let state = TrackerState::new();
+        let watcher = {
+            let state = state.clone();
+            // The stream's first item is the first change after `changes()`; a lost wake-up
+            // parks this thread forever and loom reports the deadlock.
+            let mut changes = state.changes();
+            thread::spawn(move || loom::future::block_on(changes.next()))
+        };
+        let changer = {
+            let state = state.clone();
+            thread::spawn(move || assert!(state.set_blocked(None)))
+        };
+        changer.join().unwrap();
+        assert_eq!(watcher.join().unwrap(), Some(Status::Blocked));
     });
 }

@@ -7,9 +7,11 @@
 //! [`GrpcBackend`] talks to one or more hubs ([`server::Hub`], or the .NET sample). With
 //! several hubs it does what .NET clients do: every status goes to every hub, and it
 //! subscribes to each, merging their states per instance (newest `validUntil` wins), so one
-//! hub dying loses nothing and blocks nobody. tonic needs tokio, so the backend owns a small
-//! tokio runtime (one worker thread) and bridges to the caller's executor with channels:
-//! the application may use tokio, smol, async-std or no runtime.
+//! hub dying loses nothing and blocks nobody. tonic needs tokio, so by default the backend
+//! owns a small tokio runtime (one worker thread) and bridges to the caller's executor with
+//! channels: the application may use tokio, smol, async-std or no runtime. A tokio
+//! application can hand it its own runtime instead ([`GrpcBackendBuilder::runtime`]): no extra
+//! thread, and no thread hand-off per call when the caller runs on that runtime.
 
 pub mod server;
 
@@ -120,7 +122,7 @@ struct Hub {
 
 struct Inner {
     hubs: Vec<Hub>,
-    runtime: BackgroundRuntime,
+    runtime: Runtime,
     response_timeout: Duration,
     /// Last `validUntil` sent per (key, instance): kept strictly increasing, so hubs order
     /// statuses by it.
@@ -150,29 +152,26 @@ pub struct GrpcBackend {
     inner: Arc<Inner>,
 }
 
-/// The backend's own tokio runtime. Always `Some` until drop, which shuts it down in the
-/// background: dropping a tokio runtime inside an application's own tokio context (the
-/// last backend handle dropped in a tokio task, or a failed connect) would panic.
-struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+/// Where the backend's tasks run: its own runtime, or the application's.
+struct Runtime {
+    handle: tokio::runtime::Handle,
+    /// The backend's own runtime, if it has one. Dropped by shutting it down in the
+    /// background: dropping a tokio runtime inside an application's own tokio context (the
+    /// last backend handle dropped in a tokio task, or a failed connect) would panic.
+    owned: Option<tokio::runtime::Runtime>,
+}
 
-impl Drop for BackgroundRuntime {
+impl Drop for Runtime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.owned.take() {
             runtime.shutdown_background();
         }
     }
 }
 
-impl std::ops::Deref for BackgroundRuntime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &tokio::runtime::Runtime {
-        self.0.as_ref().expect("the runtime lives until drop")
-    }
-}
-
 impl Inner {
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.runtime
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime.handle
     }
 }
 
@@ -198,6 +197,7 @@ impl std::fmt::Debug for GrpcBackend {
 #[must_use = "a builder does nothing until connect() is awaited"]
 pub struct GrpcBackendBuilder {
     urls: Vec<String>,
+    runtime: Option<tokio::runtime::Handle>,
     token: Option<String>,
     tls_root_cert: Option<Vec<u8>>,
     connect_timeout: Duration,
@@ -214,6 +214,28 @@ impl GrpcBackendBuilder {
     /// Trusts this root certificate (PEM) for `https://` hubs.
     pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// Runs the backend's connections and tasks on this tokio runtime (the application's)
+    /// instead of a runtime of its own: no extra thread, and calls made from tasks on that
+    /// runtime need no hand-off to another thread. Run the registry's driver there too
+    /// ([`build_with_driver`](reactive_lock::ReactiveLockBuilder::build_with_driver) +
+    /// `tokio::spawn`). Calls from other threads still work: they are handed to the runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use reactive_lock_backends::grpc::GrpcBackend;
+    /// let builder = GrpcBackend::builder(["http://127.0.0.1:50051"])
+    ///     .runtime(tokio::runtime::Handle::current());
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
         self
     }
 
@@ -253,13 +275,24 @@ impl GrpcBackendBuilder {
                     .map_err(|_| rejected("the token is not valid ASCII header text".into()))?,
             ),
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("reactive-lock-grpc")
-            .enable_all()
-            .build()
-            .map_err(|e| rejected(format!("cannot start the gRPC runtime thread: {e}")))?;
-        let runtime = BackgroundRuntime(Some(runtime));
+        let runtime = match self.runtime.clone() {
+            Some(handle) => Runtime {
+                handle,
+                owned: None,
+            },
+            None => {
+                let owned = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("reactive-lock-grpc")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| rejected(format!("cannot start the gRPC runtime thread: {e}")))?;
+                Runtime {
+                    handle: owned.handle().clone(),
+                    owned: Some(owned),
+                }
+            }
+        };
         let mut hubs = Vec::new();
         let mut reachable = 0;
         let mut failures = Vec::new();
@@ -284,7 +317,9 @@ impl GrpcBackendBuilder {
             }
             let probe = {
                 let endpoint = endpoint.clone();
-                runtime.spawn(async move { endpoint.connect().await })
+                runtime
+                    .handle
+                    .spawn(async move { endpoint.connect().await })
             };
             let channel = match probe.await {
                 Ok(Ok(channel)) => {
@@ -293,7 +328,7 @@ impl GrpcBackendBuilder {
                 }
                 Ok(Err(e)) => {
                     failures.push(format!("{url}: {e}"));
-                    let _guard = runtime.enter();
+                    let _guard = runtime.handle.enter();
                     endpoint.connect_lazy()
                 }
                 Err(e) => return Err(rejected(format!("gRPC runtime failed: {e}"))),
@@ -343,6 +378,7 @@ impl GrpcBackend {
     pub fn builder<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> GrpcBackendBuilder {
         GrpcBackendBuilder {
             urls: urls.into_iter().map(Into::into).collect(),
+            runtime: None,
             token: None,
             tls_root_cert: None,
             connect_timeout: Duration::from_secs(2),
@@ -409,6 +445,14 @@ impl GrpcBackend {
             })
             .collect();
         self.on_runtime(async move {
+            if calls.len() == 1 {
+                // One hub: no task of its own, one scheduling hop less per call.
+                let mut out = Vec::with_capacity(1);
+                for call in calls {
+                    out.push(call.await);
+                }
+                return out;
+            }
             let handles: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
             let mut out = Vec::with_capacity(handles.len());
             for handle in handles {
