@@ -60,6 +60,9 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     ///
     /// [`Backend::publish_now`]: crate::Backend::publish_now
     fn publish_now(&self, key: &str, busy: bool, data: Option<&str>) -> Option<Result<()>>;
+    /// Whether [`publish_now`](Self::publish_now) is worth trying (the backend publishes
+    /// inline and the registry is not shut down).
+    fn publishes_inline(&self) -> bool;
     /// Asks the background driver to publish what is pending (sync transitions, cancelled
     /// or failed publishes).
     fn wake_driver(&self);
@@ -89,6 +92,16 @@ pub(crate) struct TrackerShared {
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
     published: Signal,
     publisher: Option<Arc<dyn Publisher>>,
+}
+
+/// What recording a transition left to do.
+enum Recorded {
+    /// A standalone controller: nothing to publish.
+    Local,
+    /// To be published (by an `Ack` future or the driver); someone may already be at it.
+    Pending(u32),
+    /// This caller holds the publishing role and publishes inline.
+    Claimed { epoch: u32, busy: bool },
 }
 
 /// Outcome of a count change.
@@ -199,21 +212,52 @@ impl TrackerShared {
         }
     }
 
-    /// Slow path shared by every transition: apply locally at once, record as newest.
-    /// Returns whether it has to be published.
-    fn record(&self, epoch: u32, busy: bool, data: Option<&str>) -> bool {
-        let data = if busy { data.map(String::from) } else { None };
-        self.state.apply_local_transition(epoch, busy, data.clone());
-        if self.publisher.is_none() {
-            return false;
-        }
+    /// Slow path shared by every transition: apply locally at once, record as newest, and
+    /// — in the same lock — take the publishing role when the backend publishes inline and
+    /// no one else holds it.
+    fn record(&self, epoch: u32, busy: bool, data: Option<&str>) -> Recorded {
+        let owned = if busy { data.map(String::from) } else { None };
+        self.state
+            .apply_local_transition(epoch, busy, owned.clone());
+        let Some(publisher) = &self.publisher else {
+            return Recorded::Local;
+        };
         let mut slot = self.slot.lock();
         if epoch_is_newer(epoch, slot.newest_epoch) {
             slot.newest_epoch = epoch;
             slot.newest_busy = busy;
-            slot.newest_data = data;
+            slot.newest_data = owned;
         }
-        true
+        if slot.newest_epoch == epoch && !slot.publishing && publisher.publishes_inline() {
+            slot.publishing = true;
+            return Recorded::Claimed { epoch, busy };
+        }
+        Recorded::Pending(epoch)
+    }
+
+    /// Completes a recorded transition as far as it can without waiting: a claimed one is
+    /// published inline. Returns the epoch still to be acknowledged, if any (then an `Ack`
+    /// future or the driver takes over).
+    fn complete(&self, recorded: Recorded, data: Option<&str>) -> Option<u32> {
+        match recorded {
+            Recorded::Local => None,
+            Recorded::Pending(epoch) => Some(epoch),
+            Recorded::Claimed { epoch, busy } => {
+                let publisher = self.publisher.as_ref()?;
+                let data = if busy { data } else { None };
+                match publisher.publish_now(&self.key, busy, data) {
+                    None => {
+                        self.slot.lock().publishing = false;
+                        self.published.notify_all();
+                        Some(epoch)
+                    }
+                    Some(result) => {
+                        self.settle(&**publisher, epoch, &result);
+                        result.is_err().then_some(epoch)
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -281,30 +325,6 @@ impl TrackerShared {
         result.map(|()| true)
     }
 
-    /// Publishes the newest status inline when the backend needs no I/O, so the transition
-    /// `epoch` completes without a future, an allocation or a driver wake-up. Returns whether
-    /// `epoch` (or a newer status) is now acknowledged; if not, the caller falls back to the
-    /// asynchronous path (an [`Ack`] future, or the driver for guards).
-    fn publish_inline(&self, epoch: u32) -> bool {
-        let Some(publisher) = &self.publisher else {
-            return true;
-        };
-        let Some((claimed, busy, data)) = self.claim(false) else {
-            return false;
-        };
-        match publisher.publish_now(&self.key, busy, data.as_deref()) {
-            None => {
-                self.slot.lock().publishing = false;
-                self.published.notify_all();
-                false
-            }
-            Some(result) => {
-                self.settle(&**publisher, claimed, &result);
-                result.is_ok() && !epoch_is_newer(epoch, claimed)
-            }
-        }
-    }
-
     /// Takes the publishing role for the newest status if it needs publishing (with
     /// `force`: also an acknowledged busy one) and no one else holds the role.
     fn claim(&self, force: bool) -> Option<(u32, bool, Option<String>)> {
@@ -362,28 +382,32 @@ impl TrackerShared {
         self.slot.lock().newest_busy
     }
 
+    /// count += 1, and the transition it made, done as far as possible without waiting;
+    /// returns the epoch still to be acknowledged.
     fn increment_sync(&self, data: Option<&str>) -> Option<u32> {
         match self.add_one() {
             Change::None => None,
-            Change::Transition { epoch, busy } => self.record(epoch, busy, data).then_some(epoch),
+            Change::Transition { epoch, busy } => {
+                self.complete(self.record(epoch, busy, data), data)
+            }
         }
     }
 
+    /// count -= n (saturating), likewise.
     fn decrement_sync(&self, n: usize) -> Option<u32> {
         match self.sub(n) {
             Change::None => None,
-            Change::Transition { epoch, busy } => self.record(epoch, busy, None).then_some(epoch),
+            Change::Transition { epoch, busy } => {
+                self.complete(self.record(epoch, busy, None), None)
+            }
         }
     }
 
-    /// A transition made where no one can await it (a guard): published inline when the
-    /// backend allows, else by the driver.
-    fn publish_detached(&self, epoch: Option<u32>) {
-        if let Some(epoch) = epoch
-            && !self.publish_inline(epoch)
-            && let Some(publisher) = &self.publisher
-        {
-            publisher.wake_driver();
+    /// A transition made where no one can await it (a guard): what is left to publish goes
+    /// to the driver.
+    fn publish_detached(&self, pending: Option<u32>) {
+        if pending.is_some() {
+            self.wake_driver();
         }
     }
 
@@ -742,11 +766,6 @@ impl Ack {
     fn for_epoch(shared: &Arc<TrackerShared>, epoch: Option<u32>) -> Ack {
         match epoch {
             None => Ack {
-                pending: None,
-                tracker: None,
-            },
-            // An in-process store acknowledges inline: nothing left to wait for.
-            Some(epoch) if shared.publish_inline(epoch) => Ack {
                 pending: None,
                 tracker: None,
             },

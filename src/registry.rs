@@ -543,6 +543,10 @@ impl Publisher for RegistryPublisher {
         Some(self.count_outcome(key, result))
     }
 
+    fn publishes_inline(&self) -> bool {
+        self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
+    }
+
     fn wake_driver(&self) {
         self.driver_wake.notify(usize::MAX);
     }
