@@ -86,7 +86,8 @@ pub(crate) struct TrackerShared {
     /// The packed state word; cache-padded so neighbouring trackers don't false-share.
     word: CachePadded<AtomicU64>,
     threshold: u64,
-    key: String,
+    /// Shared with the state's link: one allocation per key.
+    key: Arc<str>,
     state: TrackerState,
     slot: Mutex<PublishSlot>,
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
@@ -112,7 +113,7 @@ enum Change {
 
 impl TrackerShared {
     pub(crate) fn new(
-        key: String,
+        key: Arc<str>,
         threshold: usize,
         state: TrackerState,
         publisher: Option<Arc<dyn Publisher>>,
@@ -137,6 +138,10 @@ impl TrackerShared {
 
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    pub(crate) fn key_arc(&self) -> Arc<str> {
+        self.key.clone()
     }
 
     pub(crate) fn state(&self) -> &TrackerState {
@@ -281,7 +286,7 @@ impl TrackerShared {
                     && !epoch_is_newer(epoch, *failed)
                 {
                     return Err(Error::Backend {
-                        key: self.key.clone(),
+                        key: String::from(&*self.key),
                         source: BackendError::new(*kind, message.clone()),
                     });
                 }
@@ -522,7 +527,7 @@ impl TrackerController {
     pub fn with_state(state: TrackerState, busy_threshold: usize) -> Result<Self> {
         validate_threshold("busy_threshold", busy_threshold)?;
         Ok(Self::from_shared(Arc::new(TrackerShared::new(
-            String::new(),
+            Arc::from(""),
             busy_threshold,
             state,
             None,

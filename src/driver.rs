@@ -27,6 +27,7 @@ use alloc::vec::Vec;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::task::{Context, Poll};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use backon::BackoffBuilder;
@@ -82,6 +83,8 @@ pub(crate) struct DriverShared {
     backend: Arc<dyn DynBackend>,
     trackers: Vec<Arc<TrackerShared>>,
     keys: Vec<String>,
+    /// Tracker by key: events and the registry's lookups find it without a scan.
+    index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     resilience: Resilience,
     wake: Arc<Event>,
     publisher: Arc<RegistryPublisher>,
@@ -101,10 +104,16 @@ impl DriverShared {
         publisher: Arc<RegistryPublisher>,
     ) -> Self {
         let keys = trackers.iter().map(|t| String::from(t.key())).collect();
+        let index = trackers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.key_arc(), i))
+            .collect();
         DriverShared {
             backend,
             trackers,
             keys,
+            index,
             resilience,
             wake,
             publisher,
@@ -204,8 +213,8 @@ impl DriverShared {
         }
     }
 
-    fn tracker(&self, key: &str) -> Option<&Arc<TrackerShared>> {
-        self.trackers.iter().find(|t| t.key() == key)
+    pub(crate) fn tracker(&self, key: &str) -> Option<&Arc<TrackerShared>> {
+        self.index.get(key).map(|&i| &self.trackers[i])
     }
 
     /// Publishes through the tracker's latest-wins slot, counting the outcome.

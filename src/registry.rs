@@ -6,7 +6,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
-use std::collections::HashMap;
 use std::format;
 
 use event_listener::Event;
@@ -344,14 +343,16 @@ impl ReactiveLockBuilder {
         ));
 
         let mut trackers = Vec::with_capacity(self.trackers.len());
-        let mut index = HashMap::with_capacity(self.trackers.len());
+        // One allocation of the instance name and of each key, shared by every holder.
+        let own_instance: Arc<str> = Arc::from(instance.as_str());
         for (key, config) in self.trackers {
+            let key: Arc<str> = Arc::from(key);
             let state = TrackerState::with_parts(
                 config.unknown_policy.unwrap_or(self.unknown_policy),
                 Some(Link {
                     backend: backend.clone(),
                     key: key.clone(),
-                    own_instance: instance.clone(),
+                    own_instance: own_instance.clone(),
                     driver_wake: driver_wake.clone(),
                 }),
             );
@@ -367,7 +368,6 @@ impl ReactiveLockBuilder {
                 state,
                 Some(publisher.clone() as Arc<dyn Publisher>),
             ));
-            index.insert(key, trackers.len());
             trackers.push(shared);
         }
 
@@ -382,11 +382,7 @@ impl ReactiveLockBuilder {
         let events = shared.initial_sync().await?;
         let driver = Driver::new(shared.clone(), events);
         let lock = ReactiveLock {
-            inner: Arc::new(Handle {
-                shared,
-                index,
-                publisher,
-            }),
+            inner: Arc::new(Handle { shared, publisher }),
         };
         Ok((lock, driver))
     }
@@ -400,11 +396,12 @@ fn validate(instance: &str, trackers: &[(String, TrackerConfig)], r: &Resilience
     if trackers.is_empty() {
         return invalid("trackers".into(), "register at least one tracker".into());
     }
+    let mut seen = std::collections::HashSet::with_capacity(trackers.len());
     for (i, (key, config)) in trackers.iter().enumerate() {
         if key.is_empty() {
             return invalid(format!("tracker[{i}]"), "the key must not be empty".into());
         }
-        if trackers[..i].iter().any(|(k, _)| k == key) {
+        if !seen.insert(key.as_str()) {
             return invalid(format!("tracker[{key}]"), "duplicate key".into());
         }
         validate_threshold(
@@ -591,7 +588,6 @@ pub struct ReactiveLock {
 
 struct Handle {
     shared: Arc<DriverShared>,
-    index: HashMap<String, usize>,
     publisher: Arc<RegistryPublisher>,
 }
 
@@ -752,9 +748,8 @@ impl ReactiveLock {
 
     fn tracker(&self, key: &str) -> Result<&Arc<TrackerShared>> {
         self.inner
-            .index
-            .get(key)
-            .map(|&i| &self.inner.shared.trackers()[i])
+            .shared
+            .tracker(key)
             .ok_or_else(|| Error::UnknownTracker(key.into()))
     }
 }

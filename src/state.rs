@@ -128,8 +128,8 @@ struct StateInner {
 /// How a registry's state reads through to the store.
 pub(crate) struct Link {
     pub(crate) backend: Arc<dyn DynBackend>,
-    pub(crate) key: String,
-    pub(crate) own_instance: String,
+    pub(crate) key: Arc<str>,
+    pub(crate) own_instance: Arc<str>,
     /// Wakes the driver so it re-arms its expiry timer after a read-through.
     #[cfg(feature = "std")]
     pub(crate) driver_wake: Arc<event_listener::Event>,
@@ -355,7 +355,7 @@ impl TrackerState {
                 .snapshot_dyn(&link.key)
                 .await
                 .map_err(|source| crate::Error::Backend {
-                    key: link.key.clone(),
+                    key: String::from(&*link.key),
                     source,
                 })?;
             self.apply_snapshot(&snapshot);
@@ -564,7 +564,7 @@ impl TrackerState {
     }
 
     fn apply_snapshot_with(&self, snapshot: &Snapshot, keep_missing_busy: bool) {
-        let own = self.inner.link.as_ref().map(|l| l.own_instance.as_str());
+        let own = self.inner.link.as_ref().map(|l| &*l.own_instance);
         self.update(|d| {
             let mut remote = Vec::with_capacity(snapshot.entries.len());
             for entry in &snapshot.entries {
@@ -596,7 +596,7 @@ impl TrackerState {
 
     /// Applies one instance's changed entry, unless it is older than the one held.
     pub(crate) fn apply_update(&self, entry: &Entry, store_now: StoreTime) {
-        let own = self.inner.link.as_ref().map(|l| l.own_instance.as_str());
+        let own = self.inner.link.as_ref().map(|l| &*l.own_instance);
         if Some(entry.instance.as_str()) == own {
             return;
         }
