@@ -9,8 +9,8 @@ use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::grpc::GrpcBackend;
-use reactive_lock_backends::grpc::proto::LockStatusRequest;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::valid_for;
 use reactive_lock_backends::testing::HubServer;
 use reactive_lock_benches::{propagation_pair, transition_ack_pair};
@@ -25,6 +25,27 @@ fn request(key: &str, busy: bool) -> LockStatusRequest {
         lock_data: busy.then(|| "x".to_string()),
         valid_until: Some(valid_for(Duration::from_secs(10))),
     }
+}
+
+/// A raw .NET-style subscription to `key`, its first message (the current state) read.
+async fn raw_subscription(
+    mut client: ReactiveLockGrpcClient<tonic::transport::Channel>,
+    key: &str,
+    reader: &str,
+) -> tonic::Streaming<LockStatusNotification> {
+    let first = LockStatusRequest {
+        lock_key: key.into(),
+        instance_id: reader.into(),
+        ..Default::default()
+    };
+    let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+    let mut stream = client
+        .subscribe_lock_status(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap(); // the current state
+    stream
 }
 
 async fn instance(url: &str, name: &str) -> ReactiveLock {
@@ -56,22 +77,7 @@ fn grpc_benches(c: &mut Criterion) {
         })
     });
 
-    let mut stream = rt.block_on(async {
-        let mut client = raw.clone();
-        let first = LockStatusRequest {
-            lock_key: "raw-stream".into(),
-            instance_id: "reader".into(),
-            ..Default::default()
-        };
-        let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
-        let mut stream = client
-            .subscribe_lock_status(requests)
-            .await
-            .unwrap()
-            .into_inner();
-        stream.message().await.unwrap(); // the current state
-        stream
-    });
+    let mut stream = rt.block_on(raw_subscription(raw.clone(), "raw-stream", "reader"));
     group.bench_function("raw_stream_pair", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -97,20 +103,8 @@ fn grpc_benches(c: &mut Criterion) {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let mut client = ReactiveLockGrpcClient::connect(url).await.unwrap();
-                let first = LockStatusRequest {
-                    lock_key: "raw".into(),
-                    instance_id: reader.into(),
-                    ..Default::default()
-                };
-                let requests =
-                    futures_lite::stream::once(first).chain(futures_lite::stream::pending());
-                let mut stream = client
-                    .subscribe_lock_status(requests)
-                    .await
-                    .unwrap()
-                    .into_inner();
-                stream.message().await.unwrap(); // the current state
+                let client = ReactiveLockGrpcClient::connect(url).await.unwrap();
+                let mut stream = raw_subscription(client, "raw", reader).await;
                 ready_tx.send(()).unwrap();
                 let drain = async { while let Ok(Some(_)) = stream.message().await {} };
                 tokio::select! {
