@@ -191,7 +191,17 @@ impl RedisBackendBuilder {
                 ),
             }
             .map_err(invalid)?;
-            Target::Single(client)
+            // Subscriptions speak RESP3: their messages arrive as pushes through a callback
+            // on the connection's task, where echoes of the instance's own publishes are
+            // dropped before they wake anyone (a RESP2 pub/sub connection hands every
+            // message to the subscriber's thread first).
+            let info = client.get_connection_info().clone();
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let subscriber = Client::open(info.set_redis_settings(resp3)).map_err(invalid)?;
+            Target::Single { client, subscriber }
         } else {
             let params = ClusterParams {
                 nodes: self.cluster_nodes.clone(),
@@ -256,7 +266,11 @@ pub struct RedisBackend {
 
 /// Where the commands and the subscription go.
 enum Target {
-    Single(Client),
+    Single {
+        client: Client,
+        /// The same server, speaking RESP3, for subscriptions.
+        subscriber: Client,
+    },
     /// The command client; subscriptions build their own (the push sender is fixed per client).
     Cluster {
         client: Box<ClusterClient>,
@@ -488,7 +502,7 @@ impl RedisBackend {
             return Ok(connection.clone());
         }
         let connection = match &self.inner.target {
-            Target::Single(client) => Commands::Single(
+            Target::Single { client, .. } => Commands::Single(
                 client
                     .get_multiplexed_async_connection_with_config(&self.config())
                     .await
@@ -807,21 +821,20 @@ impl Backend for RedisBackend {
     ) -> Result<EventStream, BackendError> {
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
         match &self.inner.target {
-            Target::Single(client) => {
-                let pubsub = client
-                    .get_async_pubsub()
+            Target::Single { subscriber, .. } => {
+                let (tx, pushes) = async_channel::unbounded();
+                let config = self.config().set_push_sender(own_echo_filter(instance, tx));
+                let mut connection = subscriber
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
-                let (mut sink, stream) = pubsub.split();
-                sink.subscribe(&channels)
+                connection
+                    .subscribe(&channels)
                     .await
                     .map_err(|e| self.error("SUBSCRIBE", e))?;
                 let state = Subscription {
                     backend: self.clone(),
-                    source: Source::Single {
-                        sink,
-                        messages: stream,
-                    },
+                    source: Source::Single { connection, pushes },
                     done: false,
                     instance: instance.to_string(),
                     health_check: async_io::Timer::interval(self.inner.health_check_interval),
@@ -839,9 +852,7 @@ impl Backend for RedisBackend {
                 let client = params
                     .builder()
                     .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(move |info: redis::PushInfo| {
-                        tx.try_send(info).map_err(|_| redis::aio::SendError)
-                    })
+                    .push_sender(own_echo_filter(instance, tx))
                     .build()
                     .map_err(|e| self.error("SUBSCRIBE (cluster client)", e))?;
                 let mut connection = client
@@ -874,8 +885,8 @@ impl Backend for RedisBackend {
 
 enum Source {
     Single {
-        sink: redis::aio::PubSubSink,
-        messages: redis::aio::PubSubStream,
+        connection: MultiplexedConnection,
+        pushes: async_channel::Receiver<redis::PushInfo>,
     },
     Cluster {
         connection: ClusterConnection,
@@ -886,43 +897,61 @@ enum Source {
 /// One delivered message: channel and payload.
 type Message = (String, Vec<u8>);
 
+/// The push sender of a subscription: passes messages on, except echoes of `instance`'s own
+/// publishes (`RLv1\n<instance>\n...`), dropped here on the connection's task so that the
+/// subscriber's thread is not woken for them. Instance names never contain a newline
+/// (`publish` rejects them), so the prefix match is exact.
+fn own_echo_filter(
+    instance: &str,
+    tx: async_channel::Sender<redis::PushInfo>,
+) -> impl Fn(redis::PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync + 'static {
+    let mut prefix = format!("{PAYLOAD_MAGIC}\n{instance}\n").into_bytes();
+    prefix.shrink_to_fit();
+    move |info: redis::PushInfo| {
+        let own = info.kind == redis::PushKind::Message
+            && matches!(
+                info.data.as_slice(),
+                [_, redis::Value::BulkString(payload), ..] if payload.starts_with(&prefix)
+            );
+        if own {
+            return Ok(());
+        }
+        tx.try_send(info).map_err(|_| redis::aio::SendError)
+    }
+}
+
 impl Source {
     /// The next pub/sub message; `None` when the connection is gone.
     async fn next_message(&mut self) -> Option<Message> {
-        match self {
-            Source::Single { messages, .. } => {
-                let msg = messages.next().await?;
-                Some((
-                    msg.get_channel_name().to_string(),
-                    msg.get_payload_bytes().to_vec(),
-                ))
-            }
-            Source::Cluster { pushes, .. } => loop {
-                let push = pushes.recv().await.ok()?;
-                match push.kind {
-                    redis::PushKind::Message => {
-                        if let [
-                            redis::Value::BulkString(channel),
-                            redis::Value::BulkString(payload),
-                            ..,
-                        ] = push.data.as_slice()
-                        {
-                            return Some((
-                                String::from_utf8_lossy(channel).into_owned(),
-                                payload.clone(),
-                            ));
-                        }
+        let (Source::Single { pushes, .. } | Source::Cluster { pushes, .. }) = self;
+        loop {
+            let push = pushes.recv().await.ok()?;
+            match push.kind {
+                redis::PushKind::Message => {
+                    if let [
+                        redis::Value::BulkString(channel),
+                        redis::Value::BulkString(payload),
+                        ..,
+                    ] = push.data.as_slice()
+                    {
+                        return Some((
+                            String::from_utf8_lossy(channel).into_owned(),
+                            payload.clone(),
+                        ));
                     }
-                    redis::PushKind::Disconnection => return None,
-                    _ => {}
                 }
-            },
+                redis::PushKind::Disconnection => return None,
+                _ => {}
+            }
         }
     }
 
     async fn ping(&mut self) -> bool {
         match self {
-            Source::Single { sink, .. } => sink.ping::<String>().await.is_ok(),
+            Source::Single { connection, .. } => redis::cmd("PING")
+                .query_async::<String>(connection)
+                .await
+                .is_ok(),
             Source::Cluster { connection, .. } => redis::cmd("PING")
                 .query_async::<String>(connection)
                 .await

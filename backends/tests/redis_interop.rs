@@ -481,3 +481,44 @@ fn works_inside_smol() {
     let server = RedisServer::start();
     smol::block_on(propagation(RedisFactory(server.url())));
 }
+
+#[test]
+fn own_publishes_are_not_delivered_to_the_own_subscription() {
+    let server = RedisServer::start();
+    block_on(async {
+        let (backend_a, backend_b) = (
+            RedisBackend::connect(&server.url()).await.unwrap(),
+            RedisBackend::connect(&server.url()).await.unwrap(),
+        );
+        let build = |name: &'static str, backend: RedisBackend| {
+            ReactiveLock::builder()
+                .instance_name(name)
+                .tracker(KEY, TrackerConfig::new())
+                .build(backend)
+        };
+        let a = build("a", backend_a.clone()).await.unwrap();
+        let b = build("b", backend_b.clone()).await.unwrap();
+        let ctrl = a.controller(KEY).unwrap();
+        for _ in 0..50 {
+            ctrl.increment(Some("own")).await.unwrap();
+            ctrl.decrement(1).await.unwrap();
+        }
+        ctrl.increment(Some("last")).await.unwrap();
+        eventually(
+            &b.state(KEY).unwrap(),
+            PROPAGATION_LIMIT,
+            "b sees a's last status",
+            |s| s.lock_data().as_deref() == Some("last"),
+        )
+        .await;
+        // b applied a's notifications; a's own subscription never saw its echoes.
+        assert!(backend_b.stats().notifications_applied > 0);
+        assert_eq!(
+            backend_a.stats().notifications_applied,
+            0,
+            "own echoes dropped"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}

@@ -125,6 +125,38 @@ fn redis_benches(c: &mut Criterion) {
     group.bench_function("propagation_pair", |b| {
         b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
     });
+    block_on(async {
+        a.shutdown().await;
+        b_lock.shutdown().await;
+    });
+
+    // The same with both drivers on smol's global executor, where the redis crate runs the
+    // connections (`build_with_driver` + `smol::spawn`): a delivery reaches the driver with
+    // a task switch instead of a thread hand-off.
+    let (a, b_lock) = block_on(async {
+        let mut locks = Vec::new();
+        for name in ["smol-a", "smol-b"] {
+            let (lock, driver) = ReactiveLock::builder()
+                .instance_name(name)
+                .tracker(KEY, TrackerConfig::new())
+                .build_with_driver(RedisBackend::connect(&url).await.expect("connect"))
+                .await
+                .expect("build");
+            smol::spawn(driver).detach();
+            locks.push(lock);
+        }
+        let b = locks.pop().unwrap();
+        (locks.pop().unwrap(), b)
+    });
+    let ctrl = a.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair_driver_on_smol", |b| {
+        b.iter(|| block_on(transition_ack_pair(&ctrl)))
+    });
+    let state_b = b_lock.state(KEY).unwrap();
+    let mut changes = state_b.changes();
+    group.bench_function("propagation_pair_driver_on_smol", |b| {
+        b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
+    });
     group.finish();
     block_on(async {
         a.shutdown().await;
