@@ -200,7 +200,8 @@ impl RedisBackendBuilder {
                 .redis_settings()
                 .clone()
                 .set_protocol(redis::ProtocolVersion::RESP3);
-            let subscriber = Client::open(info.set_redis_settings(resp3)).map_err(invalid)?;
+            let subscriber =
+                Box::new(Client::open(info.set_redis_settings(resp3)).map_err(invalid)?);
             Target::Single { client, subscriber }
         } else {
             let params = ClusterParams {
@@ -269,7 +270,7 @@ enum Target {
     Single {
         client: Client,
         /// The same server, speaking RESP3, for subscriptions.
-        subscriber: Client,
+        subscriber: Box<Client>,
     },
     /// The command client; subscriptions build their own (the push sender is fixed per client).
     Cluster {
