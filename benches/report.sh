@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Regenerates the ratio tables of BENCHMARKS.md from the newest criterion run:
-# reads target/criterion/<group>/<bench>/new/estimates.json (median point estimates) and
-# prints one markdown table per group: bench, median, baseline, ratio, target.
+# Regenerates the ratio tables of BENCHMARKS.md from a criterion run: reads
+# target/criterion/<group>/<bench>/<run>/estimates.json (median point estimates; <run> is
+# `new`, the newest run, or a name given to `--save-baseline`) and prints one markdown table
+# per group: bench, median, baseline, ratio, target.
 #   taskset -c 0 cargo bench -p reactive-lock-benches && benches/report.sh
+#   cargo bench -p reactive-lock-benches -- --save-baseline unpinned && benches/report.sh unpinned
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 - "${CARGO_TARGET_DIR:-target}/criterion" <<'PY'
+python3 - "${CARGO_TARGET_DIR:-target}/criterion" "${1:-new}" <<'PY'
 import json, pathlib, sys
 
-root = pathlib.Path(sys.argv[1])
+root, run = pathlib.Path(sys.argv[1]), sys.argv[2]
 def median(group, bench):
-    f = root / group / bench / "new" / "estimates.json"
+    f = root / group / bench / run / "estimates.json"
     return json.loads(f.read_text())["median"]["point_estimate"] if f.exists() else None
 
 def fmt(ns):
