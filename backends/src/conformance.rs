@@ -99,15 +99,30 @@ pub async fn eventually(
     }
 }
 
+/// [`eventually`] for `key`'s state in each of `locks`, one after the other (the limit
+/// applies to each).
+pub async fn eventually_all<'a>(
+    locks: impl IntoIterator<Item = &'a ReactiveLock>,
+    key: &str,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&TrackerState) -> bool,
+) {
+    for lock in locks {
+        let state = lock
+            .state(key)
+            .unwrap_or_else(|e| panic!("{what}: no tracker for `{key}`: {e}"));
+        eventually(&state, limit, what, &check).await;
+    }
+}
+
 fn state(lock: &ReactiveLock) -> TrackerState {
     lock.state(KEY).expect("the suite's tracker exists")
 }
 
 /// Waits until every instance sees the key unblocked.
 async fn all_unblocked(locks: &[ReactiveLock], what: &str) {
-    for lock in locks {
-        eventually(&state(lock), PROPAGATION_LIMIT, what, |s| !s.is_blocked()).await;
-    }
+    eventually_all(locks, KEY, PROPAGATION_LIMIT, what, |s| !s.is_blocked()).await;
 }
 
 async fn shutdown_all(locks: &[ReactiveLock]) {
@@ -128,15 +143,14 @@ pub async fn busy_blocks_others<F: BackendFactory>(factory: &F) {
     );
     ack.await
         .expect("the backend acknowledges the busy transition");
-    for other in &locks[1..] {
-        eventually(
-            &state(other),
-            PROPAGATION_LIMIT,
-            "others see A busy with its data",
-            |s| s.is_blocked() && s.lock_data().as_deref() == Some("batch-7"),
-        )
-        .await;
-    }
+    eventually_all(
+        &locks[1..],
+        KEY,
+        PROPAGATION_LIMIT,
+        "others see A busy with its data",
+        |s| s.is_blocked() && s.lock_data().as_deref() == Some("batch-7"),
+    )
+    .await;
     a.decrement(1).await.unwrap();
     all_unblocked(&locks, "all unblocked after A idles").await;
     shutdown_all(&locks).await;
@@ -259,15 +273,14 @@ pub async fn crashed_instance_expires<F: BackendFactory>(factory: &F) {
         .increment(Some("doomed"))
         .await
         .unwrap();
-    for lock in &others {
-        eventually(
-            &state(lock),
-            PROPAGATION_LIMIT,
-            "others see the busy instance",
-            |s| s.is_blocked(),
-        )
-        .await;
-    }
+    eventually_all(
+        &others,
+        KEY,
+        PROPAGATION_LIMIT,
+        "others see the busy instance",
+        |s| s.is_blocked(),
+    )
+    .await;
     // Renewal keeps it alive past its expiration while it runs.
     async_io::Timer::after(expiration + Duration::from_millis(500)).await;
     for lock in &others {
@@ -277,15 +290,14 @@ pub async fn crashed_instance_expires<F: BackendFactory>(factory: &F) {
         );
     }
     drop(crashing);
-    for lock in &others {
-        eventually(
-            &state(lock),
-            expiration + Duration::from_secs(3),
-            "the crashed instance's entry expires",
-            |s| !s.is_blocked(),
-        )
-        .await;
-    }
+    eventually_all(
+        &others,
+        KEY,
+        expiration + Duration::from_secs(3),
+        "the crashed instance's entry expires",
+        |s| !s.is_blocked(),
+    )
+    .await;
     shutdown_all(&others).await;
 }
 
@@ -302,26 +314,17 @@ pub async fn shutdown_unblocks_at_once<F: BackendFactory>(factory: &F) {
         .controller(KEY)
         .unwrap()
         .enter_owned(Some("leaving"));
-    for lock in &others {
-        eventually(
-            &state(lock),
-            PROPAGATION_LIMIT,
-            "others see the busy instance",
-            |s| s.is_blocked(),
-        )
-        .await;
-    }
+    eventually_all(
+        &others,
+        KEY,
+        PROPAGATION_LIMIT,
+        "others see the busy instance",
+        |s| s.is_blocked(),
+    )
+    .await;
     leaving.shutdown().await;
-    for lock in &others {
-        // 10 s against a 60 s expiration: only the goodbye can unblock this early.
-        eventually(
-            &state(lock),
-            PROPAGATION_LIMIT,
-            "unblocked by the goodbye",
-            |s| !s.is_blocked(),
-        )
-        .await;
-    }
+    // 10 s against a 60 s expiration: only the goodbye can unblock this early.
+    all_unblocked(&others, "unblocked by the goodbye").await;
     shutdown_all(&others).await;
 }
 

@@ -70,15 +70,14 @@ fn instances_connected_through_different_nodes_see_each_other() {
                 .increment(Some(&data))
                 .await
                 .unwrap();
-            for other in &locks {
-                conformance::eventually(
-                    &other.state(conformance::KEY).unwrap(),
-                    conformance::PROPAGATION_LIMIT,
-                    "sees the writer through another node",
-                    |s| s.lock_data_entries().contains(&data),
-                )
-                .await;
-            }
+            conformance::eventually_all(
+                &locks,
+                conformance::KEY,
+                conformance::PROPAGATION_LIMIT,
+                "sees the writer through another node",
+                |s| s.lock_data_entries().contains(&data),
+            )
+            .await;
             lock.controller(conformance::KEY)
                 .unwrap()
                 .decrement(1)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
-use reactive_lock_backends::conformance::eventually;
+use reactive_lock_backends::conformance::{eventually, eventually_all};
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
 use reactive_lock_backends::testing::{RedisServer, spawn_holder};
 use redis::Commands;
@@ -47,12 +47,10 @@ fn server_killed_and_restarted_empty_while_busy() {
         let c = instance(&server.url(), "c").await;
         let ctrl = a.controller(KEY).unwrap();
         ctrl.increment(Some("batch")).await.unwrap();
-        for l in [&b, &c] {
-            eventually(&l.state(KEY).unwrap(), LIMIT, "others see a busy", |s| {
-                s.is_blocked()
-            })
-            .await;
-        }
+        eventually_all([&b, &c], KEY, LIMIT, "others see a busy", |s| {
+            s.is_blocked()
+        })
+        .await;
         let released = Arc::new(AtomicUsize::new(0));
         let waiters: Vec<_> = [&b, &c]
             .iter()
@@ -81,15 +79,14 @@ fn server_killed_and_restarted_empty_while_busy() {
             );
             async_io::Timer::after(Duration::from_millis(20)).await;
         }
-        for l in [&b, &c] {
-            eventually(
-                &l.state(KEY).unwrap(),
-                LIMIT,
-                "others see a busy again after recovery",
-                |s| s.status() == Status::Blocked && s.lock_data().as_deref() == Some("batch"),
-            )
-            .await;
-        }
+        eventually_all(
+            [&b, &c],
+            KEY,
+            LIMIT,
+            "others see a busy again after recovery",
+            |s| s.status() == Status::Blocked && s.lock_data().as_deref() == Some("batch"),
+        )
+        .await;
         eprintln!("recovery after restart: {:?}", killed.elapsed());
         assert_eq!(
             released.load(Ordering::SeqCst),
@@ -98,15 +95,14 @@ fn server_killed_and_restarted_empty_while_busy() {
         );
 
         ctrl.decrement(1).await.unwrap();
-        for l in [&a, &b, &c] {
-            eventually(
-                &l.state(KEY).unwrap(),
-                LIMIT,
-                "all unblocked after a idles",
-                |s| !s.is_blocked(),
-            )
-            .await;
-        }
+        eventually_all(
+            [&a, &b, &c],
+            KEY,
+            LIMIT,
+            "all unblocked after a idles",
+            |s| !s.is_blocked(),
+        )
+        .await;
         for w in waiters {
             w.join().unwrap();
         }
@@ -230,30 +226,24 @@ fn random_flapping_across_three_instances_ends_in_the_truth() {
             .increment(Some("truth"))
             .await
             .unwrap();
-        for lock in &locks {
-            eventually(
-                &lock.state(KEY).unwrap(),
-                LIMIT,
-                "every instance ends in the truth",
-                |s| s.is_blocked() && s.lock_data_entries() == ["truth"],
-            )
-            .await;
-        }
+        eventually_all(
+            &locks,
+            KEY,
+            LIMIT,
+            "every instance ends in the truth",
+            |s| s.is_blocked() && s.lock_data_entries() == ["truth"],
+        )
+        .await;
         locks[1]
             .controller(KEY)
             .unwrap()
             .decrement(1)
             .await
             .unwrap();
-        for lock in &locks {
-            eventually(
-                &lock.state(KEY).unwrap(),
-                LIMIT,
-                "and unblocked at the end",
-                |s| !s.is_blocked(),
-            )
-            .await;
-        }
+        eventually_all(&locks, KEY, LIMIT, "and unblocked at the end", |s| {
+            !s.is_blocked()
+        })
+        .await;
         for lock in locks {
             lock.shutdown().await;
         }

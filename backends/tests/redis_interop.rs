@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_lite::future::block_on;
 use reactive_lock::{BackendErrorKind, ReactiveLock, StoreTime, TrackerConfig};
-use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
+use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually, eventually_all};
 use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
 use reactive_lock_backends::testing::{RedisFactory, RedisServer, example_binary};
 use redis::Commands;
@@ -314,15 +314,14 @@ fn fifty_instances_no_read_storm() {
             ctrl.decrement(1).await.unwrap();
         }
         ctrl.increment(Some("final")).await.unwrap();
-        for lock in &locks[1..] {
-            eventually(
-                &lock.state(KEY).unwrap(),
-                PROPAGATION_LIMIT,
-                "every instance ends in the true state",
-                |s| s.lock_data().as_deref() == Some("final"),
-            )
-            .await;
-        }
+        eventually_all(
+            &locks[1..],
+            KEY,
+            PROPAGATION_LIMIT,
+            "every instance ends in the true state",
+            |s| s.lock_data().as_deref() == Some("final"),
+        )
+        .await;
         let during = server.command_calls("hgetall") - after_build;
         eprintln!(
             "HGETALL calls: {after_build} for 50 initial syncs, {during} during 1,001 transitions"
