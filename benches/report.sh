@@ -4,7 +4,8 @@
 # `new`, the newest run, or a name given to `--save-baseline`) and prints one markdown table
 # per group: bench, median, baseline, ratio, target.
 #   taskset -c 0 cargo bench -p reactive-lock-benches && benches/report.sh
-#   cargo bench -p reactive-lock-benches -- --save-baseline unpinned && benches/report.sh unpinned
+#   cargo bench -p reactive-lock-benches --bench hot_path --bench wake --bench redis --bench grpc \
+#     --bench scale -- --save-baseline unpinned && benches/report.sh unpinned
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 - "${CARGO_TARGET_DIR:-target}/criterion" "${1:-new}" <<'PY'

@@ -1,6 +1,7 @@
 //! Memory: a registry with N trackers, a tenth of them busy, over Redis or in-process.
 //!
 //! `cargo run -p reactive-lock-benches --release --bin mem -- --trackers 10000 --backend redis|local`
+//! (`--max-rss-mb N` makes it fail when the peak RSS exceeds N MB, for CI)
 //!
 //! Prints two JSON lines: the resident set after convergence (`rss_bytes`, growth per tracker
 //! over the process before the registry was built), then the peak resident set while one
@@ -71,6 +72,13 @@ async fn run(backend: impl Backend, trackers: usize, name: &str) {
         proc_status_bytes("VmRSS:")
     );
     lock.shutdown().await;
+    if let Ok(max_mb) = arg("--max-rss-mb", "").parse::<u64>() {
+        let peak = proc_status_bytes("VmHWM:");
+        if peak > max_mb * 1_000_000 {
+            eprintln!("peak RSS {peak} bytes exceeds --max-rss-mb {max_mb}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn main() {
