@@ -311,6 +311,17 @@ enum Commands {
     Cluster(ClusterConnection),
 }
 
+impl Commands {
+    /// SUBSCRIBE through the connection's own method, which remembers the channels (a
+    /// cluster connection renews them after reconnects).
+    async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Commands::Single(c) => c.subscribe(channels).await,
+            Commands::Cluster(c) => c.subscribe(channels).await,
+        }
+    }
+}
+
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(
         &'a mut self,
@@ -600,10 +611,10 @@ impl RedisBackend {
         Ok(Snapshot::new(key, out, store_now))
     }
 
-    /// Turns one pub/sub message into an event: ours is applied as is (an echo of `own`'s
-    /// publish is dropped: the core never reads its own status back); anything else makes
-    /// us re-read the key (a .NET writer's bare value) or is ignored (malformed).
-    async fn event_for(&self, channel: &str, payload: &[u8], own: &str) -> Option<BackendEvent> {
+    /// Turns one pub/sub message into an event: ours is applied as is (echoes of the
+    /// subscriber's own publishes never get here: `own_echo_filter`); anything else makes us
+    /// re-read the key (a .NET writer's bare value) or is ignored (malformed).
+    async fn event_for(&self, channel: &str, payload: &[u8]) -> Option<BackendEvent> {
         let key = channel.strip_prefix(CHANNEL_PREFIX)?;
         match parse_payload(payload) {
             Payload::Ours {
@@ -614,9 +625,6 @@ impl RedisBackend {
                 valid_until,
                 data,
             } => {
-                if instance == own {
-                    return None;
-                }
                 self.inner
                     .notifications_applied
                     .fetch_add(1, Ordering::Relaxed);
@@ -821,86 +829,61 @@ impl Backend for RedisBackend {
         keys: &[String],
     ) -> Result<EventStream, BackendError> {
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
-        match &self.inner.target {
-            Target::Single { subscriber, .. } => {
-                let (tx, pushes) = async_channel::unbounded();
-                let config = self.config().set_push_sender(own_echo_filter(instance, tx));
-                let mut connection = subscriber
-                    .get_multiplexed_async_connection_with_config(&config)
+        // RESP3 pushes through a callback on the connection's task (see `own_echo_filter`).
+        let (tx, pushes) = async_channel::unbounded();
+        let filter = own_echo_filter(instance, tx);
+        let mut connection = match &self.inner.target {
+            Target::Single { subscriber, .. } => Commands::Single(
+                subscriber
+                    .get_multiplexed_async_connection_with_config(
+                        &self.config().set_push_sender(filter),
+                    )
                     .await
-                    .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
-                // In slices: each SUBSCRIBE's reply is one confirmation per channel, and
-                // 10,000 at once left ~5 MB of transient allocations in the heap (`mem` bench).
-                for slice in channels.chunks(SUBSCRIBE_SLICE) {
-                    connection
-                        .subscribe(slice)
-                        .await
-                        .map_err(|e| self.error("SUBSCRIBE", e))?;
-                }
-                let state = Subscription {
-                    backend: self.clone(),
-                    source: Source::Single { connection, pushes },
-                    done: false,
-                    instance: instance.to_string(),
-                    health_check: async_io::Timer::interval(self.inner.health_check_interval),
-                    last_message: std::time::Instant::now(),
-                };
-                Ok(Box::pin(futures_lite::stream::unfold(
-                    state,
-                    Subscription::next,
-                )))
-            }
+                    .map_err(|e| self.error("SUBSCRIBE (connect)", e))?,
+            ),
             Target::Cluster { params, .. } => {
-                // RESP3 pushes from a cluster connection of its own; the connection keeps the
-                // subscription on whichever nodes it talks to and renews it after reconnects.
-                let (tx, rx) = async_channel::unbounded();
+                // A cluster connection of its own; it keeps the subscription on whichever
+                // nodes it talks to and renews it after reconnects.
                 let client = params
                     .builder()
                     .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(own_echo_filter(instance, tx))
+                    .push_sender(filter)
                     .build()
                     .map_err(|e| self.error("SUBSCRIBE (cluster client)", e))?;
-                let mut connection = client
-                    .get_async_connection()
-                    .await
-                    .map_err(|e| self.error("SUBSCRIBE (connect)", e))?;
-                // In slices: each SUBSCRIBE's reply is one confirmation per channel, and
-                // 10,000 at once left ~5 MB of transient allocations in the heap (`mem` bench).
-                for slice in channels.chunks(SUBSCRIBE_SLICE) {
-                    connection
-                        .subscribe(slice)
+                Commands::Cluster(
+                    client
+                        .get_async_connection()
                         .await
-                        .map_err(|e| self.error("SUBSCRIBE", e))?;
-                }
-                let state = Subscription {
-                    backend: self.clone(),
-                    source: Source::Cluster {
-                        connection,
-                        pushes: rx,
-                    },
-                    done: false,
-                    instance: instance.to_string(),
-                    health_check: async_io::Timer::interval(self.inner.health_check_interval),
-                    last_message: std::time::Instant::now(),
-                };
-                Ok(Box::pin(futures_lite::stream::unfold(
-                    state,
-                    Subscription::next,
-                )))
+                        .map_err(|e| self.error("SUBSCRIBE (connect)", e))?,
+                )
             }
+        };
+        // In slices: each SUBSCRIBE's reply is one confirmation per channel, and 10,000 at
+        // once left ~5 MB of transient allocations in the heap (`mem` bench).
+        for slice in channels.chunks(SUBSCRIBE_SLICE) {
+            connection
+                .subscribe(slice)
+                .await
+                .map_err(|e| self.error("SUBSCRIBE", e))?;
         }
+        let state = Subscription {
+            backend: self.clone(),
+            source: Source { connection, pushes },
+            done: false,
+            health_check: async_io::Timer::interval(self.inner.health_check_interval),
+            last_message: std::time::Instant::now(),
+        };
+        Ok(Box::pin(futures_lite::stream::unfold(
+            state,
+            Subscription::next,
+        )))
     }
 }
 
-enum Source {
-    Single {
-        connection: MultiplexedConnection,
-        pushes: async_channel::Receiver<redis::PushInfo>,
-    },
-    Cluster {
-        connection: ClusterConnection,
-        pushes: async_channel::Receiver<redis::PushInfo>,
-    },
+/// A subscription's connection and the messages its push callback passed on.
+struct Source {
+    connection: Commands,
+    pushes: async_channel::Receiver<redis::PushInfo>,
 }
 
 /// Channels per `SUBSCRIBE` command.
@@ -940,9 +923,8 @@ fn own_echo_filter(
 impl Source {
     /// The next pub/sub message; `None` when the connection is gone.
     async fn next_message(&mut self) -> Option<Message> {
-        let (Source::Single { pushes, .. } | Source::Cluster { pushes, .. }) = self;
         loop {
-            let push = pushes.recv().await.ok()?;
+            let push = self.pushes.recv().await.ok()?;
             match push.kind {
                 redis::PushKind::Message => {
                     if let [
@@ -964,16 +946,10 @@ impl Source {
     }
 
     async fn ping(&mut self) -> bool {
-        match self {
-            Source::Single { connection, .. } => redis::cmd("PING")
-                .query_async::<String>(connection)
-                .await
-                .is_ok(),
-            Source::Cluster { connection, .. } => redis::cmd("PING")
-                .query_async::<String>(connection)
-                .await
-                .is_ok(),
-        }
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.connection)
+            .await
+            .is_ok()
     }
 }
 
@@ -981,8 +957,6 @@ struct Subscription {
     backend: RedisBackend,
     source: Source,
     done: bool,
-    /// The subscribing instance: echoes of its own publishes are dropped here.
-    instance: String,
     /// One periodic timer for the whole subscription (registering a fresh timer per
     /// message would cost a reactor wake-up per notification).
     health_check: async_io::Timer,
@@ -1015,8 +989,7 @@ impl Subscription {
             match woke {
                 Woke::Message(Some((channel, payload))) => {
                     self.last_message = std::time::Instant::now();
-                    let own = self.instance.as_str();
-                    if let Some(event) = self.backend.event_for(&channel, &payload, own).await {
+                    if let Some(event) = self.backend.event_for(&channel, &payload).await {
                         if matches!(event, BackendEvent::Disconnected) {
                             self.done = true;
                         }
