@@ -13,7 +13,7 @@ use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLock
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::valid_for;
 use reactive_lock_backends::testing::HubServer;
-use reactive_lock_benches::{propagation_pair, transition_ack_pair};
+use reactive_lock_benches::{pair_with_drivers, propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
 
@@ -145,26 +145,18 @@ fn grpc_benches(c: &mut Criterion) {
     // The same two instances on the application's tokio runtime (`GrpcBackendBuilder::runtime`,
     // drivers spawned there): the caller, the channels and the drivers share one thread, as
     // in the raw baselines.
-    let (a, b_lock) = rt.block_on(async {
-        let mut locks = Vec::new();
-        for name in ["app-a", "app-b"] {
-            let backend = GrpcBackend::builder([hub.url.clone()])
+    let (a, b_lock) = rt.block_on(pair_with_drivers(
+        ["app-a", "app-b"],
+        KEY,
+        || async {
+            GrpcBackend::builder([hub.url.clone()])
                 .runtime(tokio::runtime::Handle::current())
                 .connect()
                 .await
-                .expect("connect");
-            let (lock, driver) = ReactiveLock::builder()
-                .instance_name(name)
-                .tracker(KEY, TrackerConfig::new())
-                .build_with_driver(backend)
-                .await
-                .expect("build");
-            tokio::spawn(driver);
-            locks.push(lock);
-        }
-        let b = locks.pop().unwrap();
-        (locks.pop().unwrap(), b)
-    });
+                .expect("connect")
+        },
+        |driver| drop(tokio::spawn(driver)),
+    ));
     let ctrl = a.controller(KEY).unwrap();
     group.bench_function("transition_ack_pair_app_runtime", |b| {
         b.iter(|| rt.block_on(transition_ack_pair(&ctrl)))

@@ -12,7 +12,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
 use reactive_lock_backends::testing::RedisServer;
-use reactive_lock_benches::{propagation_pair, transition_ack_pair};
+use reactive_lock_benches::{pair_with_drivers, propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
 
@@ -133,21 +133,12 @@ fn redis_benches(c: &mut Criterion) {
     // The same with both drivers on smol's global executor, where the redis crate runs the
     // connections (`build_with_driver` + `smol::spawn`): a delivery reaches the driver with
     // a task switch instead of a thread hand-off.
-    let (a, b_lock) = block_on(async {
-        let mut locks = Vec::new();
-        for name in ["smol-a", "smol-b"] {
-            let (lock, driver) = ReactiveLock::builder()
-                .instance_name(name)
-                .tracker(KEY, TrackerConfig::new())
-                .build_with_driver(RedisBackend::connect(&url).await.expect("connect"))
-                .await
-                .expect("build");
-            smol::spawn(driver).detach();
-            locks.push(lock);
-        }
-        let b = locks.pop().unwrap();
-        (locks.pop().unwrap(), b)
-    });
+    let (a, b_lock) = block_on(pair_with_drivers(
+        ["smol-a", "smol-b"],
+        KEY,
+        || async { RedisBackend::connect(&url).await.expect("connect") },
+        |driver| smol::spawn(driver).detach(),
+    ));
     let ctrl = a.controller(KEY).unwrap();
     group.bench_function("transition_ack_pair_driver_on_smol", |b| {
         b.iter(|| block_on(transition_ack_pair(&ctrl)))

@@ -1,8 +1,35 @@
 //! criterion benchmarks of reactive-lock live in `benches/`; see `BENCHMARKS.md`. This
 //! library holds what several of them measure the same way.
 
+use std::future::Future;
+
 use futures_lite::StreamExt;
-use reactive_lock::{StatusChanges, TrackerController, TrackerState};
+use reactive_lock::{
+    Backend, Driver, ReactiveLock, StatusChanges, TrackerConfig, TrackerController, TrackerState,
+};
+
+/// Two instances named `names` tracking `key`, each on a backend from `connect`, with its
+/// driver handed to `spawn` (the executor under test) instead of a thread of its own.
+pub async fn pair_with_drivers<B: Backend, F: Future<Output = B>>(
+    names: [&str; 2],
+    key: &str,
+    connect: impl Fn() -> F,
+    spawn: impl Fn(Driver),
+) -> (ReactiveLock, ReactiveLock) {
+    let mut locks = Vec::with_capacity(2);
+    for name in names {
+        let (lock, driver) = ReactiveLock::builder()
+            .instance_name(name)
+            .tracker(key, TrackerConfig::new())
+            .build_with_driver(connect().await)
+            .await
+            .expect("build");
+        spawn(driver);
+        locks.push(lock);
+    }
+    let b = locks.pop().expect("two instances");
+    (locks.pop().expect("two instances"), b)
+}
 
 /// Two acknowledged transitions: busy (threshold 1) and back to idle.
 pub async fn transition_ack_pair(ctrl: &TrackerController) {
