@@ -7,7 +7,7 @@
 // The Redis helpers need these; a grpc-only build does not.
 #![cfg_attr(not(feature = "redis"), allow(unused_imports, dead_code))]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,13 +26,19 @@ pub struct RedisServer {
 /// A free port whose cluster-bus twin (port + 10000) is free too, both below Linux's
 /// ephemeral range (32768+): a port from that range can be taken by any outgoing connection
 /// between this check and the server's bind, and a probe `connect` to a port nobody listens
-/// on can even connect to itself there.
+/// on can even connect to itself there. Ports handed out in this process are never handed
+/// out again, so two tests starting servers at the same moment cannot pick the same one
+/// between the check and the bind; another process can, which `spawn` detects.
 fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = fastrand::u16(10_000..22_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+        if !handed_out.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
             && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
         {
+            handed_out.push(port);
             return port;
         }
     }
@@ -81,7 +87,35 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Starts the server, on a new free port if another process took this one between
+    /// `free_port`'s check and the bind.
     fn spawn(&mut self) {
+        self.spawn_on(false);
+    }
+
+    /// `keep_port`: a restart must come back on the same port (clients reconnect there).
+    fn spawn_on(&mut self, keep_port: bool) {
+        for _ in 0..20 {
+            if self.try_spawn() {
+                return;
+            }
+            assert!(
+                !keep_port,
+                "port {} was taken by another process while the test server was down",
+                self.port
+            );
+            self.port = free_port();
+        }
+        panic!("redis-server found every chosen port taken by another process");
+    }
+
+    /// Starts `redis-server` on `self.port`; false if the port belongs to another process.
+    fn try_spawn(&mut self) -> bool {
+        // Readiness comes from the server's own log: a probe connection could be answered
+        // by another process's server that won the port (while this child exits on the failed
+        // bind), and it cannot speak to TLS or password-protected servers anyway.
+        let log = self.dir.join("redis.log");
+        let _ = std::fs::remove_file(&log);
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -95,6 +129,8 @@ impl RedisServer {
         ])
         .arg("--dir")
         .arg(&self.dir)
+        .arg("--logfile")
+        .arg(&log)
         .args(
             self.extra
                 .iter()
@@ -103,33 +139,32 @@ impl RedisServer {
         .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| {
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start `redis-server` (it must be on PATH; install Redis 7): {e}")
         });
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        // Ready = this child is alive and accepts connections on the port. (The port is below
-        // the ephemeral range, so a probe cannot connect to itself or to someone else there.)
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Address already in use") {
+                    return false;
+                }
                 panic!(
-                    "redis-server on port {} exited at start: {status}",
+                    "redis-server on port {} exited at start: {status}; its log:\n{text}",
                     self.port
                 );
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                break;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ready to accept connections") {
+                self.child = Some(child);
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not answer on port {} within 10 s",
+                "redis-server did not become ready on port {} within 10 s; its log:\n{text}",
                 self.port
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -144,7 +179,7 @@ impl RedisServer {
     /// Starts a new, empty server on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn_on(true);
     }
 
     fn signal(&self, sig: &str) {
@@ -396,5 +431,44 @@ impl crate::conformance::BackendFactory for GrpcFactory {
         crate::grpc::GrpcBackend::connect(self.0.clone())
             .await
             .expect("connect to the test hub")
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    /// The CI failure this guards against: a server of another test won the chosen port,
+    /// and the new server must move to another port instead of reporting the other one's
+    /// readiness as its own.
+    #[test]
+    fn a_server_whose_port_is_taken_moves_to_a_free_one() {
+        let first = RedisServer::start();
+        let dir =
+            std::env::temp_dir().join(format!("reactive-lock-redis-taken-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut second = RedisServer {
+            port: first.port,
+            dir,
+            child: None,
+            extra: Vec::new(),
+            env: Vec::new(),
+        };
+        second.spawn();
+        assert_ne!(second.port, first.port);
+        let pid = |server: &RedisServer| -> u32 {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query(&mut server.client())
+                .unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(pid(&second), second.child.as_ref().unwrap().id());
+        assert_eq!(pid(&first), first.child.as_ref().unwrap().id());
     }
 }

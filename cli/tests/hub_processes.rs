@@ -56,11 +56,15 @@ impl Drop for HubProcess {
 }
 
 /// A free port below Linux's ephemeral range (32768+), so that no outgoing connection can
-/// take it between this check and a hub (re)starting on it.
+/// take it between this check and a hub (re)starting on it; never one handed out before in
+/// this process, so that two tests starting hubs at once cannot both pick it.
 fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = fastrand::u16(22_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
