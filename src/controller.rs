@@ -48,10 +48,12 @@ const fn epoch_of(word: u64) -> u32 {
 /// Where a registry's controller sends its transitions (implemented by the registry;
 /// absent for standalone controllers, whose transitions are local only).
 pub(crate) trait Publisher: Send + Sync + 'static {
-    /// Publishes `busy`/`data` as this instance's status for `key`.
+    /// Publishes `busy`/`data` as this instance's status for `key`, under the wire
+    /// sequence `seq` (strictly increasing per key).
     fn publish<'a>(
         &'a self,
         key: &'a str,
+        seq: u64,
         busy: bool,
         data: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>>;
@@ -59,7 +61,16 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// means "use [`publish`](Self::publish)".
     ///
     /// [`Backend::publish_now`]: crate::Backend::publish_now
-    fn publish_now(&self, key: &str, busy: bool, data: Option<&str>) -> Option<Result<()>>;
+    fn publish_now(
+        &self,
+        key: &str,
+        seq: u64,
+        busy: bool,
+        data: Option<&str>,
+    ) -> Option<Result<()>>;
+    /// The sequence every key starts from: the wall clock at build, so that an instance
+    /// restarted under the same name supersedes its old statuses.
+    fn first_seq(&self) -> u64;
     /// Whether [`publish_now`](Self::publish_now) is worth trying (the backend publishes
     /// inline and the registry is not shut down).
     fn publishes_inline(&self) -> bool;
@@ -80,6 +91,42 @@ struct PublishSlot {
     failed: Option<(u32, BackendErrorKind, String)>,
     /// One publisher at a time per key, so publishes reach the backend in order.
     publishing: bool,
+    /// The last wire sequence handed out for this key. Per key, under this lock that every
+    /// publish takes anyway: no shared counter for all keys to contend on.
+    seq: u64,
+    /// Acknowledged and failed publishes (for `Metrics`), likewise without a shared atomic.
+    publishes: u64,
+    publish_failures: u64,
+}
+
+impl PublishSlot {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Records the outcome of publishing `epoch` for every waiter.
+    fn record_outcome(&mut self, epoch: u32, result: &Result<()>) {
+        match result {
+            Ok(()) => {
+                if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
+                    self.acked_epoch = epoch;
+                }
+                self.failed = None;
+                self.publishes += 1;
+            }
+            Err(Error::Backend { source, .. }) => {
+                self.failed = Some((epoch, source.kind(), String::from(source.message())));
+                self.publish_failures += 1;
+            }
+            Err(Error::Shutdown { .. }) => {
+                self.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
+            }
+            Err(other) => {
+                self.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
+            }
+        }
+    }
 }
 
 pub(crate) struct TrackerShared {
@@ -93,16 +140,6 @@ pub(crate) struct TrackerShared {
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
     published: Signal,
     publisher: Option<Arc<dyn Publisher>>,
-}
-
-/// What recording a transition left to do.
-enum Recorded {
-    /// A standalone controller: nothing to publish.
-    Local,
-    /// To be published (by an `Ack` future or the driver); someone may already be at it.
-    Pending(u32),
-    /// This caller holds the publishing role and publishes inline.
-    Claimed { epoch: u32, busy: bool },
 }
 
 /// Outcome of a count change.
@@ -130,6 +167,9 @@ impl TrackerShared {
                 acked_epoch: 0,
                 failed: None,
                 publishing: false,
+                seq: publisher.as_ref().map_or(0, |p| p.first_seq()),
+                publishes: 0,
+                publish_failures: 0,
             }),
             published: Signal::new(),
             publisher,
@@ -217,52 +257,41 @@ impl TrackerShared {
         }
     }
 
-    /// Slow path shared by every transition: apply locally at once, record as newest, and
-    /// — in the same lock — take the publishing role when the backend publishes inline and
-    /// no one else holds it.
-    fn record(&self, epoch: u32, busy: bool, data: Option<&str>) -> Recorded {
-        let owned = if busy { data.map(String::from) } else { None };
+    /// Slow path shared by every transition: apply locally at once, record as newest and —
+    /// when the backend publishes inline and no one else is publishing this key — publish it
+    /// right here. Returns the epoch still to be acknowledged, if any (then an `Ack` future
+    /// or the driver takes over).
+    fn transition(&self, epoch: u32, busy: bool, data: Option<&str>) -> Option<u32> {
+        let data = if busy { data } else { None };
+        let owned = data.map(String::from);
         self.state
             .apply_local_transition(epoch, busy, owned.clone());
-        let Some(publisher) = &self.publisher else {
-            return Recorded::Local;
-        };
+        let publisher = self.publisher.as_ref()?;
         let mut slot = self.slot.lock();
         if epoch_is_newer(epoch, slot.newest_epoch) {
             slot.newest_epoch = epoch;
             slot.newest_busy = busy;
             slot.newest_data = owned;
         }
-        if slot.newest_epoch == epoch && !slot.publishing && publisher.publishes_inline() {
-            slot.publishing = true;
-            return Recorded::Claimed { epoch, busy };
+        if slot.newest_epoch != epoch || slot.publishing || !publisher.publishes_inline() {
+            return Some(epoch);
         }
-        Recorded::Pending(epoch)
-    }
-
-    /// Completes a recorded transition as far as it can without waiting: a claimed one is
-    /// published inline. Returns the epoch still to be acknowledged, if any (then an `Ack`
-    /// future or the driver takes over).
-    fn complete(&self, recorded: Recorded, data: Option<&str>) -> Option<u32> {
-        match recorded {
-            Recorded::Local => None,
-            Recorded::Pending(epoch) => Some(epoch),
-            Recorded::Claimed { epoch, busy } => {
-                let publisher = self.publisher.as_ref()?;
-                let data = if busy { data } else { None };
-                match publisher.publish_now(&self.key, busy, data) {
-                    None => {
-                        self.slot.lock().publishing = false;
-                        self.published.notify_all();
-                        Some(epoch)
-                    }
-                    Some(result) => {
-                        self.settle(&**publisher, epoch, &result);
-                        result.is_err().then_some(epoch)
-                    }
-                }
-            }
+        // An inline publish never waits, so it runs inside the slot's lock: claiming the
+        // role, publishing and recording the outcome are one critical section. No waiter
+        // can be listening for its outcome (they listen only while `publishing` is set,
+        // which this never sets), so nobody needs waking either.
+        let seq = slot.next_seq();
+        let Some(result) = publisher.publish_now(&self.key, seq, busy, data) else {
+            // The backend cannot publish inline after all: an `Ack` or the driver will.
+            return Some(epoch);
+        };
+        slot.record_outcome(epoch, &result);
+        drop(slot);
+        if result.is_err() {
+            publisher.wake_driver();
+            return Some(epoch);
         }
+        None
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -314,7 +343,7 @@ impl TrackerShared {
         let Some(publisher) = &self.publisher else {
             return Ok(false);
         };
-        let Some((epoch, busy, data)) = self.claim(force) else {
+        let Some((epoch, seq, busy, data)) = self.claim(force) else {
             return Ok(false);
         };
         // If this future is dropped mid-publish, the guard gives the key back and wakes
@@ -324,7 +353,9 @@ impl TrackerShared {
             publisher: &**publisher,
             done: false,
         };
-        let result = publisher.publish(&self.key, busy, data.as_deref()).await;
+        let result = publisher
+            .publish(&self.key, seq, busy, data.as_deref())
+            .await;
         guard.done = true;
         self.settle(&**publisher, epoch, &result);
         result.map(|()| true)
@@ -332,7 +363,7 @@ impl TrackerShared {
 
     /// Takes the publishing role for the newest status if it needs publishing (with
     /// `force`: also an acknowledged busy one) and no one else holds the role.
-    fn claim(&self, force: bool) -> Option<(u32, bool, Option<String>)> {
+    fn claim(&self, force: bool) -> Option<(u32, u64, bool, Option<String>)> {
         let mut slot = self.slot.lock();
         let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
         if slot.publishing || !(pending || (force && slot.newest_busy)) {
@@ -341,6 +372,7 @@ impl TrackerShared {
         slot.publishing = true;
         Some((
             slot.newest_epoch,
+            slot.next_seq(),
             slot.newest_busy,
             slot.newest_data.clone(),
         ))
@@ -352,28 +384,23 @@ impl TrackerShared {
         {
             let mut slot = self.slot.lock();
             slot.publishing = false;
-            match result {
-                Ok(()) => {
-                    if epoch_is_newer(epoch, slot.acked_epoch) || epoch == slot.acked_epoch {
-                        slot.acked_epoch = epoch;
-                    }
-                    slot.failed = None;
-                }
-                Err(Error::Backend { source, .. }) => {
-                    slot.failed = Some((epoch, source.kind(), String::from(source.message())));
-                }
-                Err(Error::Shutdown { .. }) => {
-                    slot.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
-                }
-                Err(other) => {
-                    slot.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
-                }
-            }
+            slot.record_outcome(epoch, result);
         }
         self.published.notify_all();
         if result.is_err() {
             publisher.wake_driver();
         }
+    }
+
+    /// A wire sequence above every one this key published (for the goodbye).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.slot.lock().next_seq()
+    }
+
+    /// Acknowledged and failed publishes of this key so far.
+    pub(crate) fn publish_counts(&self) -> (u64, u64) {
+        let slot = self.slot.lock();
+        (slot.publishes, slot.publish_failures)
     }
 
     /// Whether the newest status still waits for an acknowledgement.
@@ -392,9 +419,7 @@ impl TrackerShared {
     fn increment_sync(&self, data: Option<&str>) -> Option<u32> {
         match self.add_one() {
             Change::None => None,
-            Change::Transition { epoch, busy } => {
-                self.complete(self.record(epoch, busy, data), data)
-            }
+            Change::Transition { epoch, busy } => self.transition(epoch, busy, data),
         }
     }
 
@@ -402,9 +427,7 @@ impl TrackerShared {
     fn decrement_sync(&self, n: usize) -> Option<u32> {
         match self.sub(n) {
             Change::None => None,
-            Change::Transition { epoch, busy } => {
-                self.complete(self.record(epoch, busy, None), None)
-            }
+            Change::Transition { epoch, busy } => self.transition(epoch, busy, None),
         }
     }
 

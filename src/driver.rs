@@ -136,9 +136,14 @@ impl DriverShared {
     pub(crate) fn metrics(&self) -> Metrics {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (publishes, publish_failures) = self
+            .trackers
+            .iter()
+            .map(|t| t.publish_counts())
+            .fold((0, 0), |(p, f), (tp, tf)| (p + tp, f + tf));
         Metrics {
-            publishes: get(&self.publisher.publishes),
-            publish_failures: get(&self.publisher.publish_failures),
+            publishes,
+            publish_failures,
             renewals: get(&c.renewals),
             snapshots_applied: get(&c.snapshots_applied),
             updates_applied: get(&c.updates_applied),

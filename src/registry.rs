@@ -4,7 +4,7 @@ use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::format;
 
@@ -446,12 +446,10 @@ pub(crate) struct RegistryPublisher {
     pub(crate) backend: Arc<dyn DynBackend>,
     pub(crate) closed: AtomicBool,
     pub(crate) driver_wake: Arc<Event>,
-    last_seq: AtomicU64,
+    first_seq: u64,
     /// Cleared once the backend answers `publish_now` with `None`: it never publishes inline.
     inline: AtomicBool,
     pub(crate) valid_for: Duration,
-    pub(crate) publishes: AtomicU64,
-    pub(crate) publish_failures: AtomicU64,
 }
 
 impl RegistryPublisher {
@@ -466,42 +464,13 @@ impl RegistryPublisher {
             backend,
             closed: AtomicBool::new(false),
             driver_wake,
-            last_seq: AtomicU64::new(StoreTime::now_system().as_unix_nanos()),
+            first_seq: StoreTime::now_system().as_unix_nanos(),
             inline: AtomicBool::new(true),
             valid_for,
-            publishes: AtomicU64::new(0),
-            publish_failures: AtomicU64::new(0),
         }
     }
 
-    /// Strictly increasing, starting from the wall clock in nanoseconds at build so that an
-    /// instance restarted under the same name still supersedes its old statuses: the old
-    /// process's sequences grew by one per publish, and a publish takes far longer than a
-    /// nanosecond, so they stay below the wall clock at which the new process starts. One
-    /// atomic add: no clock read per transition.
-    pub(crate) fn next_seq(&self) -> u64 {
-        self.last_seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn count_outcome(
-        &self,
-        key: &str,
-        result: core::result::Result<(), crate::BackendError>,
-    ) -> Result<()> {
-        let counter = if result.is_ok() {
-            &self.publishes
-        } else {
-            &self.publish_failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        result.map_err(|source| Error::Backend {
-            key: key.into(),
-            source,
-        })
-    }
-
-    pub(crate) fn status(&self, busy: bool, data: Option<&str>) -> InstanceStatus {
-        let seq = self.next_seq();
+    pub(crate) fn status(&self, seq: u64, busy: bool, data: Option<&str>) -> InstanceStatus {
         if busy {
             InstanceStatus::busy(data.map(String::from), seq, self.valid_for)
         } else {
@@ -510,10 +479,18 @@ impl RegistryPublisher {
     }
 }
 
+fn with_key(key: &str, result: core::result::Result<(), crate::BackendError>) -> Result<()> {
+    result.map_err(|source| Error::Backend {
+        key: key.into(),
+        source,
+    })
+}
+
 impl Publisher for RegistryPublisher {
     fn publish<'a>(
         &'a self,
         key: &'a str,
+        seq: u64,
         busy: bool,
         data: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>> {
@@ -521,23 +498,40 @@ impl Publisher for RegistryPublisher {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Shutdown { key: key.into() });
             }
-            let status = self.status(busy, data);
-            let result = self.backend.publish_dyn(key, &self.instance, &status).await;
-            self.count_outcome(key, result)
+            let status = self.status(seq, busy, data);
+            with_key(
+                key,
+                self.backend.publish_dyn(key, &self.instance, &status).await,
+            )
         })
     }
 
-    fn publish_now(&self, key: &str, busy: bool, data: Option<&str>) -> Option<Result<()>> {
+    fn publish_now(
+        &self,
+        key: &str,
+        seq: u64,
+        busy: bool,
+        data: Option<&str>,
+    ) -> Option<Result<()>> {
         // After shutdown the asynchronous path reports `Error::Shutdown`.
         if !self.inline.load(Ordering::Relaxed) || self.closed.load(Ordering::Acquire) {
             return None;
         }
-        let status = self.status(busy, data);
+        let status = self.status(seq, busy, data);
         let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
             self.inline.store(false, Ordering::Relaxed);
             return None;
         };
-        Some(self.count_outcome(key, result))
+        Some(with_key(key, result))
+    }
+
+    /// Strictly increasing per key from here, starting from the wall clock in nanoseconds
+    /// at build, so that an instance restarted under the same name still supersedes its old
+    /// statuses: the old process's sequences grew by one per publish, and a publish takes
+    /// far longer than a nanosecond, so they stay below the wall clock at which the new
+    /// process starts.
+    fn first_seq(&self) -> u64 {
+        self.first_seq
     }
 
     fn publishes_inline(&self) -> bool {
@@ -735,7 +729,7 @@ impl ReactiveLock {
         self.inner.shared.stop();
         self.inner.shared.stopped().await;
         for tracker in self.inner.shared.trackers() {
-            let status = publisher.status(false, None);
+            let status = publisher.status(tracker.next_seq(), false, None);
             if let Err(error) = publisher
                 .backend
                 .publish_dyn(tracker.key(), &publisher.instance, &status)
@@ -852,17 +846,40 @@ mod tests {
     }
 
     #[test]
-    fn seq_is_strictly_increasing_and_wall_clock_based() {
-        let p = RegistryPublisher::new(
-            "i".into(),
-            Arc::new(LocalBackend::new()),
-            Arc::new(Event::new()),
-            Duration::from_secs(1),
-        );
-        let a = p.next_seq();
-        let b = p.next_seq();
-        assert!(b > a);
-        assert!(a >= 1_600_000_000_000_000_000, "starts from the wall clock");
+    fn seq_is_strictly_increasing_per_key_and_wall_clock_based() {
+        block_on(async {
+            let backend = LocalBackend::new();
+            let lock = ReactiveLock::builder()
+                .instance_name("i")
+                .tracker("k", TrackerConfig::new())
+                .tracker("other", TrackerConfig::new())
+                .build(backend.clone())
+                .await
+                .unwrap();
+            let seq = |key: &str| -> u64 {
+                let snapshot = block_on(backend.snapshot(key)).unwrap();
+                snapshot
+                    .entries
+                    .iter()
+                    .find(|e| e.instance == "i")
+                    .unwrap()
+                    .seq
+            };
+            let ctrl = lock.controller("k").unwrap();
+            ctrl.increment(None).await.unwrap();
+            let a = seq("k");
+            ctrl.decrement(1).await.unwrap();
+            let b = seq("k");
+            assert!(b > a, "{b} > {a}");
+            assert!(a >= 1_600_000_000_000_000_000, "starts from the wall clock");
+            lock.controller("other")
+                .unwrap()
+                .increment(None)
+                .await
+                .unwrap();
+            lock.shutdown().await;
+            assert!(seq("k") > b, "the goodbye supersedes every earlier status");
+        });
     }
 
     #[test]
