@@ -371,6 +371,11 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         backoff: new_backoff(),
         next_renewal: Instant::now() + shared.resilience.renewal,
     };
+    // One timer for the driver's life, re-armed only when the deadline moves: registering
+    // a timer with async-io's reactor wakes its thread, which a new timer per event (per
+    // notification received) made a thread hand-off per event.
+    let mut timer = async_io::Timer::never();
+    let mut armed_for: Option<Instant> = None;
     loop {
         // Register for wake-ups before doing the work, so a wake during the work is kept.
         let signal = shared.wake.listen();
@@ -408,7 +413,12 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
                     Woke::Signal
                 },
                 async {
-                    async_io::Timer::at(deadline).await;
+                    if armed_for != Some(deadline) {
+                        timer.set_at(deadline);
+                        armed_for = Some(deadline);
+                    }
+                    (&mut timer).await;
+                    armed_for = None;
                     Woke::Timer
                 },
             ),

@@ -64,6 +64,74 @@ async fn raw_subscribe(url: &str, key: &str) -> tonic::Streaming<LockStatusNotif
 
 use futures_lite::StreamExt;
 
+/// A subscription opened as instance "me", with or without the skip-own header; its first
+/// message (the current state) read.
+async fn subscribe_as_me(url: &str, skip_own: bool) -> tonic::Streaming<LockStatusNotification> {
+    let mut client = ReactiveLockGrpcClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let first = request(KEY, "me", false, None, None);
+    let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+    let mut request = tonic::Request::new(requests);
+    if skip_own {
+        request.metadata_mut().insert(
+            reactive_lock_backends::grpc::SKIP_OWN_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    let mut stream = client
+        .subscribe_lock_status(request)
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("the current state");
+    stream
+}
+
+#[test]
+fn own_changes_are_not_sent_to_a_subscription_that_asks_to_skip_them() {
+    let hub = HubServer::start();
+    rt().block_on(async {
+        let mut skipping = subscribe_as_me(&hub.url, true).await;
+        let mut dotnet = subscribe_as_me(&hub.url, false).await;
+        let mut client = ReactiveLockGrpcClient::connect(hub.url.clone())
+            .await
+            .unwrap();
+        let busy =
+            |m: &LockStatusNotification, who: &str| m.instances_status.get(who).map(|s| s.is_busy);
+        // "me" turns busy (valid for 1 s, so the hub expires it below), then "other".
+        let me = request(KEY, "me", true, None, Some(Duration::from_secs(1)));
+        client.set_status(me).await.unwrap();
+        let other = request(KEY, "other", true, None, Some(Duration::from_secs(60)));
+        client.set_status(other).await.unwrap();
+
+        // Without the header (as .NET clients subscribe): every change, its own included.
+        let first = dotnet.message().await.unwrap().unwrap();
+        assert_eq!(
+            (busy(&first, "me"), busy(&first, "other")),
+            (Some(true), None)
+        );
+        let second = dotnet.message().await.unwrap().unwrap();
+        assert_eq!(busy(&second, "other"), Some(true));
+
+        // With it: the first message after the current state is the other instance's change
+        // (it carries "me"'s entry as well); "me"'s own change was never sent.
+        let first = skipping.message().await.unwrap().unwrap();
+        assert_eq!(
+            (busy(&first, "me"), busy(&first, "other")),
+            (Some(true), Some(true))
+        );
+        // A change the hub makes itself (expiry of "me"'s entry) goes to every subscriber.
+        let expired = skipping.message().await.unwrap().unwrap();
+        assert_eq!(
+            (busy(&expired, "me"), busy(&expired, "other")),
+            (Some(false), Some(true))
+        );
+        let expired = dotnet.message().await.unwrap().unwrap();
+        assert_eq!(busy(&expired, "me"), Some(false));
+    });
+}
+
 #[test]
 fn dotnet_client_and_ours_understand_each_other() {
     let hub = HubServer::start();

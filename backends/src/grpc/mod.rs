@@ -109,6 +109,19 @@ impl tonic::service::Interceptor for AddToken {
     }
 }
 
+/// Request metadata on `SubscribeLockStatus`: the hub sends the subscription no change made
+/// by the instance named in the first message. An extension of the .NET protocol (whose
+/// clients do not send it, and so still get every change): a reactive-lock instance knows
+/// its own status, and each echo would cost a hub send, a decode and a wake-up per
+/// transition. Hubs that do not know the header send echoes, which the client ignores.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(reactive_lock_backends::grpc::SKIP_OWN_HEADER, "x-reactive-lock-skip-own");
+/// ```
+pub const SKIP_OWN_HEADER: &str = "x-reactive-lock-skip-own";
+
 /// One hub's answer, or its gRPC code and a message naming the hub.
 type HubResult<T> = Result<T, (tonic::Code, String)>;
 
@@ -544,7 +557,8 @@ fn failed_everywhere(what: &str, errors: &[(tonic::Code, String)]) -> BackendErr
     )
 }
 
-/// Opens a subscription stream for `key` on one hub (first message: key and instance).
+/// Opens a subscription stream for `key` on one hub (first message: key and instance),
+/// asking the hub not to send this instance's own changes back.
 async fn open_stream(
     mut client: Client,
     key: String,
@@ -559,7 +573,12 @@ async fn open_stream(
     };
     // The request stream stays open (pending) so the hub keeps the subscription.
     let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
-    Ok(client.subscribe_lock_status(requests).await?.into_inner())
+    let mut request = tonic::Request::new(requests);
+    request.metadata_mut().insert(
+        SKIP_OWN_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    Ok(client.subscribe_lock_status(request).await?.into_inner())
 }
 
 impl Backend for GrpcBackend {

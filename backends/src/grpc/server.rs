@@ -7,6 +7,9 @@
 //!   idle and broadcasts, so subscribers unblock with no new message;
 //! * a new subscriber gets the current state at once; a subscriber that stops reading is
 //!   dropped (bounded buffer) without disturbing the others;
+//! * a subscription opened with the [`SKIP_OWN_HEADER`](super::SKIP_OWN_HEADER) metadata
+//!   is not sent the changes its own instance made (reactive-lock clients ask for this:
+//!   they know their own status; .NET clients do not send it and get every change);
 //! * limits (message size, keys, instances per key, lock-data length) answer with a gRPC
 //!   status naming the limit.
 //!
@@ -68,8 +71,15 @@ type Notifications = mpsc::Sender<Result<LockStatusNotification, Status>>;
 
 struct KeyState {
     entries: HashMap<String, InstanceLockStatus>,
-    subscribers: Vec<(u64, Notifications)>,
+    subscribers: Vec<Subscriber>,
     expiry: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Subscriber {
+    id: u64,
+    /// The instance that subscribed, when it asked not to be sent its own changes.
+    skip_own: Option<String>,
+    tx: Notifications,
 }
 
 struct HubInner {
@@ -229,6 +239,7 @@ impl Hub {
                 return Ok(());
             }
         }
+        let source = request.instance_id.clone();
         state.entries.insert(
             request.instance_id,
             InstanceLockStatus {
@@ -237,12 +248,14 @@ impl Hub {
                 valid_until: request.valid_until,
             },
         );
-        self.changed(&request.lock_key, state);
+        self.changed(&request.lock_key, state, Some(&source));
         Ok(())
     }
 
-    /// Expires due entries, broadcasts the key's state and re-arms the expiry timer.
-    fn changed(&self, key: &str, state: &mut KeyState) {
+    /// Expires due entries, broadcasts the key's state (except to a subscriber that asked
+    /// not to be sent the changes of `source`, the instance that made this one) and re-arms
+    /// the expiry timer.
+    fn changed(&self, key: &str, state: &mut KeyState, source: Option<&str>) {
         let now = SystemTime::now();
         let mut next: Option<SystemTime> = None;
         for entry in state.entries.values_mut() {
@@ -257,20 +270,23 @@ impl Hub {
             lock_key: key.into(),
             instances_status: state.entries.clone(),
         };
-        state
-            .subscribers
-            .retain(|(id, tx)| match tx.try_send(Ok(notification.clone())) {
+        state.subscribers.retain(|subscriber| {
+            if source.is_some() && subscriber.skip_own.as_deref() == source {
+                return !subscriber.tx.is_closed();
+            }
+            match subscriber.tx.try_send(Ok(notification.clone())) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(
                         key,
-                        subscriber = id,
+                        subscriber = subscriber.id,
                         "reactive-lock hub: subscriber stalled; dropped"
                     );
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            }
+        });
         if let Some(task) = state.expiry.take() {
             task.abort();
         }
@@ -283,7 +299,7 @@ impl Hub {
                 let mut keys = hub.inner.keys.lock();
                 if let Some(state) = keys.get_mut(&key) {
                     state.expiry = None;
-                    hub.changed(&key, state);
+                    hub.changed(&key, state, None);
                 }
             }));
         }
@@ -292,6 +308,7 @@ impl Hub {
     fn subscribe(
         &self,
         key: &str,
+        skip_own: Option<String>,
     ) -> Result<mpsc::Receiver<Result<LockStatusNotification, Status>>, Status> {
         let limits = self.inner.limits;
         let mut keys = self.inner.keys.lock();
@@ -317,7 +334,7 @@ impl Hub {
             .inner
             .next_subscriber
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        state.subscribers.push((id, tx));
+        state.subscribers.push(Subscriber { id, skip_own, tx });
         Ok(rx)
     }
 }
@@ -352,13 +369,14 @@ impl ReactiveLockGrpc for Hub {
         &self,
         request: Request<Streaming<LockStatusRequest>>,
     ) -> Result<Response<NotificationStream>, Status> {
+        let skip_own = request.metadata().contains_key(super::SKIP_OWN_HEADER);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the first message must name the key and the instance")
         })?;
         require_names(&first)?;
         let key = first.lock_key.clone();
-        let rx = self.subscribe(&key)?;
+        let rx = self.subscribe(&key, skip_own.then(|| first.instance_id.clone()))?;
         // Later messages on the stream are status updates for this key.
         let hub = self.clone();
         tokio::spawn(async move {
