@@ -74,9 +74,9 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Whether [`publish_now`](Self::publish_now) is worth trying (the backend publishes
     /// inline and the registry is not shut down).
     fn publishes_inline(&self) -> bool;
-    /// Asks the background driver to publish what is pending (sync transitions, cancelled
-    /// or failed publishes).
-    fn wake_driver(&self);
+    /// Asks the background driver to publish what is pending for tracker `index` (sync
+    /// transitions, cancelled or failed publishes).
+    fn wake_driver(&self, index: usize);
 }
 
 /// The newest status to publish and what the backend has acknowledged (latest wins: only
@@ -135,6 +135,8 @@ pub(crate) struct TrackerShared {
     threshold: u64,
     /// Shared with the state's link: one allocation per key.
     key: Arc<str>,
+    /// Its position in the registry (what it rings the driver with).
+    index: usize,
     state: TrackerState,
     slot: Mutex<PublishSlot>,
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
@@ -151,6 +153,7 @@ enum Change {
 impl TrackerShared {
     pub(crate) fn new(
         key: Arc<str>,
+        index: usize,
         threshold: usize,
         state: TrackerState,
         publisher: Option<Arc<dyn Publisher>>,
@@ -159,6 +162,7 @@ impl TrackerShared {
             word: CachePadded::new(AtomicU64::new(0)),
             threshold: threshold as u64,
             key,
+            index,
             state,
             slot: Mutex::new(PublishSlot {
                 newest_epoch: 0,
@@ -288,7 +292,7 @@ impl TrackerShared {
         slot.record_outcome(epoch, &result);
         drop(slot);
         if result.is_err() {
-            publisher.wake_driver();
+            publisher.wake_driver(self.index);
             return Some(epoch);
         }
         None
@@ -388,7 +392,7 @@ impl TrackerShared {
         }
         self.published.notify_all();
         if result.is_err() {
-            publisher.wake_driver();
+            publisher.wake_driver(self.index);
         }
     }
 
@@ -441,7 +445,7 @@ impl TrackerShared {
 
     fn wake_driver(&self) {
         if let Some(publisher) = &self.publisher {
-            publisher.wake_driver();
+            publisher.wake_driver(self.index);
         }
     }
 }
@@ -457,7 +461,7 @@ impl Drop for PublishingGuard<'_> {
         if !self.done {
             self.tracker.slot.lock().publishing = false;
             self.tracker.published.notify_all();
-            self.publisher.wake_driver();
+            self.publisher.wake_driver(self.tracker.index);
         }
     }
 }
@@ -551,6 +555,7 @@ impl TrackerController {
         validate_threshold("busy_threshold", busy_threshold)?;
         Ok(Self::from_shared(Arc::new(TrackerShared::new(
             Arc::from(""),
+            0,
             busy_threshold,
             state,
             None,

@@ -21,9 +21,12 @@
 //! hands it to the caller's executor instead.
 
 use alloc::boxed::Box;
+use alloc::collections::BinaryHeap;
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::task::{Context, Poll};
@@ -79,6 +82,52 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Wakes the driver and tells it which trackers need a look (a publish left pending, an
+/// expiry to re-arm after a read-through), so that a round of the driver costs what changed,
+/// not the number of trackers (it scanned them all: ~400 µs per event with 10,000 trackers).
+pub(crate) struct Bell {
+    event: Event,
+    /// Whether a tracker is in `list` already: each is queued once however often it rings.
+    queued: Box<[AtomicBool]>,
+    list: parking_lot::Mutex<Vec<usize>>,
+}
+
+impl Bell {
+    pub(crate) fn new(trackers: usize) -> Self {
+        Bell {
+            event: Event::new(),
+            queued: (0..trackers).map(|_| AtomicBool::new(false)).collect(),
+            list: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Wakes the driver to look at tracker `index`.
+    pub(crate) fn ring(&self, index: usize) {
+        if let Some(flag) = self.queued.get(index)
+            && !flag.swap(true, Ordering::AcqRel)
+        {
+            self.list.lock().push(index);
+        }
+        self.event.notify(usize::MAX);
+    }
+
+    /// Wakes the driver for no tracker in particular (stop).
+    fn wake(&self) {
+        self.event.notify(usize::MAX);
+    }
+
+    /// The trackers rung since the last call. A flag is cleared with a read-modify-write,
+    /// which reads the ringer's swap: what the ringer did before ringing is visible to the
+    /// driver's look that follows, even when that ring found the tracker still queued.
+    fn take(&self) -> Vec<usize> {
+        let list = core::mem::take(&mut *self.list.lock());
+        for &i in &list {
+            self.queued[i].swap(false, Ordering::AcqRel);
+        }
+        list
+    }
+}
+
 pub(crate) struct DriverShared {
     backend: Arc<dyn DynBackend>,
     trackers: Vec<Arc<TrackerShared>>,
@@ -86,7 +135,7 @@ pub(crate) struct DriverShared {
     /// Tracker by key: events and the registry's lookups find it without a scan.
     index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     resilience: Resilience,
-    wake: Arc<Event>,
+    bell: Arc<Bell>,
     publisher: Arc<RegistryPublisher>,
     stop: AtomicBool,
     running: AtomicBool,
@@ -100,7 +149,7 @@ impl DriverShared {
         backend: Arc<dyn DynBackend>,
         trackers: Vec<Arc<TrackerShared>>,
         resilience: Resilience,
-        wake: Arc<Event>,
+        bell: Arc<Bell>,
         publisher: Arc<RegistryPublisher>,
     ) -> Self {
         let keys = trackers.iter().map(|t| String::from(t.key())).collect();
@@ -115,7 +164,7 @@ impl DriverShared {
             keys,
             index,
             resilience,
-            wake,
+            bell,
             publisher,
             stop: AtomicBool::new(false),
             running: AtomicBool::new(false),
@@ -154,7 +203,7 @@ impl DriverShared {
 
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.wake.notify(usize::MAX);
+        self.bell.wake();
     }
 
     fn stopping(&self) -> bool {
@@ -243,32 +292,35 @@ impl DriverShared {
         Ok(())
     }
 
-    fn handle(&self, event: BackendEvent, state: &mut Loop) {
+    /// Applies one event; returns the tracker it changed, if just one.
+    fn handle(&self, event: BackendEvent, state: &mut Loop) -> Option<usize> {
         match event {
             BackendEvent::Snapshot(snapshot) => {
-                if let Some(tracker) = self.tracker(&snapshot.key) {
-                    tracker.state().apply_snapshot(&snapshot);
-                    bump(&self.counters.snapshots_applied);
-                }
+                let i = *self.index.get(&*snapshot.key)?;
+                self.trackers[i].state().apply_snapshot(&snapshot);
+                bump(&self.counters.snapshots_applied);
+                Some(i)
             }
             BackendEvent::Update {
                 key,
                 entry,
                 store_now,
             } => {
-                if let Some(tracker) = self.tracker(&key) {
-                    tracker.state().apply_update(&entry, store_now);
-                    bump(&self.counters.updates_applied);
-                }
+                let i = *self.index.get(&*key)?;
+                self.trackers[i].state().apply_update(&entry, store_now);
+                bump(&self.counters.updates_applied);
+                Some(i)
             }
             BackendEvent::Disconnected => {
                 tracing::warn!("reactive-lock: backend disconnected; status Unknown");
                 bump(&self.counters.disconnects);
                 self.set_all_connected(false);
+                None
             }
             BackendEvent::Reconnected => {
                 tracing::info!("reactive-lock: backend reconnected; recovering");
                 state.resync_since.get_or_insert_with(Instant::now);
+                None
             }
         }
     }
@@ -283,6 +335,62 @@ struct Loop {
     retry_at: Option<Instant>,
     backoff: backon::ExponentialBackoff,
     next_renewal: Instant,
+    /// Trackers with a publish to look at (rung, or failed and waiting for the retry).
+    pending: Vec<usize>,
+    in_pending: Vec<bool>,
+    /// Earliest expiry per tracker, lazily: an entry may be stale (the tracker is simply
+    /// re-evaluated when it comes due); `scheduled` keeps one tracker from piling up entries.
+    expiry: BinaryHeap<Reverse<(Instant, usize)>>,
+    scheduled: Vec<Option<Instant>>,
+    /// Every tracker's expiry must be recomputed (start, after a recovery re-read all).
+    rescan: bool,
+}
+
+impl Loop {
+    fn add_pending(&mut self, i: usize) {
+        if !self.in_pending[i] {
+            self.in_pending[i] = true;
+            self.pending.push(i);
+        }
+    }
+
+    /// Advances tracker `i`'s clock (expiring what is due) and files its next expiry.
+    fn schedule(&mut self, shared: &DriverShared, i: usize, now: Instant) {
+        if let Some(t) = shared.trackers[i].state().advance_clock(now)
+            && self.scheduled[i].is_none_or(|s| t < s)
+        {
+            self.scheduled[i] = Some(t);
+            self.expiry.push(Reverse((t, i)));
+        }
+    }
+
+    /// Files the expiries that changed and re-evaluates the trackers that came due; returns
+    /// the earliest expiry left.
+    fn next_expiry(&mut self, shared: &DriverShared, touched: &[usize]) -> Option<Instant> {
+        let now = Instant::now();
+        if core::mem::take(&mut self.rescan) {
+            for i in 0..shared.trackers.len() {
+                self.schedule(shared, i, now);
+            }
+        }
+        for &i in touched {
+            self.schedule(shared, i, now);
+        }
+        let mut due = Vec::new();
+        while let Some(&Reverse((t, i))) = self.expiry.peek()
+            && t <= now
+        {
+            self.expiry.pop();
+            if self.scheduled[i].is_some_and(|s| s <= now) {
+                self.scheduled[i] = None;
+            }
+            due.push(i);
+        }
+        for i in due {
+            self.schedule(shared, i, now);
+        }
+        self.expiry.peek().map(|Reverse((t, _))| *t)
+    }
 }
 
 enum Woke {
@@ -370,7 +478,13 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         retry_at: None,
         backoff: new_backoff(),
         next_renewal: Instant::now() + shared.resilience.renewal,
+        pending: Vec::new(),
+        in_pending: vec![false; shared.trackers.len()],
+        expiry: BinaryHeap::new(),
+        scheduled: vec![None; shared.trackers.len()],
+        rescan: true,
     };
+    let mut touched: Vec<usize> = Vec::new();
     // One timer for the driver's life, re-armed only when the deadline moves: registering
     // a timer with async-io's reactor wakes its thread, which a new timer per event (per
     // notification received) made a thread hand-off per event.
@@ -378,25 +492,27 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
     let mut armed_for: Option<Instant> = None;
     loop {
         // Register for wake-ups before doing the work, so a wake during the work is kept.
-        let signal = shared.wake.listen();
+        let signal = shared.bell.event.listen();
         if shared.stopping() {
             return;
+        }
+        for i in shared.bell.take() {
+            st.add_pending(i);
+            touched.push(i);
         }
         step(&shared, &mut st).await;
         if shared.stopping() {
             return;
         }
 
-        let now = Instant::now();
         let mut deadline = st.next_renewal;
         if let Some(t) = st.retry_at {
             deadline = deadline.min(t);
         }
-        for tracker in &shared.trackers {
-            if let Some(t) = tracker.state().advance_clock(now) {
-                deadline = deadline.min(t);
-            }
+        if let Some(t) = st.next_expiry(&shared, &touched) {
+            deadline = deadline.min(t);
         }
+        touched.clear();
         // Events first: under a flood the loop body still runs after every event, so
         // renewals and expiry never starve.
         let events = &mut st.events;
@@ -425,7 +541,7 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         )
         .await;
         match woke {
-            Woke::Event(Some(event)) => shared.handle(event, &mut st),
+            Woke::Event(Some(event)) => touched.extend(shared.handle(event, &mut st)),
             Woke::Event(None) => {
                 tracing::warn!("reactive-lock: subscription ended; resubscribing");
                 bump(&shared.counters.disconnects);
@@ -466,7 +582,10 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
         && !failed
     {
         match shared.resync().await {
-            Ok(()) => st.resync_since = None,
+            Ok(()) => {
+                st.resync_since = None;
+                st.rescan = true;
+            }
             Err(error) => {
                 tracing::warn!(%error, "reactive-lock: recovery failed; retrying");
                 failed = true;
@@ -481,9 +600,16 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
     }
 
     if may_retry && !failed {
-        for tracker in &shared.trackers {
+        let pending = core::mem::take(&mut st.pending);
+        for &i in &pending {
+            st.in_pending[i] = false;
+        }
+        for i in pending {
+            let tracker = &shared.trackers[i];
             if tracker.has_pending() && shared.publish(tracker, false).await.is_err() {
                 failed = true;
+                // Retried after the backoff.
+                st.add_pending(i);
             }
         }
     }

@@ -8,11 +8,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::format;
 
-use event_listener::Event;
-
 use crate::backend::{Backend, BoxFuture, DynBackend, InstanceStatus, StoreTime};
 use crate::controller::{Publisher, TrackerController, TrackerShared, validate_threshold};
-use crate::driver::{Driver, DriverShared};
+use crate::driver::{Bell, Driver, DriverShared};
 use crate::error::{Error, Result};
 use crate::state::{Link, TrackerState, UnknownPolicy};
 
@@ -334,18 +332,18 @@ impl ReactiveLockBuilder {
         };
         validate(&instance, &self.trackers, &self.resilience)?;
         let backend: Arc<dyn DynBackend> = Arc::new(backend);
-        let driver_wake = Arc::new(Event::new());
+        let bell = Arc::new(Bell::new(self.trackers.len()));
         let publisher = Arc::new(RegistryPublisher::new(
             instance.clone(),
             backend.clone(),
-            driver_wake.clone(),
+            bell.clone(),
             self.resilience.expiration,
         ));
 
         let mut trackers = Vec::with_capacity(self.trackers.len());
         // One allocation of the instance name and of each key, shared by every holder.
         let own_instance: Arc<str> = Arc::from(instance.as_str());
-        for (key, config) in self.trackers {
+        for (index, (key, config)) in self.trackers.into_iter().enumerate() {
             let key: Arc<str> = Arc::from(key);
             let state = TrackerState::with_parts(
                 config.unknown_policy.unwrap_or(self.unknown_policy),
@@ -353,7 +351,8 @@ impl ReactiveLockBuilder {
                     backend: backend.clone(),
                     key: key.clone(),
                     own_instance: own_instance.clone(),
-                    driver_wake: driver_wake.clone(),
+                    bell: bell.clone(),
+                    index,
                 }),
             );
             for h in config.on_blocked {
@@ -364,6 +363,7 @@ impl ReactiveLockBuilder {
             }
             let shared = Arc::new(TrackerShared::new(
                 key.clone(),
+                index,
                 config.busy_threshold.unwrap_or(1),
                 state,
                 Some(publisher.clone() as Arc<dyn Publisher>),
@@ -375,7 +375,7 @@ impl ReactiveLockBuilder {
             backend,
             trackers,
             self.resilience,
-            driver_wake,
+            bell,
             publisher.clone(),
         ));
         // Initial sync: subscribe first, then read, so no change falls between the two.
@@ -445,7 +445,7 @@ pub(crate) struct RegistryPublisher {
     pub(crate) instance: String,
     pub(crate) backend: Arc<dyn DynBackend>,
     pub(crate) closed: AtomicBool,
-    pub(crate) driver_wake: Arc<Event>,
+    pub(crate) bell: Arc<Bell>,
     first_seq: u64,
     /// Cleared once the backend answers `publish_now` with `None`: it never publishes inline.
     inline: AtomicBool,
@@ -456,14 +456,14 @@ impl RegistryPublisher {
     pub(crate) fn new(
         instance: String,
         backend: Arc<dyn DynBackend>,
-        driver_wake: Arc<Event>,
+        bell: Arc<Bell>,
         valid_for: Duration,
     ) -> Self {
         RegistryPublisher {
             instance,
             backend,
             closed: AtomicBool::new(false),
-            driver_wake,
+            bell,
             first_seq: StoreTime::now_system().as_unix_nanos(),
             inline: AtomicBool::new(true),
             valid_for,
@@ -538,8 +538,8 @@ impl Publisher for RegistryPublisher {
         self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
     }
 
-    fn wake_driver(&self) {
-        self.driver_wake.notify(usize::MAX);
+    fn wake_driver(&self, index: usize) {
+        self.bell.ring(index);
     }
 }
 

@@ -130,9 +130,12 @@ pub(crate) struct Link {
     pub(crate) backend: Arc<dyn DynBackend>,
     pub(crate) key: Arc<str>,
     pub(crate) own_instance: Arc<str>,
-    /// Wakes the driver so it re-arms its expiry timer after a read-through.
+    /// Wakes the driver so it re-arms this key's expiry after a read-through.
     #[cfg(feature = "std")]
-    pub(crate) driver_wake: Arc<event_listener::Event>,
+    pub(crate) bell: Arc<crate::driver::Bell>,
+    /// This key's tracker in the registry.
+    #[cfg(feature = "std")]
+    pub(crate) index: usize,
 }
 
 #[derive(Default)]
@@ -363,7 +366,7 @@ impl TrackerState {
             // no busy entry there is nothing to expire and no thread to wake.
             #[cfg(feature = "std")]
             if snapshot.next_expiry().is_some() {
-                link.driver_wake.notify(usize::MAX);
+                link.bell.ring(link.index);
             }
         }
         Ok(())

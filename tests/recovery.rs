@@ -310,3 +310,46 @@ fn dropping_the_registry_is_a_crash() {
         b.shutdown().await;
     });
 }
+
+/// The driver looks only at the trackers that changed (a rung tracker, an event's key, the
+/// earliest expiry): with a thousand keys, guards' background publishes and a crashed
+/// instance's expiry still land on exactly their keys.
+#[test]
+fn among_a_thousand_keys_background_publishes_and_expiry_hit_their_keys() {
+    futures_lite::future::block_on(async {
+        let backend = Deferred(LocalBackend::new());
+        let build = |name: &'static str| {
+            let backend = backend.clone();
+            async move {
+                let mut builder = ReactiveLock::builder()
+                    .instance_name(name)
+                    .renewal(Duration::from_millis(200))
+                    .expiration(Duration::from_secs(2));
+                for i in 0..1000 {
+                    builder = builder.tracker(format!("k{i}"), TrackerConfig::new());
+                }
+                builder.build(backend).await.unwrap()
+            }
+        };
+        let a = build("a").await;
+        let b = build("b").await;
+        // Guards cannot await: their transitions reach the store through the driver.
+        let held = a.controller("k777").unwrap().enter_owned(Some("job"));
+        let released = a.controller("k3").unwrap().enter_owned(None);
+        let k777 = b.state("k777").unwrap();
+        let k3 = b.state("k3").unwrap();
+        until(&k777, "b sees a on k777", |s| s.is_blocked()).await;
+        until(&k3, "b sees a on k3", |s| s.is_blocked()).await;
+        drop(released);
+        until(&k3, "b sees k3 released", |s| !s.is_blocked()).await;
+        assert!(k777.is_blocked(), "k777 still held");
+        for other in ["k0", "k776", "k778", "k999"] {
+            assert!(!b.state(other).unwrap().is_blocked(), "{other} untouched");
+        }
+        // a crashes holding k777: no goodbye, its entry expires on b's side.
+        std::mem::forget(held);
+        drop(a);
+        until(&k777, "k777 expires on b", |s| !s.is_blocked()).await;
+        b.shutdown().await;
+    });
+}
