@@ -391,6 +391,37 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (key, instance, status);
         None
     }
+
+    /// Runs a registry's background [`Driver`](crate::Driver) where this backend's own I/O
+    /// runs, if it has such a place (the executor its connections live on): deliveries then
+    /// reach the driver as a task switch, not a hand-off to another thread (which costs a
+    /// cross-CPU wake-up when the threads run on different CPUs). Returns the driver when it
+    /// has none (the default); [`build`](crate::ReactiveLockBuilder::build) then runs it on a
+    /// thread of its own.
+    /// [`build_with_driver`](crate::ReactiveLockBuilder::build_with_driver) never calls it.
+    ///
+    /// The driver runs the trackers' `on_blocked`/`on_unblocked` handlers, so on a backend
+    /// that takes it, a handler that blocks holds up that executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{Backend, LocalBackend};
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let (_lock, driver) = reactive_lock::ReactiveLock::builder()
+    ///     .tracker("payments", reactive_lock::TrackerConfig::new())
+    ///     .build_with_driver(LocalBackend::new())
+    ///     .await?;
+    /// // LocalBackend has no I/O of its own: it hands the driver back.
+    /// assert!(LocalBackend::new().spawn_driver(driver).is_some());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
+    #[cfg(feature = "std")]
+    fn spawn_driver(&self, driver: crate::Driver) -> Option<crate::Driver> {
+        Some(driver)
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -414,6 +445,8 @@ pub(crate) trait DynBackend: Send + Sync + 'static {
         status: &InstanceStatus,
     ) -> Option<Result<(), BackendError>>;
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>>;
+    #[cfg(feature = "std")]
+    fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver>;
     fn subscribe_dyn<'a>(
         &'a self,
         instance: &'a str,
@@ -442,6 +475,11 @@ impl<B: Backend> DynBackend for B {
 
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>> {
         Box::pin(self.snapshot(key))
+    }
+
+    #[cfg(feature = "std")]
+    fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver> {
+        self.spawn_driver(driver)
     }
 
     fn subscribe_dyn<'a>(

@@ -174,6 +174,10 @@ impl DriverShared {
         }
     }
 
+    pub(crate) fn backend(&self) -> &dyn DynBackend {
+        &*self.backend
+    }
+
     pub(crate) fn trackers(&self) -> &[Arc<TrackerShared>] {
         &self.trackers
     }

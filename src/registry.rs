@@ -255,8 +255,10 @@ impl ReactiveLockBuilder {
     }
 
     /// Validates the configuration, connects the trackers to `backend`, does the initial
-    /// sync (subscribe, then read every key) and starts the driver on a background thread
-    /// (`reactive-lock-driver-<instance>`; no application runtime needed).
+    /// sync (subscribe, then read every key) and starts the driver: where the backend's own
+    /// I/O runs if it offers that ([`Backend::spawn_driver`]: the Redis and gRPC backends
+    /// do), else on a background thread (`reactive-lock-driver-<instance>`). No application
+    /// runtime is needed either way.
     ///
     /// # Errors
     ///
@@ -285,6 +287,9 @@ impl ReactiveLockBuilder {
     /// ```
     pub async fn build<B: Backend>(self, backend: B) -> Result<ReactiveLock> {
         let (lock, driver) = self.build_with_driver(backend).await?;
+        let Some(driver) = lock.inner.shared.backend().spawn_driver_dyn(driver) else {
+            return Ok(lock);
+        };
         let name = format!("reactive-lock-driver-{}", lock.instance_name());
         std::thread::Builder::new()
             .name(name)

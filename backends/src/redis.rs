@@ -764,6 +764,14 @@ type EventStream = std::pin::Pin<Box<dyn Stream<Item = BackendEvent> + Send>>;
 impl Backend for RedisBackend {
     type Events = EventStream;
 
+    /// On smol's global executor, beside the connections (the redis crate's `smol-comp`
+    /// runs them there): a notification reaches the driver with a task switch instead of a
+    /// thread hand-off.
+    fn spawn_driver(&self, driver: reactive_lock::Driver) -> Option<reactive_lock::Driver> {
+        smol::spawn(driver).detach();
+        None
+    }
+
     async fn publish(
         &self,
         key: &str,

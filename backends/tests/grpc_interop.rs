@@ -626,3 +626,29 @@ fn runs_on_the_applications_runtime() {
         b.shutdown().await;
     });
 }
+
+/// The driver runs on the backend's own runtime (`Backend::spawn_driver`); when a registry
+/// is dropped without `shutdown`, the driver ends there and may drop the last handle to
+/// that runtime from one of its own workers — which must not panic.
+#[test]
+fn a_dropped_registry_ends_its_driver_on_the_backends_runtime_without_panicking() {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let hub = HubServer::start();
+    block_on(async {
+        for name in ["x", "y", "z"] {
+            let lock = instance(&hub.url, name).await;
+            lock.controller(KEY).unwrap().increment(None).await.unwrap();
+            let metrics = lock.metrics();
+            drop(lock);
+            assert!(metrics.publishes >= 1);
+        }
+        // The drivers notice the drops and end; give them the time to do so.
+        async_io::Timer::after(Duration::from_millis(500)).await;
+    });
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

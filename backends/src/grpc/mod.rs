@@ -177,6 +177,9 @@ struct Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Some(runtime) = self.owned.take() {
+            // Also safe from one of its own workers: the last handle may go with the
+            // driver, which runs on this runtime (`spawn_driver`) and ends when its
+            // registry is dropped.
             runtime.shutdown_background();
         }
     }
@@ -583,6 +586,13 @@ async fn open_stream(
 
 impl Backend for GrpcBackend {
     type Events = Pin<Box<dyn Stream<Item = BackendEvent> + Send>>;
+
+    /// On the backend's tokio runtime (its own, or the application's given to
+    /// [`GrpcBackendBuilder::runtime`]), beside the channels and subscription streams.
+    fn spawn_driver(&self, driver: reactive_lock::Driver) -> Option<reactive_lock::Driver> {
+        drop(self.inner.runtime().spawn(driver));
+        None
+    }
 
     async fn publish(
         &self,
