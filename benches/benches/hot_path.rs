@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use crossbeam_utils::CachePadded;
-use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig, TrackerController};
+use reactive_lock::{
+    Backend, InstanceStatus, LocalBackend, ReactiveLock, TrackerConfig, TrackerController,
+    TrackerState,
+};
 
 /// Polls a future exactly once; the benched calls must complete on their first poll.
 fn poll_once<F: Future>(fut: F) -> F::Output {
@@ -65,6 +68,30 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| {
             poll_once(ctrl1.increment(None)).expect("busy transition");
             poll_once(ctrl1.decrement(1)).expect("idle transition");
+        })
+    });
+
+    // The two shared structures a local transition writes, each alone (the decomposition of
+    // `transition_pair_local` in BENCHMARKS.md): the in-process store's publish, and the
+    // state's change (with its waiter check).
+    // (Increasing sequences: the store keeps the newest status and ignores older ones.)
+    let store = LocalBackend::new();
+    let valid_for = Duration::from_secs(10);
+    let mut seq = 0;
+    group.bench_function("local_store_publish_pair", |b| {
+        b.iter(|| {
+            seq += 2;
+            let busy = InstanceStatus::busy(None, seq - 1, valid_for);
+            let idle = InstanceStatus::idle(seq, valid_for);
+            assert!(matches!(store.publish_now("k", "a", &busy), Some(Ok(()))));
+            assert!(matches!(store.publish_now("k", "a", &idle), Some(Ok(()))));
+        })
+    });
+    let state = TrackerState::new();
+    group.bench_function("state_change_pair", |b| {
+        b.iter(|| {
+            black_box(state.set_blocked(None));
+            black_box(state.set_unblocked());
         })
     });
 
