@@ -371,6 +371,8 @@ pub trait Backend: Send + Sync + 'static {
     /// would have done it; `None` (the default) means "call `publish`". The core tries it
     /// first on every transition, so an in-process store completes a transition inside
     /// `increment` or a guard's drop, with no future, no allocation and no thread hand-off.
+    /// It runs while the key's state is locked (one critical section per transition): it
+    /// must not wait, and must not call back into the registry.
     ///
     /// # Examples
     ///

@@ -18,7 +18,7 @@ use crossbeam_utils::CachePadded;
 use crate::backend::BoxFuture;
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::state::{TrackerState, epoch_is_newer};
-use crate::sync::{AtomicU64, Mutex, Ordering, Signal};
+use crate::sync::{AtomicU64, Ordering, Signal};
 
 // Layout of the state word (`TrackerShared::word`, 64 bits):
 //
@@ -81,7 +81,8 @@ pub(crate) trait Publisher: Send + Sync + 'static {
 
 /// The newest status to publish and what the backend has acknowledged (latest wins: only
 /// the newest status is ever sent; an older one still in flight is superseded).
-struct PublishSlot {
+#[derive(Default)]
+pub(crate) struct PublishSlot {
     newest_epoch: u32,
     newest_busy: bool,
     newest_data: Option<String>,
@@ -137,8 +138,8 @@ pub(crate) struct TrackerShared {
     key: Arc<str>,
     /// Its position in the registry (what it rings the driver with).
     index: usize,
+    /// Holds the latest-wins publish slot too, under its lock.
     state: TrackerState,
-    slot: Mutex<PublishSlot>,
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
     published: Signal,
     publisher: Option<Arc<dyn Publisher>>,
@@ -158,23 +159,13 @@ impl TrackerShared {
         state: TrackerState,
         publisher: Option<Arc<dyn Publisher>>,
     ) -> Self {
+        state.slot().seq = publisher.as_ref().map_or(0, |p| p.first_seq());
         TrackerShared {
             word: CachePadded::new(AtomicU64::new(0)),
             threshold: threshold as u64,
             key,
             index,
             state,
-            slot: Mutex::new(PublishSlot {
-                newest_epoch: 0,
-                newest_busy: false,
-                newest_data: None,
-                acked_epoch: 0,
-                failed: None,
-                publishing: false,
-                seq: publisher.as_ref().map_or(0, |p| p.first_seq()),
-                publishes: 0,
-                publish_failures: 0,
-            }),
             published: Signal::new(),
             publisher,
         }
@@ -268,34 +259,42 @@ impl TrackerShared {
     fn transition(&self, epoch: u32, busy: bool, data: Option<&str>) -> Option<u32> {
         let data = if busy { data } else { None };
         let owned = data.map(String::from);
-        self.state
-            .apply_local_transition(epoch, busy, owned.clone());
-        let publisher = self.publisher.as_ref()?;
-        let mut slot = self.slot.lock();
-        if epoch_is_newer(epoch, slot.newest_epoch) {
-            slot.newest_epoch = epoch;
-            slot.newest_busy = busy;
-            slot.newest_data = owned;
-        }
-        if slot.newest_epoch != epoch || slot.publishing || !publisher.publishes_inline() {
-            return Some(epoch);
-        }
-        // An inline publish never waits, so it runs inside the slot's lock: claiming the
-        // role, publishing and recording the outcome are one critical section. No waiter
-        // can be listening for its outcome (they listen only while `publishing` is set,
-        // which this never sets), so nobody needs waking either.
-        let seq = slot.next_seq();
-        let Some(result) = publisher.publish_now(&self.key, seq, busy, data) else {
-            // The backend cannot publish inline after all: an `Ack` or the driver will.
-            return Some(epoch);
+        let Some(publisher) = &self.publisher else {
+            self.state.apply_local_transition(epoch, busy, owned);
+            return None;
         };
-        slot.record_outcome(epoch, &result);
-        drop(slot);
-        if result.is_err() {
-            publisher.wake_driver(self.index);
-            return Some(epoch);
+        let newest = owned.clone();
+        // An inline publish never waits, so it runs inside the state's lock, with the local
+        // transition: applying, claiming the key, publishing and recording the outcome are one
+        // critical section. No waiter can be listening for its outcome (they listen only
+        // while `publishing` is set, which this never sets), so nobody needs waking either.
+        let failed = self
+            .state
+            .apply_local_transition_then(epoch, busy, owned, |slot| {
+                if epoch_is_newer(epoch, slot.newest_epoch) {
+                    slot.newest_epoch = epoch;
+                    slot.newest_busy = busy;
+                    slot.newest_data = newest;
+                }
+                if slot.newest_epoch != epoch || slot.publishing || !publisher.publishes_inline() {
+                    return None;
+                }
+                let seq = slot.next_seq();
+                let result = publisher.publish_now(&self.key, seq, busy, data)?;
+                slot.record_outcome(epoch, &result);
+                Some(result.is_err())
+            });
+        match failed {
+            // Published and acknowledged inline.
+            Some(false) => None,
+            Some(true) => {
+                publisher.wake_driver(self.index);
+                Some(epoch)
+            }
+            // Someone else is publishing, or the backend cannot publish inline: an `Ack`
+            // or the driver takes over.
+            None => Some(epoch),
         }
-        None
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -311,7 +310,7 @@ impl TrackerShared {
     async fn acknowledged(&self, epoch: u32) -> Result<()> {
         loop {
             let listener = {
-                let slot = self.slot.lock();
+                let slot = self.state.slot();
                 if !epoch_is_newer(epoch, slot.acked_epoch) {
                     return Ok(());
                 }
@@ -368,7 +367,7 @@ impl TrackerShared {
     /// Takes the publishing role for the newest status if it needs publishing (with
     /// `force`: also an acknowledged busy one) and no one else holds the role.
     fn claim(&self, force: bool) -> Option<(u32, u64, bool, Option<String>)> {
-        let mut slot = self.slot.lock();
+        let mut slot = self.state.slot();
         let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
         if slot.publishing || !(pending || (force && slot.newest_busy)) {
             return None;
@@ -386,7 +385,7 @@ impl TrackerShared {
     /// a failure hands the retry to the driver.
     fn settle(&self, publisher: &dyn Publisher, epoch: u32, result: &Result<()>) {
         {
-            let mut slot = self.slot.lock();
+            let mut slot = self.state.slot();
             slot.publishing = false;
             slot.record_outcome(epoch, result);
         }
@@ -398,24 +397,24 @@ impl TrackerShared {
 
     /// A wire sequence above every one this key published (for the goodbye).
     pub(crate) fn next_seq(&self) -> u64 {
-        self.slot.lock().next_seq()
+        self.state.slot().next_seq()
     }
 
     /// Acknowledged and failed publishes of this key so far.
     pub(crate) fn publish_counts(&self) -> (u64, u64) {
-        let slot = self.slot.lock();
+        let slot = self.state.slot();
         (slot.publishes, slot.publish_failures)
     }
 
     /// Whether the newest status still waits for an acknowledgement.
     pub(crate) fn has_pending(&self) -> bool {
-        let slot = self.slot.lock();
+        let slot = self.state.slot();
         epoch_is_newer(slot.newest_epoch, slot.acked_epoch)
     }
 
     /// The newest busy status this instance holds, for goodbyes and diagnostics.
     pub(crate) fn newest_is_busy(&self) -> bool {
-        self.slot.lock().newest_busy
+        self.state.slot().newest_busy
     }
 
     /// count += 1, and the transition it made, done as far as possible without waiting;
@@ -459,7 +458,7 @@ struct PublishingGuard<'a> {
 impl Drop for PublishingGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.tracker.slot.lock().publishing = false;
+            self.tracker.state.slot().publishing = false;
             self.tracker.published.notify_all();
             self.publisher.wake_driver(self.tracker.index);
         }

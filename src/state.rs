@@ -18,7 +18,8 @@ use event_listener::EventListener;
 use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
-use crate::sync::{AtomicU8, AtomicU64, Mutex, Ordering, Signal};
+use crate::controller::PublishSlot;
+use crate::sync::{AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, Signal};
 
 /// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
 /// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
@@ -166,6 +167,26 @@ struct StateData {
     dispatching: bool,
     /// Whether any handler was ever registered: without one, changes queue nothing.
     has_handlers: bool,
+    /// A registry controller's latest-wins publish slot for this key. It lives under this
+    /// lock so that a transition applies itself locally and publishes inline in one critical
+    /// section (one lock round per transition instead of two).
+    slot: PublishSlot,
+}
+
+/// The publish slot of a state, locked (see [`TrackerState::slot`]).
+pub(crate) struct SlotGuard<'a>(MutexGuard<'a, StateData>);
+
+impl core::ops::Deref for SlotGuard<'_> {
+    type Target = PublishSlot;
+    fn deref(&self) -> &PublishSlot {
+        &self.0.slot
+    }
+}
+
+impl core::ops::DerefMut for SlotGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PublishSlot {
+        &mut self.0.slot
+    }
 }
 
 impl Default for TrackerState {
@@ -215,6 +236,7 @@ impl TrackerState {
                     pending: VecDeque::new(),
                     dispatching: false,
                     has_handlers: false,
+                    slot: PublishSlot::default(),
                 }),
                 handlers: Mutex::new(Handlers::default()),
                 policy,
@@ -540,15 +562,31 @@ impl TrackerState {
     /// Applies a controller transition with its epoch; transitions older than the last
     /// applied one (they raced and lost) are dropped.
     pub(crate) fn apply_local_transition(&self, epoch: u32, busy: bool, data: Option<String>) {
+        self.apply_local_transition_then(epoch, busy, data, |_| ());
+    }
+
+    /// Like [`apply_local_transition`](Self::apply_local_transition), running `then` on the
+    /// publish slot in the same critical section (before waiters are woken).
+    pub(crate) fn apply_local_transition_then<R>(
+        &self,
+        epoch: u32,
+        busy: bool,
+        data: Option<String>,
+        then: impl FnOnce(&mut PublishSlot) -> R,
+    ) -> R {
         self.update(|d| {
-            if !epoch_is_newer(epoch, d.local_epoch) {
-                return false;
+            if epoch_is_newer(epoch, d.local_epoch) {
+                d.local_epoch = epoch;
+                d.local_busy = busy;
+                d.local_data = if busy { data } else { None };
             }
-            d.local_epoch = epoch;
-            d.local_busy = busy;
-            d.local_data = if busy { data } else { None };
-            true
-        });
+            then(&mut d.slot)
+        })
+    }
+
+    /// The publish slot, locked (the state's lock).
+    pub(crate) fn slot(&self) -> SlotGuard<'_> {
+        SlotGuard(self.inner.data.lock())
     }
 
     /// Replaces the remote entries with a snapshot's (a newer per-instance `seq` already held
@@ -645,7 +683,7 @@ impl TrackerState {
 
     /// Runs `change` under the lock, re-evaluates the flags, wakes waiters and runs the
     /// handlers for any change. Returns what `change` returned.
-    fn update(&self, change: impl FnOnce(&mut StateData) -> bool) -> bool {
+    fn update<R>(&self, change: impl FnOnce(&mut StateData) -> R) -> R {
         let inner = &*self.inner;
         let (result, flags_changed, queued) = {
             let mut d = inner.data.lock();
