@@ -272,7 +272,11 @@ impl DriverShared {
     }
 
     pub(crate) fn tracker(&self, key: &str) -> Option<&Arc<TrackerShared>> {
-        self.index.get(key).map(|&i| &self.trackers[i])
+        self.index_of(key).map(|i| &self.trackers[i])
+    }
+
+    fn index_of(&self, key: &str) -> Option<usize> {
+        self.index.get(key).copied()
     }
 
     /// Publishes through the tracker's latest-wins slot, counting the outcome.
@@ -300,7 +304,7 @@ impl DriverShared {
     fn handle(&self, event: BackendEvent, state: &mut Loop) -> Option<usize> {
         match event {
             BackendEvent::Snapshot(snapshot) => {
-                let i = *self.index.get(&*snapshot.key)?;
+                let i = self.index_of(&snapshot.key)?;
                 self.trackers[i].state().apply_snapshot(&snapshot);
                 bump(&self.counters.snapshots_applied);
                 Some(i)
@@ -310,7 +314,7 @@ impl DriverShared {
                 entry,
                 store_now,
             } => {
-                let i = *self.index.get(&*key)?;
+                let i = self.index_of(&key)?;
                 self.trackers[i].state().apply_update(&entry, store_now);
                 bump(&self.counters.updates_applied);
                 Some(i)

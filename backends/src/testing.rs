@@ -28,8 +28,9 @@ pub struct RedisServer {
 /// between this check and the server's bind, and a probe `connect` to a port nobody listens
 /// on can even connect to itself there. Ports handed out in this process are never handed
 /// out again, so two tests starting servers at the same moment cannot pick the same one
-/// between the check and the bind; another process can, which `spawn` detects.
-fn free_port() -> u16 {
+/// between the check and the bind; another process can, which `RedisServer` detects. For
+/// any test server that must come back on the same port after a restart (a hub process).
+pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
@@ -139,12 +140,19 @@ impl RedisServer {
         .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
+        let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start `redis-server` (it must be on PATH; install Redis 7): {e}")
         });
+        // Held by `self` at once, so that a panic below still kills it (on drop).
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 if text.contains("Address already in use") {
                     return false;
@@ -156,7 +164,6 @@ impl RedisServer {
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("Ready to accept connections") {
-                self.child = Some(child);
                 return true;
             }
             assert!(

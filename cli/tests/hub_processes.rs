@@ -2,7 +2,6 @@
 //! the only hub, clean shutdown on SIGTERM, `--help`.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
 use reactive_lock_backends::conformance::eventually;
 use reactive_lock_backends::grpc::GrpcBackend;
+use reactive_lock_backends::testing::free_port;
 
 const KEY: &str = "payments";
 const LIMIT: Duration = Duration::from_secs(15);
@@ -53,22 +53,6 @@ impl Drop for HubProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A free port below Linux's ephemeral range (32768+), so that no outgoing connection can
-/// take it between this check and a hub (re)starting on it; never one handed out before in
-/// this process, so that two tests starting hubs at once cannot both pick it.
-fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..1000 {
-        let port = fastrand::u16(22_000..32_000);
-        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return port;
-        }
-    }
-    panic!("no free port below 32768");
 }
 
 async fn instance(urls: &[String], name: &str) -> ReactiveLock {
