@@ -8,7 +8,7 @@
 //! * after the write, `PUBLISH ReactiveLock:Redis:HashSetNotifier:{key}`.
 //!
 //! A .NET subscriber ignores the published payload and re-reads the hash, so ours carries a
-//! self-describing payload (`RLv1`, instance, sequence, the server's clock, the .NET value)
+//! self-describing payload (`RLv2`, instance, sequence, the server's clock, the .NET value)
 //! that our subscribers apply directly — no re-read per notification, so a transition costs
 //! O(1) Redis work per subscriber instead of a full `HGETALL`. A payload that is not ours
 //! (a .NET writer's bare value) makes our subscriber re-read that key once.
@@ -22,8 +22,15 @@
 //!
 //! # Connections and runtime
 //!
-//! One multiplexed connection for commands and one pub/sub connection for every key of a
-//! registry. The redis crate runs them on smol's global executor (`smol-comp`), so the
+//! One multiplexed connection for commands and one RESP3 connection per registry for the
+//! subscriptions to all its keys. On a single server a registry's publishes go through its
+//! subscription's connection while it is up: the echo of each publish (Redis delivers it to
+//! every subscriber of the channel, the publisher's own subscription included) then returns
+//! on the connection that sent the script, in the same read as its reply, instead of costing
+//! the server a second write and the client a second wake-up (`redis/transition_ack_pair`:
+//! see BENCHMARKS.md). Publishes fall back to the command connection while it is down; the
+//! script's sequence check keeps a write that arrives late on one connection from
+//! overriding a newer one sent on the other. The redis crate runs them on smol's global executor (`smol-comp`), so the
 //! backend works whatever runtime the application uses — tokio, smol, async-std — or none.
 //! A lost command connection is re-established on the next call; the subscription pings the
 //! server after [`health_check_interval`](RedisBackendBuilder::health_check_interval) of silence and
@@ -31,7 +38,7 @@
 //! paused with SIGSTOP, whose sockets stay open), after which the driver resubscribes with
 //! backoff, re-reads every key and re-publishes its own statuses.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,27 +72,31 @@ fn seq_hash_name(key: &str) -> String {
 }
 
 const CHANNEL_PREFIX: &str = "ReactiveLock:Redis:HashSetNotifier:";
-const PAYLOAD_MAGIC: &str = "RLv1";
+/// Our notification payloads: `RLv2\n{instance}\n{seq}\n{unix seconds}\n{microseconds}\n{value}`
+/// (the server's clock as `TIME` returns it). `RLv1` carried the clock as .NET ticks, which
+/// the script had to compute; it is still accepted from instances of earlier versions.
+const PAYLOAD_MAGIC: &str = "RLv2";
+const PAYLOAD_MAGIC_V1: &str = "RLv1";
 
 /// TIME + ordered HSET + PUBLISH in one atomic step. Lua numbers are doubles, so .NET ticks
 /// (~6.4e17, beyond 2^53) are built as strings from exact parts: whole seconds since
 /// 0001-01-01 (~6.4e10, printed exactly by Lua's `%.14g` number-to-string) and the 7-digit
 /// sub-second tick count (8 digits with a leading 1, which `string.sub` drops). No
 /// `string.format`: in Redis's Lua it cost ~0.75 µs a call, a third of the script's time.
+/// The notification carries `TIME`'s two numbers as they are (each number-to-string
+/// conversion and `string.sub` costs the script some 0.3–0.5 µs).
 /// Sequences are compared as zero-padded 20-digit strings for the same reason. They live in
 /// a hash beside the .NET one, with no expiry, as the .NET hash's fields have none.
 const PUBLISH_SCRIPT: &str = r#"
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held and held > ARGV[2] then return 0 end
 local t = redis.call('TIME')
-local sec = t[1] + 62135596800
 local vus = t[2] + ARGV[4]
-local vsec = sec + math.floor(vus / 1000000)
-local value = ARGV[3] .. ';' .. vsec .. string.sub(vus % 1000000 * 10 + 10000000, 2)
+local value = ARGV[3] .. ';' .. (t[1] + 62135596800 + math.floor(vus / 1000000)) .. string.sub(vus % 1000000 * 10 + 10000000, 2)
 if ARGV[5] == '1' then value = value .. ';' .. ARGV[6] end
 redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[7], 'RLv1\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. sec .. string.sub(t[2] * 10 + 10000000, 2) .. '\n' .. value)
+redis.call('PUBLISH', ARGV[7], 'RLv2\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. t[1] .. '\n' .. t[2] .. '\n' .. value)
 return 1
 "#;
 
@@ -229,6 +240,8 @@ impl RedisBackendBuilder {
                 malformed_seen: Mutex::new(HashSet::new()),
                 notifications_applied: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
+                own: Mutex::new(HashMap::new()),
+                next_own_id: AtomicU64::new(0),
             }),
         };
         let mut connection = backend.connection().await?;
@@ -367,6 +380,11 @@ struct Inner {
     malformed_seen: Mutex<HashSet<(String, String, Vec<u8>)>>,
     notifications_applied: AtomicU64,
     rereads: AtomicU64,
+    /// Each subscribed instance's subscription connection (single server), by instance
+    /// name, with the id of the subscription that registered it: that instance's publishes
+    /// go there (see the module docs).
+    own: Mutex<HashMap<String, (u64, MultiplexedConnection)>>,
+    next_own_id: AtomicU64,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -706,24 +724,41 @@ fn parse_payload(payload: &[u8]) -> Payload {
             Payload::Foreign
         };
     };
-    let mut parts = text.splitn(5, '\n');
-    if parts.next() != Some(PAYLOAD_MAGIC) {
-        return Payload::Foreign;
-    }
-    let (Some(instance), Some(seq), Some(now), Some(value)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (magic, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let v1 = match magic {
+        PAYLOAD_MAGIC => false,
+        PAYLOAD_MAGIC_V1 => true,
+        _ => return Payload::Foreign,
+    };
+    // The value comes last: lock data may hold newlines.
+    let mut parts = rest.splitn(if v1 { 4 } else { 5 }, '\n');
+    let (Some(instance), Some(seq), Some(now)) = (parts.next(), parts.next(), parts.next()) else {
         return Payload::Malformed("notification has missing fields");
     };
     let Ok(seq) = seq.parse::<u64>() else {
         return Payload::Malformed("notification sequence is not a number");
     };
-    let Some(store_now) = now
-        .parse::<u64>()
-        .ok()
-        .and_then(StoreTime::from_dotnet_ticks)
-    else {
-        return Payload::Malformed("notification clock is not valid ticks");
+    let store_now = if v1 {
+        now.parse::<u64>()
+            .ok()
+            .and_then(StoreTime::from_dotnet_ticks)
+    } else {
+        // `TIME`'s seconds and microseconds.
+        parts
+            .next()
+            .and_then(|micros| Some((now.parse::<u64>().ok()?, micros.parse::<u64>().ok()?)))
+            .filter(|&(_, micros)| micros < 1_000_000)
+            .and_then(|(secs, micros)| {
+                secs.checked_mul(1_000_000_000)?
+                    .checked_add(micros * 1_000)
+                    .map(StoreTime::from_unix_nanos)
+            })
+    };
+    let Some(store_now) = store_now else {
+        return Payload::Malformed("notification clock is not a valid time");
+    };
+    let Some(value) = parts.next() else {
+        return Payload::Malformed("notification has missing fields");
     };
     match parse_value(value.as_bytes()) {
         Ok((busy, valid_until, data)) => Payload::Ours {
@@ -799,7 +834,13 @@ impl Backend for RedisBackend {
                 ),
             ));
         }
-        let mut connection = self.connection().await?;
+        // The instance's own subscription connection if it has one (its echo then comes back
+        // with the reply), else the command connection.
+        let own = self.inner.own.lock().get(instance).cloned();
+        let mut connection = match &own {
+            Some((_, connection)) => Commands::Single(connection.clone()),
+            None => self.connection().await?,
+        };
         // At most a century: the script prints whole seconds with Lua's `%.14g`, exact
         // below 1e14 s (and .NET's DateTime ends in the year 9999 anyway).
         const CENTURY_US: u128 = 100 * 365 * 24 * 3600 * 1_000_000;
@@ -823,7 +864,17 @@ impl Backend for RedisBackend {
             .arg(channel_name(key))
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| self.error("publish (EVALSHA)", e))?;
+            .map_err(|e| {
+                let error = self.error("publish (EVALSHA)", e);
+                // A broken subscription connection is replaced when the subscription
+                // notices; until then publishes take the command connection.
+                if let Some((id, _)) = own
+                    && error.kind() == BackendErrorKind::Unavailable
+                {
+                    OwnConnection::forget(&self.inner, instance, id);
+                }
+                error
+            })?;
         Ok(())
     }
 
@@ -874,8 +925,24 @@ impl Backend for RedisBackend {
                 .await
                 .map_err(|e| self.error("SUBSCRIBE", e))?;
         }
+        let own = match &connection {
+            Commands::Single(connection) => {
+                let id = self.inner.next_own_id.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .own
+                    .lock()
+                    .insert(instance.to_string(), (id, connection.clone()));
+                Some(OwnConnection {
+                    inner: self.inner.clone(),
+                    instance: instance.to_string(),
+                    id,
+                })
+            }
+            Commands::Cluster(_) => None,
+        };
         let state = Subscription {
             backend: self.clone(),
+            own,
             source: Source { connection, pushes },
             done: false,
             health_check: async_io::Timer::interval(self.inner.health_check_interval),
@@ -901,7 +968,7 @@ const SUBSCRIBE_SLICE: usize = 256;
 type Message = (String, Vec<u8>);
 
 /// The push sender of a subscription: passes messages and disconnections on, except echoes of
-/// `instance`'s own publishes (`RLv1\n<instance>\n...`), dropped here on the connection's
+/// `instance`'s own publishes (`RLv2\n<instance>\n...`), dropped here on the connection's
 /// task so that the subscriber's thread is not woken for them. Instance names never contain a newline
 /// (`publish` rejects them), so the prefix match is exact.
 fn own_echo_filter(
@@ -961,8 +1028,35 @@ impl Source {
     }
 }
 
+/// A subscription's registration as its instance's publish connection; dropping it (the
+/// subscription ended) takes the connection back out, unless a newer subscription of the
+/// same instance has replaced it.
+struct OwnConnection {
+    inner: Arc<Inner>,
+    instance: String,
+    id: u64,
+}
+
+impl OwnConnection {
+    fn forget(inner: &Inner, instance: &str, id: u64) {
+        let mut own = inner.own.lock();
+        if own.get(instance).is_some_and(|(held, _)| *held == id) {
+            own.remove(instance);
+        }
+    }
+}
+
+impl Drop for OwnConnection {
+    fn drop(&mut self) {
+        Self::forget(&self.inner, &self.instance, self.id);
+    }
+}
+
 struct Subscription {
     backend: RedisBackend,
+    /// This connection's role as the instance's publish connection; ends when the
+    /// subscription does (dropped or disconnected).
+    own: Option<OwnConnection>,
     source: Source,
     done: bool,
     /// One periodic timer for the whole subscription (registering a fresh timer per
@@ -979,6 +1073,12 @@ enum Woke {
 }
 
 impl Subscription {
+    /// Marks the stream ended (after its `Disconnected`) and stops publishing through it.
+    fn end(&mut self) {
+        self.done = true;
+        self.own = None;
+    }
+
     /// The next event; after `Disconnected` the stream ends and the driver resubscribes.
     async fn next(mut self) -> Option<(BackendEvent, Self)> {
         if self.done {
@@ -999,14 +1099,14 @@ impl Subscription {
                     self.last_message = std::time::Instant::now();
                     if let Some(event) = self.backend.event_for(&channel, &payload).await {
                         if matches!(event, BackendEvent::Disconnected) {
-                            self.done = true;
+                            self.end();
                         }
                         return Some((event, self));
                     }
                 }
                 Woke::Message(None) => {
                     tracing::warn!(address = %self.backend.inner.address, "reactive-lock: Redis subscription closed");
-                    self.done = true;
+                    self.end();
                     return Some((BackendEvent::Disconnected, self));
                 }
                 Woke::HealthCheck
@@ -1021,7 +1121,7 @@ impl Subscription {
                     .await;
                     if !alive {
                         tracing::warn!(address = %self.backend.inner.address, "reactive-lock: Redis stopped answering");
-                        self.done = true;
+                        self.end();
                         return Some((BackendEvent::Disconnected, self));
                     }
                 }
@@ -1056,12 +1156,46 @@ mod tests {
 
     #[test]
     fn parses_payloads() {
-        let now = StoreTime::from_unix_nanos(1_700_000_000_000_000_000);
-        let p = format!(
+        let now = StoreTime::from_unix_nanos(1_700_000_000_123_456_000);
+        let v2 = format!(
+            "RLv2\ni-1\n42\n1700000000\n123456\n1;{};data\nwith newline",
+            now.to_dotnet_ticks() + 1
+        );
+        // Earlier versions' payloads: the clock in .NET ticks.
+        let v1 = format!(
             "RLv1\ni-1\n42\n{}\n1;{};data\nwith newline",
             now.to_dotnet_ticks(),
             now.to_dotnet_ticks() + 1
         );
+        for p in [v2, v1] {
+            assert_parses_as_ours(&p, now);
+        }
+        assert!(matches!(
+            parse_payload(b"1;638000000000000000;x"),
+            Payload::Foreign
+        ));
+        assert!(matches!(
+            parse_payload(b"RLv3\ni\n1\n1\n1\n1;1"),
+            Payload::Foreign
+        ));
+        for malformed in [
+            &b"RLv1\ni"[..],
+            b"RLv1\ni\nx\n1\n1;1",
+            b"RLv2\ni\n1\n1700000000\n1;1",
+            b"RLv2\ni\n1\n1700000000\n1000000\n1;1",
+            b"RLv2\ni\n1\nnow\n0\n1;1",
+            b"RLv2\ni\n1\n18446744073709551615\n0\n1;1",
+            b"RLv2\ni\n1\n1700000000\n5",
+        ] {
+            assert!(
+                matches!(parse_payload(malformed), Payload::Malformed(_)),
+                "{}",
+                String::from_utf8_lossy(malformed)
+            );
+        }
+    }
+
+    fn assert_parses_as_ours(p: &str, now: StoreTime) {
         match parse_payload(p.as_bytes()) {
             Payload::Ours {
                 instance,
@@ -1077,17 +1211,8 @@ mod tests {
                 );
                 assert_eq!(data.as_deref(), Some("data\nwith newline"));
             }
-            _ => panic!("expected our payload"),
+            _ => panic!("expected our payload: {p:?}"),
         }
-        assert!(matches!(
-            parse_payload(b"1;638000000000000000;x"),
-            Payload::Foreign
-        ));
-        assert!(matches!(parse_payload(b"RLv1\ni"), Payload::Malformed(_)));
-        assert!(matches!(
-            parse_payload(b"RLv1\ni\nx\n1\n1;1"),
-            Payload::Malformed(_)
-        ));
     }
 
     #[test]

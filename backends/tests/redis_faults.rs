@@ -249,3 +249,102 @@ fn random_flapping_across_three_instances_ends_in_the_truth() {
         }
     });
 }
+
+/// `CLIENT LIST`, one map of fields per connection.
+fn clients(raw: &mut redis::Connection) -> Vec<std::collections::HashMap<String, String>> {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(raw).unwrap();
+    list.lines()
+        .map(|line| {
+            line.split(' ')
+                .filter_map(|field| field.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The ids of the connections holding subscriptions, and which of them ran the script last.
+fn subscribed(raw: &mut redis::Connection) -> (Vec<String>, Vec<String>) {
+    let subscribed: Vec<_> = clients(raw)
+        .into_iter()
+        .filter(|c| c.get("sub").is_some_and(|n| n != "0"))
+        .collect();
+    let ids = subscribed.iter().map(|c| c["id"].clone()).collect();
+    let scripted = subscribed
+        .iter()
+        .filter(|c| c.get("cmd").is_some_and(|cmd| cmd == "evalsha"))
+        .map(|c| c["id"].clone())
+        .collect();
+    (ids, scripted)
+}
+
+#[test]
+fn publishes_ride_the_subscription_connection_and_survive_its_loss() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    block_on(async {
+        // Health checks far apart: the subscription's connection runs nothing but what the
+        // instance sends through it.
+        let backend = RedisBackend::builder(&server.url())
+            .health_check_interval(Duration::from_secs(60))
+            .response_timeout(Duration::from_millis(400))
+            .connect()
+            .await
+            .unwrap();
+        let a = ReactiveLock::builder()
+            .instance_name("a")
+            .tracker(KEY, TrackerConfig::new())
+            .build(backend)
+            .await
+            .unwrap();
+        let ctrl = a.controller(KEY).unwrap();
+        ctrl.increment(Some("first")).await.unwrap();
+        let (ids, scripted) = subscribed(&mut raw);
+        assert_eq!(ids.len(), 1, "one subscription connection");
+        assert_eq!(
+            scripted, ids,
+            "the publish went through the subscription's connection"
+        );
+
+        // Its connection dies: transitions still reach Redis (through the command connection
+        // until the driver has resubscribed, then through the new subscription).
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(&ids[0])
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(killed, 1);
+        let deadline = Instant::now() + LIMIT;
+        let mut busy = true;
+        loop {
+            // A publish racing the loss may fail (the driver retries it); later ones succeed.
+            let acked = if busy {
+                ctrl.decrement(1).await
+            } else {
+                ctrl.increment(Some("after")).await
+            };
+            busy = !busy;
+            let (now_ids, now_scripted) = subscribed(&mut raw);
+            if acked.is_ok()
+                && now_ids.len() == 1
+                && now_ids[0] != ids[0]
+                && now_scripted == now_ids
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no publish through a new subscription connection: {acked:?}, {now_ids:?}, {now_scripted:?}"
+            );
+            async_io::Timer::after(Duration::from_millis(20)).await;
+        }
+        let value: String = raw.hget(hash_name(KEY), "a").unwrap();
+        assert_eq!(
+            value.starts_with("1;"),
+            busy,
+            "Redis holds the last acknowledged transition: {value}"
+        );
+        a.shutdown().await;
+    });
+}

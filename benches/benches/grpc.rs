@@ -57,6 +57,15 @@ async fn instance(url: &str, name: &str) -> ReactiveLock {
         .expect("build")
 }
 
+/// A backend on the application's (the calling task's) tokio runtime.
+async fn app_runtime_backend(url: &str) -> GrpcBackend {
+    GrpcBackend::builder([url.to_string()])
+        .runtime(tokio::runtime::Handle::current())
+        .connect()
+        .await
+        .expect("connect")
+}
+
 fn grpc_benches(c: &mut Criterion) {
     let hub = HubServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -88,6 +97,30 @@ fn grpc_benches(c: &mut Criterion) {
             })
         })
     });
+
+    // One instance, as in the unary baseline nobody else listens to the key (the hub sends
+    // an instance no echo of its own changes): on the backend's own runtime (the default),
+    // then on the application's.
+    let solo = block_on(instance(&hub.url, "solo"));
+    let ctrl = solo.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair", |b| {
+        b.iter(|| block_on(transition_ack_pair(&ctrl)))
+    });
+    block_on(solo.shutdown());
+    let (solo, driver) = rt.block_on(async {
+        ReactiveLock::builder()
+            .instance_name("solo-app")
+            .tracker(KEY, TrackerConfig::new())
+            .build_with_driver(app_runtime_backend(&hub.url).await)
+            .await
+            .expect("build")
+    });
+    drop(rt.spawn(driver));
+    let ctrl = solo.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair_app_runtime", |b| {
+        b.iter(|| rt.block_on(transition_ack_pair(&ctrl)))
+    });
+    rt.block_on(solo.shutdown());
 
     // The unary pair again with two subscribers draining the key, as the two instances
     // below do (the hub fans each status out to both; their readers share the pinned CPU).
@@ -128,7 +161,7 @@ fn grpc_benches(c: &mut Criterion) {
     let (a, b_lock) =
         block_on(async { (instance(&hub.url, "a").await, instance(&hub.url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
-    group.bench_function("transition_ack_pair", |b| {
+    group.bench_function("transition_ack_pair_2_instances", |b| {
         b.iter(|| block_on(transition_ack_pair(&ctrl)))
     });
 
@@ -148,17 +181,11 @@ fn grpc_benches(c: &mut Criterion) {
     let (a, b_lock) = rt.block_on(pair_with_drivers(
         ["app-a", "app-b"],
         KEY,
-        || async {
-            GrpcBackend::builder([hub.url.clone()])
-                .runtime(tokio::runtime::Handle::current())
-                .connect()
-                .await
-                .expect("connect")
-        },
+        || app_runtime_backend(&hub.url),
         |driver| drop(tokio::spawn(driver)),
     ));
     let ctrl = a.controller(KEY).unwrap();
-    group.bench_function("transition_ack_pair_app_runtime", |b| {
+    group.bench_function("transition_ack_pair_2_instances_app_runtime", |b| {
         b.iter(|| rt.block_on(transition_ack_pair(&ctrl)))
     });
     let state_b = b_lock.state(KEY).unwrap();

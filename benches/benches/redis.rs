@@ -12,7 +12,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
 use reactive_lock_backends::testing::RedisServer;
-use reactive_lock_benches::{pair_with_drivers, propagation_pair, transition_ack_pair};
+use reactive_lock_benches::{propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
 
@@ -62,24 +62,57 @@ fn redis_benches(c: &mut Criterion) {
         b.iter(|| block_on(lua_pair(&script, hash, channel, &mut raw)))
     });
 
-    // The same, with two subscribers draining the channel as the two instances below do
-    // (each subscriber's connection task and reader share the pinned CPU with the caller).
-    let drains: Vec<_> = (0..2)
-        .map(|_| {
-            let mut pubsub = block_on(client.get_async_pubsub()).unwrap();
-            block_on(pubsub.subscribe(channel)).unwrap();
-            let mut messages = pubsub.into_on_message();
-            std::thread::spawn(move || block_on(async { while messages.next().await.is_some() {} }))
-        })
-        .collect();
+    // The same on a RESP3 connection that is itself subscribed to the channel: the echo
+    // comes back on the connection that sent the script, beside its reply.
+    let resp3 = {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(settings)).unwrap()
+    };
+    let config = redis::AsyncConnectionConfig::new()
+        .set_push_sender(|_: redis::PushInfo| Ok::<(), redis::aio::SendError>(()));
+    let mut own = block_on(resp3.get_multiplexed_async_connection_with_config(&config)).unwrap();
+    block_on(own.subscribe(channel)).unwrap();
+    group.bench_function("lua_hset_publish_pair_own_subscription", |b| {
+        b.iter(|| block_on(lua_pair(&script, hash, channel, &mut own)))
+    });
+    block_on(own.unsubscribe(channel)).unwrap();
+
+    // The same with one, then two subscribers draining the channel: an instance's own
+    // subscription receives its own publishes (Redis cannot exclude the publisher), and the
+    // two-instance benches below have both instances subscribed (each subscriber's
+    // connection task and reader share the pinned CPU with the caller).
+    let drain = || {
+        let mut pubsub = block_on(client.get_async_pubsub()).unwrap();
+        block_on(pubsub.subscribe(channel)).unwrap();
+        let mut messages = pubsub.into_on_message();
+        std::thread::spawn(move || block_on(async { while messages.next().await.is_some() {} }))
+    };
+    let mut drains = vec![drain()];
+    group.bench_function("lua_hset_publish_pair_1_subscriber", |b| {
+        b.iter(|| block_on(lua_pair(&script, hash, channel, &mut raw)))
+    });
+    drains.push(drain());
     group.bench_function("lua_hset_publish_pair_2_subscribers", |b| {
         b.iter(|| block_on(lua_pair(&script, hash, channel, &mut raw)))
     });
     drop(drains); // detached: they end with the process
 
+    // One instance, as in the baselines nobody else listens: its own subscription is the
+    // only one (see `lua_hset_publish_pair_1_subscriber`).
+    let solo = block_on(instance(&url, "solo"));
+    let ctrl = solo.controller(KEY).unwrap();
+    group.bench_function("transition_ack_pair", |b| {
+        b.iter(|| block_on(transition_ack_pair(&ctrl)))
+    });
+    block_on(solo.shutdown());
+
     let (a, b_lock) = block_on(async { (instance(&url, "a").await, instance(&url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
-    group.bench_function("transition_ack_pair", |b| {
+    group.bench_function("transition_ack_pair_2_instances", |b| {
         b.iter(|| block_on(transition_ack_pair(&ctrl)))
     });
 
@@ -123,29 +156,6 @@ fn redis_benches(c: &mut Criterion) {
     let state_b = b_lock.state(KEY).unwrap();
     let mut changes = state_b.changes();
     group.bench_function("propagation_pair", |b| {
-        b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
-    });
-    block_on(async {
-        a.shutdown().await;
-        b_lock.shutdown().await;
-    });
-
-    // The same with both drivers on smol's global executor, where the redis crate runs the
-    // connections (`build_with_driver` + `smol::spawn`): a delivery reaches the driver with
-    // a task switch instead of a thread hand-off.
-    let (a, b_lock) = block_on(pair_with_drivers(
-        ["smol-a", "smol-b"],
-        KEY,
-        || async { RedisBackend::connect(&url).await.expect("connect") },
-        |driver| smol::spawn(driver).detach(),
-    ));
-    let ctrl = a.controller(KEY).unwrap();
-    group.bench_function("transition_ack_pair_driver_on_smol", |b| {
-        b.iter(|| block_on(transition_ack_pair(&ctrl)))
-    });
-    let state_b = b_lock.state(KEY).unwrap();
-    let mut changes = state_b.changes();
-    group.bench_function("propagation_pair_driver_on_smol", |b| {
         b.iter(|| block_on(propagation_pair(&ctrl, &state_b, &mut changes)))
     });
     group.finish();
