@@ -22,18 +22,26 @@ use crate::sync::{AtomicU64, Ordering, Signal};
 
 // Layout of the state word (`TrackerShared::word`, 64 bits):
 //
-//   63                              32 31                               0
-//  +----------------------------------+----------------------------------+
-//  |        COUNT (in-flight work)    |  EPOCH (transitions, wrapping)    |
-//  +----------------------------------+----------------------------------+
+//   63                              32 31                            1     0
+//  +----------------------------------+-------------------------------+-------+
+//  |        COUNT (in-flight work)    |  IDLES (idle transitions)     | LATCH |
+//  +----------------------------------+-------------------------------+-------+
 //
-// EPOCH counts busy/idle transitions; transitions alternate, so the instance is busy iff
-// EPOCH is odd (bit 0 = BUSY). Keeping the epoch in the same word as the count makes each
-// transition and its ordering one atomic decision: two racing transitions get distinct,
-// ordered epochs, and the slow path drops whichever arrives late. 2^32 wraps keep parity.
-// COUNT holds up to u32::MAX in-flight operations.
-const BUSY: u64 = 1;
-const EPOCH_MASK: u64 = 0xFFFF_FFFF;
+// Busy iff COUNT >= threshold or LATCH is set. LATCH is the hysteresis: a decrement that
+// takes a busy tracker below the threshold (but not to zero) sets it, so the tracker stays
+// busy until zero. An increment never needs more than its `fetch_add`: the one that takes an
+// idle tracker (LATCH clear, COUNT = threshold - 1) to the threshold *is* the busy
+// transition, decided by that single read-modify-write. The idle transition (a decrement
+// to zero of a busy tracker) is a CAS that clears LATCH and bumps IDLES.
+//
+// Transitions alternate, so their epochs follow from IDLES: the busy transition after the
+// i-th idle one has epoch 2i + 1, the idle one 2i + 2 (odd = busy). Two racing transitions
+// get distinct, ordered epochs from the order of their read-modify-writes on this one word,
+// and the slow path drops whichever arrives late. IDLES wraps at 2^31, the epochs at 2^32
+// (compared with wrapping arithmetic). COUNT holds up to u32::MAX in-flight operations.
+const LATCH: u64 = 1;
+const IDLES_SHIFT: u32 = 1;
+const IDLES_MASK: u64 = 0xFFFF_FFFE;
 const COUNT_SHIFT: u32 = 32;
 const COUNT_ONE: u64 = 1 << COUNT_SHIFT;
 
@@ -41,8 +49,13 @@ const fn count_of(word: u64) -> u64 {
     word >> COUNT_SHIFT
 }
 
-const fn epoch_of(word: u64) -> u32 {
-    (word & EPOCH_MASK) as u32
+const fn idles_of(word: u64) -> u32 {
+    ((word & IDLES_MASK) >> IDLES_SHIFT) as u32
+}
+
+/// The epoch of the busy transition that follows `word`'s idle transitions.
+const fn busy_epoch(word: u64) -> u32 {
+    idles_of(word).wrapping_mul(2).wrapping_add(1)
 }
 
 /// Where a registry's controller sends its transitions (implemented by the registry;
@@ -183,36 +196,26 @@ impl TrackerShared {
         &self.state
     }
 
-    /// count += 1; the busy transition if this crosses the threshold.
+    /// Whether `word` is busy under this tracker's threshold.
+    fn busy_in(&self, word: u64) -> bool {
+        word & LATCH != 0 || count_of(word) >= self.threshold
+    }
+
+    /// count += 1; the busy transition if this reaches the threshold of an idle tracker.
     fn add_one(&self) -> Change {
-        // Hot path: one RMW. Only when this increment may have reached the threshold of an
-        // idle tracker do we look again and claim the transition with a CAS.
+        // One RMW, transition or not: the increment that takes an idle tracker to the
+        // threshold is the busy transition (see the layout above).
         let prev = self.word.fetch_add(COUNT_ONE, Ordering::AcqRel);
         debug_assert!(
             count_of(prev) < u64::from(u32::MAX),
             "in-flight count overflow"
         );
-        if prev & BUSY != 0 || count_of(prev) + 1 < self.threshold {
+        if prev & LATCH != 0 || count_of(prev) + 1 != self.threshold {
             return Change::None;
         }
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            // Someone else made it busy, or decrements brought the count back below the
-            // threshold before we claimed it: either way there is no transition for us.
-            if current & BUSY != 0 || count_of(current) < self.threshold {
-                return Change::None;
-            }
-            let epoch = epoch_of(current).wrapping_add(1);
-            let next = (current & !EPOCH_MASK) | u64::from(epoch);
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Change::Transition { epoch, busy: true },
-                Err(actual) => current = actual,
-            }
+        Change::Transition {
+            epoch: busy_epoch(prev),
+            busy: true,
         }
     }
 
@@ -225,20 +228,31 @@ impl TrackerShared {
         let mut current = self.word.load(Ordering::Acquire);
         loop {
             let count = count_of(current);
-            let busy = current & BUSY != 0;
-            if count == 0 && !busy {
+            if count == 0 {
+                // Never busy at zero: the decrement that reached zero made it idle.
                 return Change::None;
             }
+            let busy = self.busy_in(current);
             let remaining = count.saturating_sub(n);
-            // Hysteresis: busy turns idle only at zero, never between threshold-1 and 1.
-            let (next, change) = if remaining == 0 && busy {
-                let epoch = epoch_of(current).wrapping_add(1);
-                (u64::from(epoch), Change::Transition { epoch, busy: false })
-            } else {
+            let idles = current & IDLES_MASK;
+            let (next, change) = if busy && remaining == 0 {
+                let next_idles = (idles + (1 << IDLES_SHIFT)) & IDLES_MASK;
                 (
-                    (remaining << COUNT_SHIFT) | (current & EPOCH_MASK),
-                    Change::None,
+                    next_idles,
+                    Change::Transition {
+                        epoch: busy_epoch(current).wrapping_add(1),
+                        busy: false,
+                    },
                 )
+            } else {
+                // Hysteresis: a busy tracker below the threshold stays busy (LATCH) until
+                // zero; an idle one keeps LATCH clear.
+                let latch = if busy && remaining < self.threshold {
+                    LATCH
+                } else {
+                    current & LATCH
+                };
+                ((remaining << COUNT_SHIFT) | idles | latch, Change::None)
             };
             match self.word.compare_exchange_weak(
                 current,
@@ -302,7 +316,7 @@ impl TrackerShared {
     }
 
     pub(crate) fn is_busy(&self) -> bool {
-        self.word.load(Ordering::Acquire) & BUSY != 0
+        self.busy_in(self.word.load(Ordering::Acquire))
     }
 
     /// Waits until the backend acknowledged `epoch` or a newer status, publishing itself

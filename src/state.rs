@@ -19,7 +19,7 @@ use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
 use crate::controller::PublishSlot;
-use crate::sync::{AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, Signal};
+use crate::sync::{AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, Signal, SignalListener};
 
 /// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
 /// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
@@ -301,7 +301,7 @@ impl TrackerState {
         loop {
             // Register first, then re-check: a change between the check and the await
             // notifies this listener, so no wake-up is lost.
-            let listener = self.inner.changed.listen();
+            let listener = self.listen_changed();
             if !self.is_blocked() {
                 return true;
             }
@@ -683,9 +683,23 @@ impl TrackerState {
 
     /// Runs `change` under the lock, re-evaluates the flags, wakes waiters and runs the
     /// handlers for any change. Returns what `change` returned.
+    /// A counted listener of `changed`, registered under the state's lock (see
+    /// [`Signal::has_listeners_locked`]); re-check the condition before awaiting it.
+    fn listen_changed(&self) -> SignalListener<'_> {
+        let _data = self.inner.data.lock();
+        self.inner.changed.listen()
+    }
+
+    /// Like [`listen_changed`](Self::listen_changed), uncounted by
+    /// [`Signal::unregister`].
+    fn register_changed(&self) -> EventListener {
+        let _data = self.inner.data.lock();
+        self.inner.changed.register()
+    }
+
     fn update<R>(&self, change: impl FnOnce(&mut StateData) -> R) -> R {
         let inner = &*self.inner;
-        let (result, flags_changed, queued) = {
+        let (result, notify, queued) = {
             let mut d = inner.data.lock();
             let result = change(&mut d);
             let old = inner.flags.load(Ordering::Relaxed);
@@ -704,10 +718,16 @@ impl TrackerState {
                     .version
                     .store(version.wrapping_add(1), Ordering::Release);
             }
-            (result, new != old, queued)
+            // Listeners register under this lock (`listen_changed`): a plain load here
+            // orders against them, no fence on the transition path.
+            (
+                result,
+                new != old && inner.changed.has_listeners_locked(),
+                queued,
+            )
         };
-        if flags_changed {
-            inner.changed.notify_all();
+        if notify {
+            inner.changed.notify_all_unchecked();
         }
         if queued {
             self.dispatch_handlers();
@@ -866,7 +886,7 @@ impl Stream for StatusChanges {
                 return Poll::Ready(Some(this.state.status()));
             }
             match &mut this.listener {
-                None => this.listener = Some(this.state.inner.changed.register()),
+                None => this.listener = Some(this.state.register_changed()),
                 Some(listener) => {
                     core::task::ready!(Pin::new(listener).poll(cx));
                     this.drop_listener();
@@ -892,7 +912,7 @@ impl TrackerState {
             return false;
         }
         loop {
-            let listener = self.inner.changed.listen();
+            let listener = self.listen_changed();
             if !self.is_blocked() {
                 return true;
             }
@@ -926,7 +946,7 @@ impl TrackerState {
         }
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let listener = self.inner.changed.listen();
+            let listener = self.listen_changed();
             if !self.is_blocked() {
                 return Ok(true);
             }

@@ -94,6 +94,23 @@ impl Signal {
         }
     }
 
+    /// Whether anyone listens, for a signal whose listeners all register (with
+    /// [`listen`](Self::listen) or [`register`](Self::register)) inside the same lock as
+    /// the notifier changes the condition and calls this: the lock orders each registration
+    /// before the change (the count is seen, and the listener exists before the notify) or
+    /// after it (the listener's re-check, after the lock, sees the change). No
+    /// read-modify-write needed: a plain load under the lock. A count that is stale-high
+    /// (a listener dropped meanwhile) only costs a needless notify.
+    pub(crate) fn has_listeners_locked(&self) -> bool {
+        self.listeners.load(Ordering::Relaxed) != 0
+    }
+
+    /// Wakes every current listener, unconditionally (after
+    /// [`has_listeners_locked`](Self::has_listeners_locked) said someone listens).
+    pub(crate) fn notify_all_unchecked(&self) {
+        self.event.notify(usize::MAX);
+    }
+
     /// Counts a listener and registers it; pair with [`unregister`](Self::unregister) when
     /// the returned listener is dropped. Prefer [`listen`](Self::listen).
     pub(crate) fn register(&self) -> event_listener::EventListener {

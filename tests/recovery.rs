@@ -258,8 +258,18 @@ fn flapping_coalesces_to_the_newest_status() {
 
         // The in-process store takes every transition inline (each is one cheap write);
         // a reader that cannot keep up reads the key once, however many writes it missed.
+        // a's driver must not publish meanwhile: a renewal claims the key while it runs (as
+        // it should), and a transition in that window is left to it (the build did the
+        // first sync: the driver starts with nothing to publish).
         let backend = LocalBackend::new();
-        let a = instance(&backend, "a", UnknownPolicy::KeepLast).await;
+        let a = ReactiveLock::builder()
+            .instance_name("a")
+            .renewal(Duration::from_secs(60))
+            .expiration(Duration::from_secs(120))
+            .tracker(KEY, TrackerConfig::new())
+            .build(backend.clone())
+            .await
+            .unwrap();
         let (b, driver) = ReactiveLock::builder()
             .instance_name("b")
             .tracker(KEY, TrackerConfig::new())

@@ -207,3 +207,31 @@ fn change_stream_sees_a_change_made_while_it_registers() {
         assert_eq!(watcher.join().unwrap(), Some(Status::Blocked));
     });
 }
+
+#[test]
+fn hysteresis_holds_while_a_drop_races_an_increment() {
+    model(|| {
+        let ctrl = TrackerController::new(2).unwrap();
+        let log = log_handlers(ctrl.state());
+        let first = ctrl.enter_owned(None);
+        let second = ctrl.enter_owned(None);
+        // 2 -> 1 below the threshold (busy until zero) racing a +1/-1 on another thread:
+        // the count never reaches zero, so nothing turns idle and nothing turns busy again.
+        let dropper = thread::spawn(move || drop(first));
+        let visitor = {
+            let ctrl = ctrl.clone();
+            thread::spawn(move || drop(ctrl.enter_owned(None)))
+        };
+        dropper.join().unwrap();
+        visitor.join().unwrap();
+        assert_eq!(ctrl.count(), 1);
+        assert!(
+            ctrl.is_busy() && ctrl.state().is_blocked(),
+            "busy until zero"
+        );
+        assert_eq!(*log.lock().unwrap(), [true], "one busy transition so far");
+        drop(second);
+        assert!(!ctrl.is_busy() && !ctrl.state().is_blocked());
+        assert_eq!(*log.lock().unwrap(), [true, false]);
+    });
+}
