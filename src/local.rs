@@ -257,13 +257,19 @@ fn store_now() -> StoreTime {
 
 impl Store {
     fn for_each_subscriber(&mut self, mut f: impl FnMut(&Subscriber)) {
-        self.subscribers.retain(|s| {
-            let alive = Arc::strong_count(s) > 1;
-            if alive {
+        // A plain loop: this runs on every publish, and a subscriber whose stream is gone
+        // (rare) is the only reason to rewrite the list.
+        let mut gone = false;
+        for s in &self.subscribers {
+            if Arc::strong_count(s) > 1 {
                 f(s);
+            } else {
+                gone = true;
             }
-            alive
-        });
+        }
+        if gone {
+            self.subscribers.retain(|s| Arc::strong_count(s) > 1);
+        }
     }
 
     fn write(
