@@ -6,13 +6,19 @@
 #   taskset -c 0 cargo bench -p reactive-lock-benches && benches/report.sh
 #   cargo bench -p reactive-lock-benches --bench hot_path --bench wake --bench redis --bench grpc \
 #     --bench scale -- --save-baseline unpinned && benches/report.sh unpinned
+# With several run names (repeats saved with `--save-baseline <name>`), it prints one table
+# of the ratio in each run instead, with their median: on a shared VM a run can land in a
+# slow minute of the host, and the spread of the ratios shows how far to trust one run.
+#   benches/report.sh new pinned2 pinned3
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 - "${CARGO_TARGET_DIR:-target}/criterion" "${1:-new}" <<'PY'
-import json, pathlib, sys
+python3 - "${CARGO_TARGET_DIR:-target}/criterion" "${@:-new}" <<'PY'
+import json, pathlib, statistics, sys
 
-root, run = pathlib.Path(sys.argv[1]), sys.argv[2]
-def median(group, bench):
+root, runs = pathlib.Path(sys.argv[1]), sys.argv[2:]
+run = runs[0]
+def median(group, bench, run=None):
+    run = run or runs[0]
     f = root / group / bench / run / "estimates.json"
     return json.loads(f.read_text())["median"]["point_estimate"] if f.exists() else None
 
@@ -34,6 +40,7 @@ PAIRS = [
     ("wake", "release_1000_waiters", None, None),
     ("redis", "transition_ack_pair", "lua_hset_publish_pair", 1.2),
     ("redis", "transition_ack_pair", "raw_hset_publish_pair", None),
+    ("redis", "transition_ack_pair", "lua_hset_publish_pair_own_subscription", None),
     ("redis", "transition_ack_pair", "lua_hset_publish_pair_1_subscriber", None),
     ("redis", "transition_ack_pair_2_instances", "lua_hset_publish_pair_2_subscribers", None),
     ("redis", "consistent_wait", "hgetall_time_roundtrip", 1.2),
@@ -48,6 +55,31 @@ PAIRS = [
     ("grpc", "propagation_pair_app_runtime", "raw_stream_pair", 1.5),
     ("scale", "propagation_100_instances", None, None),
 ]
+if len(runs) > 1:
+    # One row per pair with a baseline: each run's ratio, then their median against the target.
+    print(f"\n| bench | baseline | {' | '.join(runs)} | median | target |\n|---|---|{'---|' * len(runs)}---|---|")
+    for g, bench, base, target in PAIRS:
+        if not base:
+            continue
+        ratios = [
+            (o / t) if (o := median(g, bench, r)) and (t := median(g, base, r)) else None
+            for r in runs
+        ]
+        seen = [x for x in ratios if x is not None]
+        if not seen:
+            continue
+        mid = statistics.median(seen)
+        per_op = bench == "reactive_64_tasks"
+        cell = (lambda x: f"{1 / x:.0f}× the ops/s") if per_op else (lambda x: f"{x:.2f}×")
+        if target is None:
+            verdict = "—"
+        elif per_op:
+            verdict = "≥ 20× " + ("✅" if 1 / mid >= 20 else "❌")
+        else:
+            verdict = f"≤ {target}× " + ("✅" if mid <= target else "❌")
+        cells = " | ".join(cell(x) if x is not None else "—" for x in ratios)
+        print(f"| `{g}/{bench}` | `{base}` | {cells} | {cell(mid)} | {verdict} |")
+    sys.exit(0)
 group = None
 for g, bench, base, target in PAIRS:
     if g != group:

@@ -107,6 +107,7 @@ fn grpc_benches(c: &mut Criterion) {
         b.iter(|| block_on(transition_ack_pair(&ctrl)))
     });
     block_on(solo.shutdown());
+    drop(solo);
     let (solo, driver) = rt.block_on(async {
         ReactiveLock::builder()
             .instance_name("solo-app")
@@ -121,6 +122,7 @@ fn grpc_benches(c: &mut Criterion) {
         b.iter(|| rt.block_on(transition_ack_pair(&ctrl)))
     });
     rt.block_on(solo.shutdown());
+    drop(solo);
 
     // The unary pair again with two subscribers draining the key, as the two instances
     // below do (the hub fans each status out to both; their readers share the pinned CPU).

@@ -109,6 +109,7 @@ fn redis_benches(c: &mut Criterion) {
         b.iter(|| block_on(transition_ack_pair(&ctrl)))
     });
     block_on(solo.shutdown());
+    drop(solo);
 
     let (a, b_lock) = block_on(async { (instance(&url, "a").await, instance(&url, "b").await) });
     let ctrl = a.controller(KEY).unwrap();
