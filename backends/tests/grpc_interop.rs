@@ -622,6 +622,24 @@ fn runs_on_the_applications_runtime() {
             !s.is_blocked()
         })
         .await;
+        // A call made from a task on the backend's runtime runs in that task: polled once,
+        // the publish is under way (waiting for the hub) and no task was spawned for it.
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let mut ack = ctrl.increment(Some("in-place"));
+        assert!(
+            futures_lite::future::poll_once(&mut ack).await.is_none(),
+            "the acknowledgement waits for the hub"
+        );
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            tasks,
+            "no task per call"
+        );
+        ack.await.unwrap();
         a.shutdown().await;
         b.shutdown().await;
     });

@@ -402,12 +402,18 @@ impl GrpcBackend {
         }
     }
 
-    /// Runs `f` on the backend's tokio runtime and awaits it from any executor.
+    /// Runs `f` on the backend's tokio runtime and awaits it from any executor. A caller
+    /// already on that runtime (the application's, [`GrpcBackendBuilder::runtime`]) runs it
+    /// in place: a spawned task would only add a scheduling round and an allocation.
     async fn on_runtime<T: Send + 'static>(
         &self,
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, BackendError> {
-        self.inner.runtime().spawn(f).await.map_err(|e| {
+        let runtime = self.inner.runtime();
+        if tokio::runtime::Handle::try_current().is_ok_and(|current| current.id() == runtime.id()) {
+            return Ok(f.await);
+        }
+        runtime.spawn(f).await.map_err(|e| {
             BackendError::new(
                 BackendErrorKind::Other,
                 format!("gRPC runtime task failed: {e}"),
