@@ -83,20 +83,20 @@ const PAYLOAD_MAGIC_V1: &str = "RLv1";
 /// 0001-01-01 (~6.4e10, printed exactly by Lua's `%.14g` number-to-string) and the 7-digit
 /// sub-second tick count (8 digits with a leading 1, which `string.sub` drops). No
 /// `string.format`: in Redis's Lua it cost ~0.75 µs a call, a third of the script's time.
-/// The notification carries `TIME`'s two numbers as they are (each number-to-string
-/// conversion and `string.sub` costs the script some 0.3–0.5 µs).
 /// Sequences are compared as zero-padded 20-digit strings for the same reason. They live in
 /// a hash beside the .NET one, with no expiry, as the .NET hash's fields have none.
+/// The notification carries `TIME`'s two numbers as they are (each number-to-string
+/// conversion and `string.sub` costs the script some 0.3–0.5 µs), and the lock data comes
+/// ready to append (`;data`, or empty): one argument and one branch less, ~0.5 µs a call.
 const PUBLISH_SCRIPT: &str = r#"
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held and held > ARGV[2] then return 0 end
 local t = redis.call('TIME')
 local vus = t[2] + ARGV[4]
-local value = ARGV[3] .. ';' .. (t[1] + 62135596800 + math.floor(vus / 1000000)) .. string.sub(vus % 1000000 * 10 + 10000000, 2)
-if ARGV[5] == '1' then value = value .. ';' .. ARGV[6] end
+local value = ARGV[3] .. ';' .. (t[1] + 62135596800 + math.floor(vus / 1000000)) .. string.sub(vus % 1000000 * 10 + 10000000, 2) .. ARGV[5]
 redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[7], 'RLv2\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. t[1] .. '\n' .. t[2] .. '\n' .. value)
+redis.call('PUBLISH', ARGV[6], 'RLv2\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. t[1] .. '\n' .. t[2] .. '\n' .. value)
 return 1
 "#;
 
@@ -855,12 +855,10 @@ impl Backend for RedisBackend {
             .arg(format!("{:020}", status.seq))
             .arg(if status.busy { "1" } else { "0" })
             .arg(valid_for_us)
-            .arg(if status.busy && data.is_some() {
-                "1"
-            } else {
-                "0"
+            .arg(match data {
+                Some(data) if status.busy => format!(";{data}"),
+                _ => String::new(),
             })
-            .arg(data.unwrap_or(""))
             .arg(channel_name(key))
             .invoke_async(&mut connection)
             .await
