@@ -70,8 +70,8 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         busy: bool,
         data: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>>;
-    /// Publishes without waiting if the backend can ([`Backend::publish_now`]); `None`
-    /// means "use [`publish`](Self::publish)".
+    /// Publishes without waiting if the backend can ([`Backend::publish_now`]) and the
+    /// registry is not shut down; `None` means "use [`publish`](Self::publish)".
     ///
     /// [`Backend::publish_now`]: crate::Backend::publish_now
     fn publish_now(
@@ -84,9 +84,6 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// The sequence every key starts from: the wall clock at build, so that an instance
     /// restarted under the same name supersedes its old statuses.
     fn first_seq(&self) -> u64;
-    /// Whether [`publish_now`](Self::publish_now) is worth trying (the backend publishes
-    /// inline and the registry is not shut down).
-    fn publishes_inline(&self) -> bool;
     /// Asks the background driver to publish what is pending for tracker `index` (sync
     /// transitions, cancelled or failed publishes).
     fn wake_driver(&self, index: usize);
@@ -290,11 +287,14 @@ impl TrackerShared {
                     slot.newest_busy = busy;
                     slot.newest_data = newest;
                 }
-                if slot.newest_epoch != epoch || slot.publishing || !publisher.publishes_inline() {
+                if slot.newest_epoch != epoch || slot.publishing {
                     return None;
                 }
-                let seq = slot.next_seq();
+                // `publish_now` itself says whether it can publish inline; the sequence is
+                // taken only when it did.
+                let seq = slot.seq + 1;
                 let result = publisher.publish_now(&self.key, seq, busy, data)?;
+                slot.seq = seq;
                 slot.record_outcome(epoch, &result);
                 Some(result.is_err())
             });

@@ -539,10 +539,6 @@ impl Publisher for RegistryPublisher {
         self.first_seq
     }
 
-    fn publishes_inline(&self) -> bool {
-        self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
-    }
-
     fn wake_driver(&self, index: usize) {
         self.bell.ring(index);
     }

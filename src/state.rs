@@ -681,8 +681,6 @@ impl TrackerState {
         next
     }
 
-    /// Runs `change` under the lock, re-evaluates the flags, wakes waiters and runs the
-    /// handlers for any change. Returns what `change` returned.
     /// A counted listener of `changed`, registered under the state's lock (see
     /// [`Signal::has_listeners_locked`]); re-check the condition before awaiting it.
     fn listen_changed(&self) -> SignalListener<'_> {
@@ -697,6 +695,8 @@ impl TrackerState {
         self.inner.changed.register()
     }
 
+    /// Runs `change` under the lock, re-evaluates the flags, wakes waiters and runs the
+    /// handlers for any change. Returns what `change` returned.
     fn update<R>(&self, change: impl FnOnce(&mut StateData) -> R) -> R {
         let inner = &*self.inner;
         let (result, notify, queued) = {

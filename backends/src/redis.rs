@@ -30,8 +30,9 @@
 //! the server a second write and the client a second wake-up (`redis/transition_ack_pair`:
 //! see BENCHMARKS.md). Publishes fall back to the command connection while it is down; the
 //! script's sequence check keeps a write that arrives late on one connection from
-//! overriding a newer one sent on the other. The redis crate runs them on smol's global executor (`smol-comp`), so the
-//! backend works whatever runtime the application uses — tokio, smol, async-std — or none.
+//! overriding a newer one sent on the other. The redis crate runs the connections on smol's
+//! global executor (`smol-comp`), so the backend works whatever runtime the application
+//! uses — tokio, smol, async-std — or none.
 //! A lost command connection is re-established on the next call; the subscription pings the
 //! server after [`health_check_interval`](RedisBackendBuilder::health_check_interval) of silence and
 //! reports [`BackendEvent::Disconnected`] when the server stops answering (also a server
@@ -551,6 +552,17 @@ impl RedisBackend {
 
     /// Maps a redis error, and forgets the command connection if it is broken.
     fn error(&self, what: &str, e: RedisError) -> BackendError {
+        let error = self.map_error(what, e);
+        if error.kind() == BackendErrorKind::Unavailable
+            && let Some(mut slot) = self.inner.connection.try_lock()
+        {
+            *slot = None;
+        }
+        error
+    }
+
+    /// Maps a redis error to the backend's kinds, naming the server (never the password).
+    fn map_error(&self, what: &str, e: RedisError) -> BackendError {
         let refused_config = matches!(
             e.kind(),
             redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
@@ -561,9 +573,6 @@ impl RedisBackend {
                 || e.is_timeout()
                 || e.is_connection_refusal()
                 || e.is_unrecoverable_error());
-        if unavailable && let Some(mut slot) = self.inner.connection.try_lock() {
-            *slot = None;
-        }
         let kind = if unavailable {
             BackendErrorKind::Unavailable
         } else {
@@ -862,16 +871,18 @@ impl Backend for RedisBackend {
             .arg(channel_name(key))
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| {
-                let error = self.error("publish (EVALSHA)", e);
-                // A broken subscription connection is replaced when the subscription
-                // notices; until then publishes take the command connection.
-                if let Some((id, _)) = own
-                    && error.kind() == BackendErrorKind::Unavailable
-                {
-                    OwnConnection::forget(&self.inner, instance, id);
+            .map_err(|e| match own {
+                None => self.error("publish (EVALSHA)", e),
+                // The subscription's connection failed, not the command connection: a broken
+                // one is replaced when the subscription notices; until then publishes take
+                // the command connection.
+                Some((id, _)) => {
+                    let error = self.map_error("publish (EVALSHA)", e);
+                    if error.kind() == BackendErrorKind::Unavailable {
+                        OwnConnection::forget(&self.inner, instance, id);
+                    }
+                    error
                 }
-                error
             })?;
         Ok(())
     }
