@@ -102,7 +102,8 @@ fn redis_benches(c: &mut Criterion) {
     drop(drains); // detached: they end with the process
 
     // One instance, as in the baselines nobody else listens: its own subscription is the
-    // only one (see `lua_hset_publish_pair_1_subscriber`).
+    // only one, on the connection its publishes take (see
+    // `lua_hset_publish_pair_own_subscription`).
     let solo = block_on(instance(&url, "solo"));
     let ctrl = solo.controller(KEY).unwrap();
     group.bench_function("transition_ack_pair", |b| {
