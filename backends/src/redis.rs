@@ -59,17 +59,81 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 
 /// The hash holding every instance's entry for `key` (the .NET name).
 pub fn hash_name(key: &str) -> String {
-    format!("ReactiveLock:Redis:HashSet:{key}")
+    format!("{HASH_PREFIX}{key}")
 }
 
 /// The channel announcing changes of `key` (the .NET name).
 pub fn channel_name(key: &str) -> String {
-    format!("ReactiveLock:Redis:HashSetNotifier:{key}")
+    format!("{CHANNEL_PREFIX}{key}")
 }
 
 /// Per-instance write sequences of `key`; the hash tag puts it in the .NET hash's slot.
 fn seq_hash_name(key: &str) -> String {
-    format!("{{{}}}:seq", hash_name(key))
+    format!("{{{HASH_PREFIX}{key}}}:seq")
+}
+
+const HASH_PREFIX: &str = "ReactiveLock:Redis:HashSet:";
+
+/// One command argument made of pieces, written straight into the command's buffer: a
+/// publish names three keys and a sequence, and a `String` for each cost an allocation, a
+/// copy into the command and a free, per transition.
+struct Joined<'a, const N: usize>([&'a [u8]; N]);
+
+impl<const N: usize> redis::ToRedisArgs for Joined<'_, N> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        for piece in self.0 {
+            // The writer appends to the command's in-memory buffer, which cannot fail.
+            let _ = arg.write_all(piece);
+        }
+    }
+}
+
+/// `seq` as 20 zero-padded digits (u64::MAX has 20), so the script can compare sequences
+/// as strings (Lua's numbers are doubles, exact only to 2^53).
+fn seq_digits(seq: u64) -> [u8; 20] {
+    let mut digits = [b'0'; 20];
+    let mut rest = seq;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    digits
+}
+
+/// `EVALSHA` of [`PUBLISH_SCRIPT`] for `instance`'s status of `key` (see the script for the
+/// arguments), built in one buffer.
+fn publish_command(
+    sha: &str,
+    key: &str,
+    instance: &str,
+    seq: u64,
+    busy: bool,
+    valid_for_us: u64,
+    data: &str,
+) -> redis::Cmd {
+    let (key, seq) = (key.as_bytes(), seq_digits(seq));
+    let data_len = if data.is_empty() { 0 } else { data.len() + 1 };
+    let mut command =
+        redis::Cmd::with_capacity(11, 160 + 3 * key.len() + instance.len() + data_len);
+    command
+        .arg("EVALSHA")
+        .arg(sha)
+        .arg(2)
+        .arg(Joined([HASH_PREFIX.as_bytes(), key]))
+        .arg(Joined([b"{", HASH_PREFIX.as_bytes(), key, b"}:seq"]))
+        .arg(instance)
+        .arg(&seq[..])
+        .arg(if busy { "1" } else { "0" })
+        .arg(valid_for_us);
+    if data.is_empty() {
+        command.arg("");
+    } else {
+        command.arg(Joined([b";", data.as_bytes()]));
+    }
+    command.arg(Joined([CHANNEL_PREFIX.as_bytes(), key]));
+    command
 }
 
 const CHANNEL_PREFIX: &str = "ReactiveLock:Redis:HashSetNotifier:";
@@ -854,36 +918,41 @@ impl Backend for RedisBackend {
         // below 1e14 s (and .NET's DateTime ends in the year 9999 anyway).
         const CENTURY_US: u128 = 100 * 365 * 24 * 3600 * 1_000_000;
         let valid_for_us = status.valid_for.as_micros().min(CENTURY_US) as u64;
-        let data = status.lock_data.as_deref();
-        let _: i64 = self
-            .inner
-            .script
-            .key(hash_name(key))
-            .key(seq_hash_name(key))
-            .arg(instance)
-            .arg(format!("{:020}", status.seq))
-            .arg(if status.busy { "1" } else { "0" })
-            .arg(valid_for_us)
-            .arg(match data {
-                Some(data) if status.busy => format!(";{data}"),
-                _ => String::new(),
-            })
-            .arg(channel_name(key))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| match own {
-                None => self.error("publish (EVALSHA)", e),
-                // The subscription's connection failed, not the command connection: a broken
-                // one is replaced when the subscription notices; until then publishes take
-                // the command connection.
-                Some((id, _)) => {
-                    let error = self.map_error("publish (EVALSHA)", e);
-                    if error.kind() == BackendErrorKind::Unavailable {
-                        OwnConnection::forget(&self.inner, instance, id);
-                    }
-                    error
+        let data = match status.lock_data.as_deref() {
+            Some(data) if status.busy => data,
+            _ => "",
+        };
+        let command = publish_command(
+            self.inner.script.get_hash(),
+            key,
+            instance,
+            status.seq,
+            status.busy,
+            valid_for_us,
+            data,
+        );
+        let mut result = command.query_async::<i64>(&mut connection).await;
+        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // A restarted or flushed server forgot the script: load it once, then retry.
+            result = match self.inner.script.load_async(&mut connection).await {
+                Ok(_) => command.query_async::<i64>(&mut connection).await,
+                Err(e) => Err(e),
+            };
+        }
+        result.map_err(|e| match own {
+            None => self.error("publish (EVALSHA)", e),
+            // The subscription's connection failed, not the command connection: a broken
+            // one is replaced when the subscription notices; until then publishes take
+            // the command connection.
+            Some((id, _)) => {
+                let error = self.map_error("publish (EVALSHA)", e);
+                if error.kind() == BackendErrorKind::Unavailable {
+                    OwnConnection::forget(&self.inner, instance, id);
                 }
-            })?;
+                error
+            }
+        })?;
         Ok(())
     }
 
@@ -1142,6 +1211,61 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_command_names_the_dotnet_keys_and_pads_the_sequence() {
+        let args = |cmd: &redis::Cmd| -> Vec<Vec<u8>> {
+            cmd.args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    other => format!("<{other:?}>").into_bytes(),
+                })
+                .collect()
+        };
+        let expected = |seq: &str, busy: &str, data: &str| -> Vec<Vec<u8>> {
+            [
+                "EVALSHA",
+                "0123abcd",
+                "2",
+                "ReactiveLock:Redis:HashSet:payments",
+                "{ReactiveLock:Redis:HashSet:payments}:seq",
+                "api-1",
+                seq,
+                busy,
+                "10000000",
+                data,
+                "ReactiveLock:Redis:HashSetNotifier:payments",
+            ]
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect()
+        };
+        let busy = publish_command("0123abcd", "payments", "api-1", 42, true, 10_000_000, "b-7");
+        assert_eq!(args(&busy), expected("00000000000000000042", "1", ";b-7"));
+        let idle = publish_command(
+            "0123abcd",
+            "payments",
+            "api-1",
+            u64::MAX,
+            false,
+            10_000_000,
+            "",
+        );
+        assert_eq!(args(&idle), expected("18446744073709551615", "0", ""));
+        // The names the rest of the backend uses (reads, subscriptions) are the same.
+        assert_eq!(args(&busy)[3], hash_name("payments").into_bytes());
+        assert_eq!(args(&busy)[4], seq_hash_name("payments").into_bytes());
+        assert_eq!(args(&busy)[10], channel_name("payments").into_bytes());
+    }
+
+    #[test]
+    fn sequences_compare_as_strings_in_numeric_order() {
+        assert_eq!(&seq_digits(0), b"00000000000000000000");
+        let seqs = [0, 9, 10, 1_764_570_000_000_000_001, u64::MAX - 1, u64::MAX];
+        for pair in seqs.windows(2) {
+            assert!(seq_digits(pair[0]) < seq_digits(pair[1]), "{pair:?}");
+        }
+    }
 
     #[test]
     fn parses_dotnet_values() {

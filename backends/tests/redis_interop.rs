@@ -167,6 +167,30 @@ fn oversized_lock_data_is_rejected_with_a_clear_error() {
     });
 }
 
+#[test]
+fn a_server_that_forgot_the_script_gets_it_again() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    block_on(async {
+        let lock = instance(&server.url(), "flushed").await;
+        let ctrl = lock.controller(KEY).unwrap();
+        ctrl.increment(None).await.unwrap();
+        // As after a restart, a failover or an operator's SCRIPT FLUSH: EVALSHA answers
+        // NOSCRIPT, and the publish loads the script and runs it.
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+        ctrl.decrement(1).await.unwrap();
+        let stored: String = raw.hget(hash_name(KEY), "flushed").unwrap();
+        assert!(stored.starts_with("0;"), "idle status stored: {stored}");
+        ctrl.increment(Some("again")).await.unwrap();
+        let stored: String = raw.hget(hash_name(KEY), "flushed").unwrap();
+        assert!(
+            stored.starts_with("1;") && stored.ends_with(";again"),
+            "{stored}"
+        );
+        lock.shutdown().await;
+    });
+}
+
 /// libfaketime's preload library (Debian package `faketime`, installed by `.ci/setup.sh`).
 /// (It cannot run redis-server itself — it recurses in jemalloc's start-up — so the
 /// skewed clock is the client's.)
