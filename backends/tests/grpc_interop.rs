@@ -133,6 +133,37 @@ fn own_changes_are_not_sent_to_a_subscription_that_asks_to_skip_them() {
 }
 
 #[test]
+fn reads_through_to_the_hub_leave_no_subscription_behind() {
+    let hub = HubServer::start();
+    block_on(async {
+        let reader = instance(&hub.url, "reader").await;
+        let state = reader.state(KEY).unwrap();
+        // Each consistent read opens a stream for one snapshot. 300 is beyond h2's default
+        // limit of concurrent streams per connection, which leaked streams would exhaust.
+        for _ in 0..300 {
+            assert!(!state.wait_if_blocked_consistent().await.unwrap());
+        }
+        // What stays is the registry's own subscription; every read's stream is closed.
+        let hub_state = hub.hub.clone();
+        let settled = async {
+            while hub_state.subscriber_count(KEY) != 1 {
+                async_io::Timer::after(Duration::from_millis(10)).await;
+            }
+        };
+        let timeout = async {
+            async_io::Timer::after(PROPAGATION_LIMIT).await;
+        };
+        futures_lite::future::or(settled, timeout).await;
+        assert_eq!(
+            hub.hub.subscriber_count(KEY),
+            1,
+            "subscriptions left on the hub"
+        );
+        reader.shutdown().await;
+    });
+}
+
+#[test]
 fn dotnet_client_and_ours_understand_each_other() {
     let hub = HubServer::start();
     let rt = rt();

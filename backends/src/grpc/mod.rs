@@ -569,19 +569,48 @@ fn failed_everywhere(what: &str, errors: &[(tonic::Code, String)]) -> BackendErr
 /// Opens a subscription stream for `key` on one hub (first message: key and instance),
 /// asking the hub not to send this instance's own changes back.
 async fn open_stream(
-    mut client: Client,
+    client: Client,
     key: String,
     instance: String,
 ) -> Result<tonic::Streaming<LockStatusNotification>, tonic::Status> {
-    let first = LockStatusRequest {
+    // The request stream stays open (pending) so the hub keeps the subscription.
+    let requests = futures_lite::stream::once(first_message(key, instance))
+        .chain(futures_lite::stream::pending());
+    subscribe_with(client, requests).await
+}
+
+/// Reads `key`'s current state from one hub: the first message of a subscription whose
+/// request stream ends after naming the key, so that dropping the response once it is read
+/// closes the h2 stream (RST_STREAM) and the hub drops the subscriber. A request stream
+/// left open would keep the stream alive after the response is gone: the hub went on
+/// sending every change of the key to each read's stream, one more per consistent read.
+async fn read_once(
+    client: Client,
+    key: String,
+    instance: String,
+) -> Result<LockStatusNotification, tonic::Status> {
+    let requests = futures_lite::stream::once(first_message(key, instance));
+    let mut stream = subscribe_with(client, requests).await?;
+    stream
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unavailable("stream closed"))
+}
+
+fn first_message(key: String, instance: String) -> LockStatusRequest {
+    LockStatusRequest {
         lock_key: key,
         instance_id: instance,
         is_busy: false,
         lock_data: None,
         valid_until: None,
-    };
-    // The request stream stays open (pending) so the hub keeps the subscription.
-    let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+    }
+}
+
+async fn subscribe_with(
+    mut client: Client,
+    requests: impl Stream<Item = LockStatusRequest> + Send + 'static,
+) -> Result<tonic::Streaming<LockStatusNotification>, tonic::Status> {
     let mut request = tonic::Request::new(requests);
     request.metadata_mut().insert(
         SKIP_OWN_HEADER,
@@ -632,13 +661,7 @@ impl Backend for GrpcBackend {
         let results = self
             .on_every_hub(false, move |client| {
                 let (key, instance) = (key_owned.clone(), instance.clone());
-                async move {
-                    let mut stream = open_stream(client, key, instance).await?;
-                    stream
-                        .message()
-                        .await?
-                        .ok_or_else(|| tonic::Status::unavailable("stream closed"))
-                }
+                read_once(client, key, instance)
             })
             .await?;
         let per_hub: Vec<Option<LockStatusNotification>> =

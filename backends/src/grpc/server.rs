@@ -134,6 +134,26 @@ impl Hub {
         }
     }
 
+    /// How many subscription streams the hub is sending `key`'s changes to (0 for a key it
+    /// does not hold). For monitoring, and for tests of clients that must not leave
+    /// subscriptions behind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = reactive_lock_backends::grpc::server::Hub::default();
+    /// assert_eq!(hub.subscriber_count("payments"), 0);
+    /// ```
+    pub fn subscriber_count(&self, key: &str) -> usize {
+        self.inner.keys.lock().get(key).map_or(0, |state| {
+            state
+                .subscribers
+                .iter()
+                .filter(|subscriber| !subscriber.tx.is_closed())
+                .count()
+        })
+    }
+
     /// The tonic service, to add to a `tonic::transport::Server` (limits applied).
     pub fn service(&self) -> ReactiveLockGrpcServer<Hub> {
         ReactiveLockGrpcServer::new(self.clone())
@@ -323,6 +343,11 @@ impl Hub {
             subscribers: Vec::new(),
             expiry: None,
         });
+        // Subscribers whose streams closed are otherwise dropped on the key's next change;
+        // on a quiet key, many short reads would pile them up until then.
+        state
+            .subscribers
+            .retain(|subscriber| !subscriber.tx.is_closed());
         let (tx, rx) = mpsc::channel(limits.subscriber_buffer.max(1));
         let current = LockStatusNotification {
             lock_key: key.into(),
