@@ -144,22 +144,45 @@ fn reads_through_to_the_hub_leave_no_subscription_behind() {
             assert!(!state.wait_if_blocked_consistent().await.unwrap());
         }
         // What stays is the registry's own subscription; every read's stream is closed.
-        let hub_state = hub.hub.clone();
-        let settled = async {
-            while hub_state.subscriber_count(KEY) != 1 {
-                async_io::Timer::after(Duration::from_millis(10)).await;
-            }
-        };
-        let timeout = async {
-            async_io::Timer::after(PROPAGATION_LIMIT).await;
-        };
-        futures_lite::future::or(settled, timeout).await;
-        assert_eq!(
-            hub.hub.subscriber_count(KEY),
-            1,
-            "subscriptions left on the hub"
-        );
+        await_subscriber_count(&hub.hub, KEY, 1, "subscriptions left on the hub").await;
         reader.shutdown().await;
+    });
+}
+
+/// Waits up to `PROPAGATION_LIMIT` for the hub to send `key`'s changes to `expected`
+/// subscription streams, then asserts it.
+async fn await_subscriber_count(hub: &Hub, key: &str, expected: usize, what: &str) {
+    let settled = async {
+        while hub.subscriber_count(key) != expected {
+            async_io::Timer::after(Duration::from_millis(10)).await;
+        }
+    };
+    futures_lite::future::or(settled, async {
+        async_io::Timer::after(PROPAGATION_LIMIT).await;
+    })
+    .await;
+    assert_eq!(hub.subscriber_count(key), expected, "{what}");
+}
+
+#[test]
+fn a_registry_shut_down_or_dropped_ends_its_subscriptions() {
+    let hub = HubServer::start();
+    block_on(async {
+        let lock = instance(&hub.url, "leaving").await;
+        await_subscriber_count(&hub.hub, KEY, 1, "the registry's subscription").await;
+        // A controller handle outlives the registry (it keeps the backend alive): the
+        // subscription still ends with the shutdown.
+        let ctrl = lock.controller(KEY).unwrap();
+        lock.shutdown().await;
+        drop(lock);
+        await_subscriber_count(&hub.hub, KEY, 0, "after shutdown, a controller alive").await;
+        drop(ctrl);
+
+        // Dropped without shutdown (looks like a crash to the others): the streams end too.
+        let lock = instance(&hub.url, "crashing").await;
+        await_subscriber_count(&hub.hub, KEY, 1, "the second registry's subscription").await;
+        drop(lock);
+        await_subscriber_count(&hub.hub, KEY, 0, "after a drop without shutdown").await;
     });
 }
 

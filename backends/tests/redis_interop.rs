@@ -167,6 +167,52 @@ fn oversized_lock_data_is_rejected_with_a_clear_error() {
     });
 }
 
+/// Clients subscribed to anything on `raw`'s server.
+fn subscribed_clients(raw: &mut redis::Connection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(raw)
+        .unwrap();
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn a_registry_shut_down_or_dropped_ends_its_subscription() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    block_on(async {
+        let settles_at = |expected: usize, what: &'static str| {
+            let mut raw = server.client();
+            async move {
+                let deadline = std::time::Instant::now() + PROPAGATION_LIMIT;
+                while subscribed_clients(&mut raw) != expected
+                    && std::time::Instant::now() < deadline
+                {
+                    async_io::Timer::after(Duration::from_millis(10)).await;
+                }
+                assert_eq!(subscribed_clients(&mut raw), expected, "{what}");
+            }
+        };
+        let lock = instance(&server.url(), "leaving").await;
+        settles_at(1, "the registry's subscription").await;
+        // A controller handle outlives the registry (it keeps the backend alive): the
+        // subscription still ends with the shutdown.
+        let ctrl = lock.controller(KEY).unwrap();
+        lock.shutdown().await;
+        drop(lock);
+        settles_at(0, "after shutdown, a controller alive").await;
+        drop(ctrl);
+
+        let lock = instance(&server.url(), "crashing").await;
+        settles_at(1, "the second registry's subscription").await;
+        drop(lock);
+        settles_at(0, "after a drop without shutdown").await;
+    });
+    assert_eq!(subscribed_clients(&mut raw), 0);
+}
+
 #[test]
 fn a_server_that_forgot_the_script_gets_it_again() {
     let server = RedisServer::start();

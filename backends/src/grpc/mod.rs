@@ -572,18 +572,33 @@ async fn open_stream(
     client: Client,
     key: String,
     instance: String,
-) -> Result<tonic::Streaming<LockStatusNotification>, tonic::Status> {
-    // The request stream stays open (pending) so the hub keeps the subscription.
-    let requests = futures_lite::stream::once(first_message(key, instance))
-        .chain(futures_lite::stream::pending());
-    subscribe_with(client, requests).await
+) -> Result<HubStream, tonic::Status> {
+    // The request stream stays open while the `HubStream` lives, so the hub keeps the
+    // subscription; it ends when the `HubStream` is dropped.
+    let (open, closed) = tokio::sync::oneshot::channel::<()>();
+    let until_dropped = futures_lite::stream::once_future(async move {
+        let _ = closed.await;
+    })
+    .filter_map(|()| None::<LockStatusRequest>);
+    let requests = futures_lite::stream::once(first_message(key, instance)).chain(until_dropped);
+    Ok(HubStream {
+        messages: subscribe_with(client, requests).await?,
+        _open: open,
+    })
+}
+
+/// One hub's subscription stream for one key. Dropping it ends the request stream as well
+/// as the response: with both halves gone the h2 stream closes (RST_STREAM) and the hub
+/// drops the subscriber. A request stream left pending would keep the h2 stream, and the
+/// hub's sending to it, alive after the response is gone.
+struct HubStream {
+    messages: tonic::Streaming<LockStatusNotification>,
+    _open: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Reads `key`'s current state from one hub: the first message of a subscription whose
 /// request stream ends after naming the key, so that dropping the response once it is read
-/// closes the h2 stream (RST_STREAM) and the hub drops the subscriber. A request stream
-/// left open would keep the stream alive after the response is gone: the hub went on
-/// sending every change of the key to each read's stream, one more per consistent read.
+/// closes the h2 stream (see [`HubStream`]).
 async fn read_once(
     client: Client,
     key: String,
@@ -697,19 +712,21 @@ impl Backend for GrpcBackend {
             String,
             Option<LockStatusNotification>,
         )>();
-        self.inner.runtime().spawn(async move {
-            let mut tasks = Vec::new();
+        let merge = self.inner.runtime().spawn(async move {
+            // Dropped with this task (the subscriber's stream dropped: see `Subscription`),
+            // the set aborts the per-key tasks, whose `HubStream`s then close.
+            let mut tasks = tokio::task::JoinSet::new();
             for (hub_index, (url, client)) in hubs.into_iter().enumerate() {
                 for key in &keys {
                     let (client, key, instance, url, updates) =
                         (client.clone(), key.clone(), instance.clone(), url.clone(), updates_tx.clone());
-                    tasks.push(tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let mut delay = Duration::from_millis(50);
                         loop {
                             match open_stream(client.clone(), key.clone(), instance.clone()).await {
                                 Ok(mut stream) => {
                                     delay = Duration::from_millis(50);
-                                    while let Ok(Some(n)) = stream.message().await {
+                                    while let Ok(Some(n)) = stream.messages.message().await {
                                         if updates.send((hub_index, key.clone(), Some(n))).is_err() {
                                             return;
                                         }
@@ -726,7 +743,7 @@ impl Backend for GrpcBackend {
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(2));
                         }
-                    }));
+                    });
                 }
             }
             drop(updates_tx);
@@ -782,10 +799,38 @@ impl Backend for GrpcBackend {
                     }
                 }
             }
-            for task in tasks {
-                task.abort();
-            }
+            drop(tasks);
         });
-        Ok(Box::pin(rx))
+        Ok(Box::pin(Subscription {
+            events: Box::pin(rx),
+            merge: merge.abort_handle(),
+        }))
+    }
+}
+
+/// The event stream of [`GrpcBackend::subscribe`](Backend::subscribe). Dropping it (the
+/// registry's driver ended: shutdown, or the registry dropped) aborts the merge task and with
+/// it every hub stream, so the hubs stop sending — also while the backend itself lives on in
+/// controller handles.
+struct Subscription {
+    /// Boxed: the receiver is `!Unpin`.
+    events: Pin<Box<async_channel::Receiver<BackendEvent>>>,
+    merge: tokio::task::AbortHandle,
+}
+
+impl Stream for Subscription {
+    type Item = BackendEvent;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<BackendEvent>> {
+        self.events.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.merge.abort();
     }
 }
