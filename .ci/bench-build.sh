@@ -8,3 +8,5 @@ cargo run --locked --release -p reactive-lock-benches --bin mem -- --trackers 10
 # The memory target (BENCHMARKS.md): 10,000 trackers over Redis within 20 MB, flapping included.
 cargo run --locked --release -p reactive-lock-benches --bin mem -- --trackers 10000 \
     --backend redis --max-rss-mb 20
+# The Redis cost breakdown (BENCHMARKS.md) runs too, briefly.
+cargo run --locked --release -p reactive-lock-benches --bin redis_cost -- --pairs 200 --rounds 1
