@@ -71,6 +71,31 @@ fn hot_path(c: &mut Criterion) {
         })
     });
 
+    // The synchronization a local transition cannot do without, and nothing else: per
+    // transition one read-modify-write of a count word and two uncontended lock rounds (the
+    // state's and the in-process store's), a small write under each. Beside
+    // `transition_pair_local` it separates the cost of synchronizing from the cost of the
+    // code around it, on CPUs whose locked instructions differ (BENCHMARKS.md).
+    let word = CachePadded::new(AtomicUsize::new(0));
+    let state_lock = parking_lot::Mutex::new((false, 0u64));
+    let store_lock = parking_lot::Mutex::new((false, 0u64));
+    group.bench_function("locked_transition_floor_pair", |b| {
+        b.iter(|| {
+            for busy in [true, false] {
+                if busy {
+                    black_box(word.fetch_add(1, Ordering::AcqRel));
+                } else {
+                    black_box(word.fetch_sub(1, Ordering::AcqRel));
+                }
+                for lock in [&state_lock, &store_lock] {
+                    let mut held = lock.lock();
+                    held.0 = busy;
+                    held.1 += 1;
+                }
+            }
+        })
+    });
+
     // The two shared structures a local transition writes, each alone (the decomposition of
     // `transition_pair_local` in BENCHMARKS.md): the in-process store's publish, and the
     // state's change (with its waiter check).
