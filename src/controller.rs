@@ -199,6 +199,7 @@ impl TrackerShared {
     }
 
     /// count += 1; the busy transition if this reaches the threshold of an idle tracker.
+    #[inline]
     fn add_one(&self) -> Change {
         // One RMW, transition or not: the increment that takes an idle tracker to the
         // threshold is the busy transition (see the layout above).
@@ -217,6 +218,7 @@ impl TrackerShared {
     }
 
     /// count = max(0, count - n); the idle transition if a busy tracker reaches zero.
+    #[inline]
     fn sub(&self, n: usize) -> Change {
         if n == 0 {
             return Change::None;
@@ -433,6 +435,7 @@ impl TrackerShared {
 
     /// count += 1, and the transition it made, done as far as possible without waiting;
     /// returns the epoch still to be acknowledged.
+    #[inline]
     fn increment_sync(&self, data: Option<&str>) -> Option<u32> {
         match self.add_one() {
             Change::None => None,
@@ -441,6 +444,7 @@ impl TrackerShared {
     }
 
     /// count -= n (saturating), likewise.
+    #[inline]
     fn decrement_sync(&self, n: usize) -> Option<u32> {
         match self.sub(n) {
             Change::None => None,
@@ -450,6 +454,7 @@ impl TrackerShared {
 
     /// A transition made where no one can await it (a guard): what is left to publish goes
     /// to the driver.
+    #[inline]
     fn publish_detached(&self, pending: Option<u32>) {
         if pending.is_some() {
             self.wake_driver();
@@ -608,6 +613,7 @@ impl TrackerController {
     /// # Ok::<(), reactive_lock::Error>(())
     /// # }).unwrap();
     /// ```
+    #[inline]
     pub fn increment(&self, lock_data: Option<&str>) -> Ack {
         Ack::for_epoch(&self.shared, self.shared.increment_sync(lock_data))
     }
@@ -637,6 +643,7 @@ impl TrackerController {
     /// # Ok::<(), reactive_lock::Error>(())
     /// # }).unwrap();
     /// ```
+    #[inline]
     pub fn decrement(&self, n: usize) -> Ack {
         Ack::for_epoch(&self.shared, self.shared.decrement_sync(n))
     }
@@ -658,6 +665,7 @@ impl TrackerController {
     /// assert!(!ctrl.state().is_blocked());
     /// # Ok::<(), reactive_lock::Error>(())
     /// ```
+    #[inline]
     pub fn enter(&self, lock_data: Option<&str>) -> TrackerGuard<'_> {
         self.shared
             .publish_detached(self.shared.increment_sync(lock_data));
@@ -791,11 +799,10 @@ pub struct Ack {
 }
 
 impl Drop for Ack {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(tracker) = &self.tracker
-            && tracker.has_pending()
-        {
-            tracker.wake_driver();
+        if let Some(tracker) = &self.tracker {
+            Ack::hand_to_driver(tracker);
         }
     }
 }
@@ -809,20 +816,33 @@ impl fmt::Debug for Ack {
 }
 
 impl Ack {
+    // Inline (also across crates): a call that made no transition, or one acknowledged
+    // inline, builds, polls and drops an empty `Ack` with no call left in the caller.
+    #[inline]
     fn for_epoch(shared: &Arc<TrackerShared>, epoch: Option<u32>) -> Ack {
         match epoch {
             None => Ack {
                 pending: None,
                 tracker: None,
             },
-            Some(epoch) => {
-                let tracker = shared.clone();
-                let shared = shared.clone();
-                Ack {
-                    pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })),
-                    tracker: Some(tracker),
-                }
-            }
+            Some(epoch) => Ack::awaiting(shared, epoch),
+        }
+    }
+
+    fn awaiting(shared: &Arc<TrackerShared>, epoch: u32) -> Ack {
+        let tracker = shared.clone();
+        let shared = shared.clone();
+        Ack {
+            pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })),
+            tracker: Some(tracker),
+        }
+    }
+
+    /// A dropped `Ack` whose acknowledgement is still outstanding leaves the publish to the
+    /// driver.
+    fn hand_to_driver(tracker: &TrackerShared) {
+        if tracker.has_pending() {
+            tracker.wake_driver();
         }
     }
 
@@ -845,6 +865,7 @@ impl Ack {
 impl Future for Ack {
     type Output = Result<()>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         match &mut self.pending {
             None => Poll::Ready(Ok(())),
@@ -884,6 +905,7 @@ impl fmt::Debug for TrackerGuard<'_> {
 }
 
 impl Drop for TrackerGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.shared.publish_detached(self.shared.decrement_sync(1));
     }
