@@ -99,6 +99,29 @@ pub async fn eventually(
     }
 }
 
+/// Polls `probe` every 10 ms until it returns `expected`, for at most `limit`; panics naming
+/// `what` and the last value if it never does. For conditions outside a state (a count on a
+/// server, a stored value).
+pub async fn settles_to<T: PartialEq + std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    expected: T,
+    mut probe: impl FnMut() -> T,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = probe();
+        if value == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {limit:?}: {what} (expected {expected:?}, last {value:?})"
+        );
+        async_io::Timer::after(Duration::from_millis(10)).await;
+    }
+}
+
 /// [`eventually`] for `key`'s state in each of `locks`, one after the other (the limit
 /// applies to each).
 pub async fn eventually_all<'a>(

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_lite::future::block_on;
 use reactive_lock::{BackendErrorKind, ReactiveLock, TrackerConfig};
-use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
+use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually, settles_to};
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
@@ -150,18 +150,12 @@ fn reads_through_to_the_hub_leave_no_subscription_behind() {
 }
 
 /// Waits up to `PROPAGATION_LIMIT` for the hub to send `key`'s changes to `expected`
-/// subscription streams, then asserts it.
+/// subscription streams.
 async fn await_subscriber_count(hub: &Hub, key: &str, expected: usize, what: &str) {
-    let settled = async {
-        while hub.subscriber_count(key) != expected {
-            async_io::Timer::after(Duration::from_millis(10)).await;
-        }
-    };
-    futures_lite::future::or(settled, async {
-        async_io::Timer::after(PROPAGATION_LIMIT).await;
+    settles_to(PROPAGATION_LIMIT, what, expected, || {
+        hub.subscriber_count(key)
     })
     .await;
-    assert_eq!(hub.subscriber_count(key), expected, "{what}");
 }
 
 #[test]

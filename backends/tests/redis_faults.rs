@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
-use reactive_lock_backends::conformance::{eventually, eventually_all};
+use reactive_lock_backends::conformance::{eventually, eventually_all, settles_to};
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
 use reactive_lock_backends::testing::{RedisServer, spawn_holder};
 use redis::Commands;
@@ -67,18 +67,16 @@ fn server_killed_and_restarted_empty_while_busy() {
         let killed = Instant::now();
         server.restart(); // empty: Redis here keeps nothing on disk
         let mut raw = server.client();
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let value: Option<String> = raw.hget(hash_name(KEY), "a").unwrap();
-            if value.is_some_and(|v| v.starts_with("1;")) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "a's busy status was not restored in the empty server"
-            );
-            async_io::Timer::after(Duration::from_millis(20)).await;
-        }
+        settles_to(
+            LIMIT,
+            "a's busy status restored in the empty server",
+            true,
+            || {
+                let value: Option<String> = raw.hget(hash_name(KEY), "a").unwrap();
+                value.is_some_and(|v| v.starts_with("1;"))
+            },
+        )
+        .await;
         eventually_all(
             [&b, &c],
             KEY,

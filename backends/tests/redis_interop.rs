@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_lite::future::block_on;
 use reactive_lock::{BackendErrorKind, ReactiveLock, StoreTime, TrackerConfig};
-use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually, eventually_all};
+use reactive_lock_backends::conformance::{
+    PROPAGATION_LIMIT, eventually, eventually_all, settles_to,
+};
 use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
 use reactive_lock_backends::testing::{RedisFactory, RedisServer, example_binary};
 use redis::Commands;
@@ -186,13 +188,10 @@ fn a_registry_shut_down_or_dropped_ends_its_subscription() {
         let settles_at = |expected: usize, what: &'static str| {
             let mut raw = server.client();
             async move {
-                let deadline = std::time::Instant::now() + PROPAGATION_LIMIT;
-                while subscribed_clients(&mut raw) != expected
-                    && std::time::Instant::now() < deadline
-                {
-                    async_io::Timer::after(Duration::from_millis(10)).await;
-                }
-                assert_eq!(subscribed_clients(&mut raw), expected, "{what}");
+                settles_to(PROPAGATION_LIMIT, what, expected, || {
+                    subscribed_clients(&mut raw)
+                })
+                .await
             }
         };
         let lock = instance(&server.url(), "leaving").await;

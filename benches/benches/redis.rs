@@ -12,7 +12,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
 use reactive_lock_backends::testing::RedisServer;
-use reactive_lock_benches::{propagation_pair, transition_ack_pair};
+use reactive_lock_benches::{LUA_HSET_PUBLISH, lua_pair, propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
 
@@ -24,13 +24,6 @@ async fn instance(url: &str, name: &str) -> ReactiveLock {
         .await
         .expect("build")
 }
-
-const LUA: &str = r"
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], ARGV[1], '1;' .. t[1] .. t[2] .. ';x')
-redis.call('PUBLISH', ARGV[2], 'payload')
-return 1
-";
 
 fn redis_benches(c: &mut Criterion) {
     let server = RedisServer::start();
@@ -57,7 +50,7 @@ fn redis_benches(c: &mut Criterion) {
         })
     });
 
-    let script = redis::Script::new(LUA);
+    let script = redis::Script::new(LUA_HSET_PUBLISH);
     group.bench_function("lua_hset_publish_pair", |b| {
         b.iter(|| block_on(lua_pair(&script, hash, channel, &mut raw)))
     });
@@ -220,24 +213,6 @@ fn redis_benches(c: &mut Criterion) {
     });
     group.finish();
     block_on(lock.shutdown());
-}
-
-/// Two EVALSHA of the TIME + HSET + PUBLISH script: the floor for a server-clock write.
-async fn lua_pair(
-    script: &redis::Script,
-    hash: &str,
-    channel: &str,
-    raw: &mut redis::aio::MultiplexedConnection,
-) {
-    for _ in 0..2 {
-        let _: i64 = script
-            .key(hash)
-            .arg("lua")
-            .arg(channel)
-            .invoke_async(raw)
-            .await
-            .unwrap();
-    }
 }
 
 const TASKS: usize = 64;

@@ -61,3 +61,40 @@ pub async fn propagation_pair(
         changes.next().await;
     }
 }
+
+/// The script of the `redis/lua_*` baselines: TIME + HSET + PUBLISH, the floor for a write
+/// stamped with the server's clock.
+pub const LUA_HSET_PUBLISH: &str = r"
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], '1;' .. t[1] .. t[2] .. ';x')
+redis.call('PUBLISH', ARGV[2], 'payload')
+return 1
+";
+
+/// Two EVALSHA of [`LUA_HSET_PUBLISH`] (`script`) to `hash` and `channel`: the baseline pair.
+pub async fn lua_pair(
+    script: &redis::Script,
+    hash: &str,
+    channel: &str,
+    raw: &mut redis::aio::MultiplexedConnection,
+) {
+    for _ in 0..2 {
+        let _: i64 = script
+            .key(hash)
+            .arg("lua")
+            .arg(channel)
+            .invoke_async(raw)
+            .await
+            .unwrap();
+    }
+}
+
+/// The value after `name` on the command line, or `default` (for the binaries).
+pub fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.into())
+}

@@ -13,6 +13,7 @@ use futures_lite::future::block_on;
 use reactive_lock::{Backend, LocalBackend, ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
 use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_benches::arg;
 
 /// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
 fn proc_status_bytes(field: &str) -> u64 {
@@ -23,15 +24,6 @@ fn proc_status_bytes(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.into())
 }
 
 async fn run(backend: impl Backend, trackers: usize, name: &str) {

@@ -17,27 +17,14 @@ use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
 use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_benches::{LUA_HSET_PUBLISH, arg, lua_pair};
 
-/// The floor of `redis/lua_hset_publish_pair` (benches/redis.rs).
-const LUA: &str = r"
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], ARGV[1], '1;' .. t[1] .. t[2] .. ';x')
-redis.call('PUBLISH', ARGV[2], 'payload')
-return 1
-";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => default,
-        Some(i) => match args.get(i + 1).map(|v| v.parse()) {
-            Some(Ok(value)) => value,
-            _ => {
-                eprintln!("{name} takes a number");
-                std::process::exit(2);
-            }
-        },
-    }
+/// `--name N`, a number, or `default`.
+fn number(name: &str, default: usize) -> usize {
+    arg(name, &default.to_string()).parse().unwrap_or_else(|_| {
+        eprintln!("{name} takes a number");
+        std::process::exit(2);
+    })
 }
 
 /// User + system CPU time of `pid` ("self" or a number) in µs.
@@ -98,8 +85,8 @@ fn evalsha_us_per_call(admin: &mut redis::Connection) -> f64 {
 }
 
 fn main() {
-    let pairs = arg("--pairs", 5000).max(1);
-    let rounds = arg("--rounds", 3);
+    let pairs = number("--pairs", 5000).max(1);
+    let rounds = number("--rounds", 3);
     let server = RedisServer::start();
     let url = server.url();
     let mut admin = server.client();
@@ -115,7 +102,7 @@ fn main() {
 
     let client = redis::Client::open(url.as_str()).expect("client");
     let mut raw = block_on(client.get_multiplexed_async_connection()).expect("connect");
-    let script = redis::Script::new(LUA);
+    let script = redis::Script::new(LUA_HSET_PUBLISH);
     let lock = block_on(async {
         ReactiveLock::builder()
             .instance_name("solo")
@@ -135,15 +122,13 @@ fn main() {
             for _ in 0..pairs {
                 block_on(async {
                     if variant == "lua_hset_publish_pair" {
-                        for _ in 0..2 {
-                            let _: i64 = script
-                                .key("ReactiveLock:Redis:HashSet:raw")
-                                .arg("lua")
-                                .arg("ReactiveLock:Redis:HashSetNotifier:raw")
-                                .invoke_async(&mut raw)
-                                .await
-                                .expect("script");
-                        }
+                        lua_pair(
+                            &script,
+                            "ReactiveLock:Redis:HashSet:raw",
+                            "ReactiveLock:Redis:HashSetNotifier:raw",
+                            &mut raw,
+                        )
+                        .await;
                     } else {
                         ctrl.increment(Some("x")).await.expect("busy acknowledged");
                         ctrl.decrement(1).await.expect("idle acknowledged");
