@@ -104,7 +104,7 @@ fn seq_digits(seq: u64) -> [u8; 20] {
 
 /// `EVALSHA` of [`PUBLISH_SCRIPT`] for `instance`'s status of `key` (see the script for the
 /// arguments), built in one buffer.
-fn publish_command(
+pub(crate) fn publish_command(
     sha: &str,
     key: &str,
     instance: &str,
@@ -153,7 +153,7 @@ const PAYLOAD_MAGIC_V1: &str = "RLv1";
 /// The notification carries `TIME`'s two numbers as they are (each number-to-string
 /// conversion and `string.sub` costs the script some 0.3–0.5 µs), and the lock data comes
 /// ready to append (`;data`, or empty): one argument and one branch less, ~0.5 µs a call.
-const PUBLISH_SCRIPT: &str = r#"
+pub(crate) const PUBLISH_SCRIPT: &str = r#"
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held and held > ARGV[2] then return 0 end
 local t = redis.call('TIME')

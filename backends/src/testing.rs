@@ -229,6 +229,65 @@ impl RedisServer {
 }
 
 #[cfg(feature = "redis")]
+/// The Redis backend's publish script (sequence check, `TIME`, .NET ticks, both `HSET`s and
+/// the self-describing `PUBLISH`), to be loaded and invoked bare with
+/// [`publish_script_command`]: benches set the server work a transition needs beside the
+/// code around it (`redis/publish_script_pair_own_subscription`).
+///
+/// # Examples
+///
+/// ```
+/// let script = reactive_lock_backends::testing::publish_script();
+/// assert_eq!(script.get_hash().len(), 40);
+/// ```
+pub fn publish_script() -> redis::Script {
+    redis::Script::new(crate::redis::PUBLISH_SCRIPT)
+}
+
+#[cfg(feature = "redis")]
+/// The `EVALSHA` of [`publish_script`] that the Redis backend sends for `instance`'s status
+/// of `key`, byte for byte (the same builder).
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock_backends::testing::{publish_script, publish_script_command};
+/// use std::time::Duration;
+///
+/// let script = publish_script();
+/// let command = publish_script_command(&script, "k", "api-1", 7, true, Duration::from_secs(10), Some("x"));
+/// let args: Vec<&[u8]> = command
+///     .args_iter()
+///     .map(|a| match a {
+///         redis::Arg::Simple(bytes) => bytes,
+///         redis::Arg::Cursor => &[][..],
+///     })
+///     .collect();
+/// assert_eq!(args[0], b"EVALSHA");
+/// assert_eq!(args[3], b"ReactiveLock:Redis:HashSet:k");
+/// assert_eq!(args[9], b";x");
+/// ```
+pub fn publish_script_command(
+    script: &redis::Script,
+    key: &str,
+    instance: &str,
+    seq: u64,
+    busy: bool,
+    valid_for: Duration,
+    lock_data: Option<&str>,
+) -> redis::Cmd {
+    crate::redis::publish_command(
+        script.get_hash(),
+        key,
+        instance,
+        seq,
+        busy,
+        u64::try_from(valid_for.as_micros()).unwrap_or(u64::MAX),
+        lock_data.filter(|_| busy).unwrap_or(""),
+    )
+}
+
+#[cfg(feature = "redis")]
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(child) = &self.child {

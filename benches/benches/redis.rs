@@ -11,7 +11,7 @@ use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
-use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_backends::testing::{RedisServer, publish_script, publish_script_command};
 use reactive_lock_benches::{LUA_HSET_PUBLISH, lua_pair, propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";
@@ -71,6 +71,35 @@ fn redis_benches(c: &mut Criterion) {
     block_on(own.subscribe(channel)).unwrap();
     group.bench_function("lua_hset_publish_pair_own_subscription", |b| {
         b.iter(|| block_on(lua_pair(&script, hash, channel, &mut own)))
+    });
+
+    // The library's own publish script, invoked bare on that connection as the backend
+    // sends it (sequence check, `TIME`, .NET ticks, both `HSET`s, the self-describing
+    // `PUBLISH` and its echo): the server and redis-crate work an acknowledged transition
+    // needs, without the library's code around it (BENCHMARKS.md).
+    let publish_script = publish_script();
+    let _: String = block_on(publish_script.prepare_invoke().load_async(&mut own)).unwrap();
+    let mut seq = 0;
+    group.bench_function("publish_script_pair_own_subscription", |b| {
+        b.iter(|| {
+            block_on(async {
+                for busy in [true, false] {
+                    seq += 1;
+                    let valid_for = Duration::from_secs(10);
+                    let command = publish_script_command(
+                        &publish_script,
+                        "raw",
+                        "floor",
+                        seq,
+                        busy,
+                        valid_for,
+                        Some("x"),
+                    );
+                    let applied: i64 = command.query_async(&mut own).await.unwrap();
+                    assert_eq!(applied, 1, "a newer sequence is applied");
+                }
+            })
+        })
     });
     block_on(own.unsubscribe(channel)).unwrap();
 

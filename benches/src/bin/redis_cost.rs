@@ -1,9 +1,11 @@
 //! Where an acknowledged Redis transition spends its time, beside the bare Lua pair it is
-//! judged against (`redis/transition_ack_pair` vs `redis/lua_hset_publish_pair`).
+//! judged against (`redis/transition_ack_pair` vs `redis/lua_hset_publish_pair`) and the
+//! library's own publish script invoked bare on a self-subscribed connection
+//! (`redis/publish_script_pair_own_subscription`: the server work a transition needs).
 //!
 //! `taskset -c 0 cargo run -p reactive-lock-benches --release --bin redis_cost -- --pairs 5000`
 //!
-//! Alternates the two, `--rounds` times (default 3), so both see the same spells of the host,
+//! Alternates the three, `--rounds` times (default 3), so both see the same spells of the host,
 //! and prints one JSON line per variant and round with, per busy+idle pair: wall time, CPU
 //! time of this process and of the redis-server it starts (user + system, from
 //! `/proc/<pid>/stat`), context switches of this process's threads, and the server's
@@ -16,7 +18,7 @@ use std::time::Instant;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
-use reactive_lock_backends::testing::RedisServer;
+use reactive_lock_backends::testing::{RedisServer, publish_script, publish_script_command};
 use reactive_lock_benches::{LUA_HSET_PUBLISH, arg, lua_pair};
 
 /// `--name N`, a number, or `default`.
@@ -103,6 +105,26 @@ fn main() {
     let client = redis::Client::open(url.as_str()).expect("client");
     let mut raw = block_on(client.get_multiplexed_async_connection()).expect("connect");
     let script = redis::Script::new(LUA_HSET_PUBLISH);
+    // The library's publish script invoked bare, as the backend sends it, on a RESP3
+    // connection subscribed to the channel it publishes to (so it gets the echo, as an
+    // instance's own subscription does).
+    let resp3 = {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(settings)).expect("client")
+    };
+    let config = redis::AsyncConnectionConfig::new()
+        .set_push_sender(|_: redis::PushInfo| Ok::<(), redis::aio::SendError>(()));
+    let mut own =
+        block_on(resp3.get_multiplexed_async_connection_with_config(&config)).expect("connect");
+    block_on(own.subscribe("ReactiveLock:Redis:HashSetNotifier:raw")).expect("subscribe");
+    let publish_script = publish_script();
+    let _: String =
+        block_on(publish_script.prepare_invoke().load_async(&mut own)).expect("SCRIPT LOAD");
+    let mut seq = 0;
     let lock = block_on(async {
         ReactiveLock::builder()
             .instance_name("solo")
@@ -114,7 +136,11 @@ fn main() {
     let ctrl = lock.controller("bench").expect("tracker");
 
     for round in 0..rounds {
-        for variant in ["lua_hset_publish_pair", "transition_ack_pair"] {
+        for variant in [
+            "lua_hset_publish_pair",
+            "publish_script_pair_own_subscription",
+            "transition_ack_pair",
+        ] {
             evalsha_us_per_call(&mut admin);
             let (own0, server0, switches0) =
                 (cpu_us("self"), cpu_us(&server_pid), context_switches());
@@ -129,6 +155,23 @@ fn main() {
                             &mut raw,
                         )
                         .await;
+                    } else if variant == "publish_script_pair_own_subscription" {
+                        for busy in [true, false] {
+                            seq += 1;
+                            let valid_for = std::time::Duration::from_secs(10);
+                            let command = publish_script_command(
+                                &publish_script,
+                                "raw",
+                                "floor",
+                                seq,
+                                busy,
+                                valid_for,
+                                Some("x"),
+                            );
+                            let applied: i64 =
+                                command.query_async(&mut own).await.expect("EVALSHA");
+                            assert_eq!(applied, 1, "a newer sequence is applied");
+                        }
                     } else {
                         ctrl.increment(Some("x")).await.expect("busy acknowledged");
                         ctrl.decrement(1).await.expect("idle acknowledged");
