@@ -44,6 +44,8 @@ PAIRS = [
     ("redis", "transition_ack_pair", "raw_hset_publish_pair", None),
     ("redis", "transition_ack_pair", "lua_hset_publish_pair_own_subscription", None),
     ("redis", "transition_ack_pair", "lua_hset_publish_pair_1_subscriber", None),
+    ("redis", "transition_ack_pair", "publish_script_pair_own_subscription", None),
+    ("redis", "publish_script_pair_own_subscription", "lua_hset_publish_pair", None),
     ("redis", "transition_ack_pair_2_instances", "lua_hset_publish_pair_2_subscribers", None),
     ("redis", "consistent_wait", "hgetall_time_roundtrip", 1.2),
     ("redis", "propagation_pair", "raw_pubsub_pair", 1.5),

@@ -11,8 +11,11 @@ use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
-use reactive_lock_backends::testing::{RedisServer, publish_script, publish_script_command};
-use reactive_lock_benches::{LUA_HSET_PUBLISH, lua_pair, propagation_pair, transition_ack_pair};
+use reactive_lock_backends::testing::{RedisServer, publish_script};
+use reactive_lock_benches::{
+    LUA_HSET_PUBLISH, lua_pair, own_subscription, propagation_pair, publish_script_pair,
+    transition_ack_pair,
+};
 
 const KEY: &str = "bench";
 
@@ -57,18 +60,7 @@ fn redis_benches(c: &mut Criterion) {
 
     // The same on a RESP3 connection that is itself subscribed to the channel: the echo
     // comes back on the connection that sent the script, beside its reply.
-    let resp3 = {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(settings)).unwrap()
-    };
-    let config = redis::AsyncConnectionConfig::new()
-        .set_push_sender(|_: redis::PushInfo| Ok::<(), redis::aio::SendError>(()));
-    let mut own = block_on(resp3.get_multiplexed_async_connection_with_config(&config)).unwrap();
-    block_on(own.subscribe(channel)).unwrap();
+    let mut own = block_on(own_subscription(&client, channel));
     group.bench_function("lua_hset_publish_pair_own_subscription", |b| {
         b.iter(|| block_on(lua_pair(&script, hash, channel, &mut own)))
     });
@@ -81,25 +73,7 @@ fn redis_benches(c: &mut Criterion) {
     let _: String = block_on(publish_script.prepare_invoke().load_async(&mut own)).unwrap();
     let mut seq = 0;
     group.bench_function("publish_script_pair_own_subscription", |b| {
-        b.iter(|| {
-            block_on(async {
-                for busy in [true, false] {
-                    seq += 1;
-                    let valid_for = Duration::from_secs(10);
-                    let command = publish_script_command(
-                        &publish_script,
-                        "raw",
-                        "floor",
-                        seq,
-                        busy,
-                        valid_for,
-                        Some("x"),
-                    );
-                    let applied: i64 = command.query_async(&mut own).await.unwrap();
-                    assert_eq!(applied, 1, "a newer sequence is applied");
-                }
-            })
-        })
+        b.iter(|| block_on(publish_script_pair(&publish_script, &mut own, &mut seq)))
     });
     block_on(own.unsubscribe(channel)).unwrap();
 

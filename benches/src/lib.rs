@@ -89,6 +89,54 @@ pub async fn lua_pair(
     }
 }
 
+/// A RESP3 connection to `client`'s server subscribed to `channel` (pushes dropped): the
+/// echo of what it publishes there comes back on it, beside the reply, as on an instance's
+/// own subscription.
+pub async fn own_subscription(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::aio::MultiplexedConnection {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let resp3 = redis::Client::open(info.set_redis_settings(settings)).expect("client");
+    let config = redis::AsyncConnectionConfig::new()
+        .set_push_sender(|_: redis::PushInfo| Ok::<(), redis::aio::SendError>(()));
+    let mut own = resp3
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect");
+    own.subscribe(channel).await.expect("subscribe");
+    own
+}
+
+/// The Redis backend's publish script (loaded on `conn` beforehand), invoked bare as the
+/// backend sends it: busy then idle for instance `floor` of key `raw`, under the next two
+/// sequences after `seq`.
+pub async fn publish_script_pair(
+    script: &redis::Script,
+    conn: &mut redis::aio::MultiplexedConnection,
+    seq: &mut u64,
+) {
+    for busy in [true, false] {
+        *seq += 1;
+        let valid_for = std::time::Duration::from_secs(10);
+        let command = reactive_lock_backends::testing::publish_script_command(
+            script,
+            "raw",
+            "floor",
+            *seq,
+            busy,
+            valid_for,
+            Some("x"),
+        );
+        let applied: i64 = command.query_async(conn).await.expect("EVALSHA");
+        assert_eq!(applied, 1, "a newer sequence is applied");
+    }
+}
+
 /// The value after `name` on the command line, or `default` (for the binaries).
 pub fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();

@@ -18,8 +18,10 @@ use std::time::Instant;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
-use reactive_lock_backends::testing::{RedisServer, publish_script, publish_script_command};
-use reactive_lock_benches::{LUA_HSET_PUBLISH, arg, lua_pair};
+use reactive_lock_backends::testing::{RedisServer, publish_script};
+use reactive_lock_benches::{
+    LUA_HSET_PUBLISH, arg, lua_pair, own_subscription, publish_script_pair,
+};
 
 /// `--name N`, a number, or `default`.
 fn number(name: &str, default: usize) -> usize {
@@ -108,19 +110,10 @@ fn main() {
     // The library's publish script invoked bare, as the backend sends it, on a RESP3
     // connection subscribed to the channel it publishes to (so it gets the echo, as an
     // instance's own subscription does).
-    let resp3 = {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(settings)).expect("client")
-    };
-    let config = redis::AsyncConnectionConfig::new()
-        .set_push_sender(|_: redis::PushInfo| Ok::<(), redis::aio::SendError>(()));
-    let mut own =
-        block_on(resp3.get_multiplexed_async_connection_with_config(&config)).expect("connect");
-    block_on(own.subscribe("ReactiveLock:Redis:HashSetNotifier:raw")).expect("subscribe");
+    let mut own = block_on(own_subscription(
+        &client,
+        "ReactiveLock:Redis:HashSetNotifier:raw",
+    ));
     let publish_script = publish_script();
     let _: String =
         block_on(publish_script.prepare_invoke().load_async(&mut own)).expect("SCRIPT LOAD");
@@ -156,22 +149,7 @@ fn main() {
                         )
                         .await;
                     } else if variant == "publish_script_pair_own_subscription" {
-                        for busy in [true, false] {
-                            seq += 1;
-                            let valid_for = std::time::Duration::from_secs(10);
-                            let command = publish_script_command(
-                                &publish_script,
-                                "raw",
-                                "floor",
-                                seq,
-                                busy,
-                                valid_for,
-                                Some("x"),
-                            );
-                            let applied: i64 =
-                                command.query_async(&mut own).await.expect("EVALSHA");
-                            assert_eq!(applied, 1, "a newer sequence is applied");
-                        }
+                        publish_script_pair(&publish_script, &mut own, &mut seq).await;
                     } else {
                         ctrl.increment(Some("x")).await.expect("busy acknowledged");
                         ctrl.decrement(1).await.expect("idle acknowledged");
