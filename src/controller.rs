@@ -81,6 +81,9 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         busy: bool,
         data: Option<&str>,
     ) -> Option<Result<()>>;
+    /// Whether [`publish_now`](Self::publish_now) may publish (a hint that saves a backend
+    /// that never publishes inline a lock round per publish).
+    fn publishes_inline(&self) -> bool;
     /// The sequence every key starts from: the wall clock at build, so that an instance
     /// restarted under the same name supersedes its old statuses.
     fn first_seq(&self) -> u64;
@@ -362,6 +365,9 @@ impl TrackerShared {
         let Some(publisher) = &self.publisher else {
             return Ok(false);
         };
+        if let Some(done) = self.publish_newest_now(&**publisher, force) {
+            return done;
+        }
         let Some((epoch, seq, busy, data)) = self.claim(force) else {
             return Ok(false);
         };
@@ -378,6 +384,33 @@ impl TrackerShared {
         guard.done = true;
         self.settle(&**publisher, epoch, &result);
         result.map(|()| true)
+    }
+
+    /// [`publish_newest`](Self::publish_newest) inline, when the backend publishes without
+    /// waiting: under the state's lock, as a transition publishes, so the publishing role is
+    /// never held across the call and a transition made meanwhile (on another thread: the
+    /// driver renews, retries and recovers) is published inline too instead of waiting for
+    /// this one. `None`: the backend cannot; use the asynchronous path.
+    fn publish_newest_now(&self, publisher: &dyn Publisher, force: bool) -> Option<Result<bool>> {
+        if !publisher.publishes_inline() {
+            return None;
+        }
+        let mut slot = self.state.slot();
+        let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
+        if slot.publishing || !(pending || (force && slot.newest_busy)) {
+            return Some(Ok(false));
+        }
+        let (epoch, seq, busy) = (slot.newest_epoch, slot.seq + 1, slot.newest_busy);
+        let result = publisher.publish_now(&self.key, seq, busy, slot.newest_data.as_deref())?;
+        slot.seq = seq;
+        slot.record_outcome(epoch, &result);
+        drop(slot);
+        // As for an inline transition: nobody listens for this outcome (waiters listen only
+        // while `publishing` is set), so nobody needs waking; a failure goes to the driver.
+        if result.is_err() {
+            publisher.wake_driver(self.index);
+        }
+        Some(result.map(|()| true))
     }
 
     /// Takes the publishing role for the newest status if it needs publishing (with

@@ -530,6 +530,10 @@ impl Publisher for RegistryPublisher {
         Some(with_key(key, result))
     }
 
+    fn publishes_inline(&self) -> bool {
+        self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
+    }
+
     /// Strictly increasing per key from here, starting from the wall clock in nanoseconds
     /// at build, so that an instance restarted under the same name still supersedes its old
     /// statuses: the old process's sequences grew by one per publish, and a publish takes

@@ -64,3 +64,44 @@ fn thousand_waiting_threads_released_by_one_unblock() {
     }
     assert!(!state.is_blocked());
 }
+
+/// On an in-process store every transition is acknowledged inline, also while the driver
+/// renews the same key on its own thread: its renewals publish inline too, so it never holds
+/// the publishing role that would make a transition wait for it (an unpinned
+/// `hot_path/transition_pair_local` run once found a transition pending).
+#[test]
+fn local_transitions_stay_immediate_while_the_driver_renews() {
+    use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
+    use std::time::{Duration, Instant};
+
+    let lock = futures_lite::future::block_on(
+        ReactiveLock::builder()
+            .instance_name("renewing")
+            .renewal(Duration::from_millis(1))
+            .expiration(Duration::from_secs(5))
+            .tracker("k", TrackerConfig::new().busy_threshold(1))
+            .build(LocalBackend::new()),
+    )
+    .expect("build");
+    let ctrl = lock.controller("k").expect("tracker");
+    let renewals_before = lock.metrics().renewals;
+    let until = Instant::now() + Duration::from_millis(400);
+    let mut pairs = 0u64;
+    while Instant::now() < until {
+        for _ in 0..1000 {
+            let busy = ctrl.increment(None);
+            assert!(busy.is_immediate(), "busy transition {pairs} waited");
+            drop(busy);
+            let idle = ctrl.decrement(1);
+            assert!(idle.is_immediate(), "idle transition {pairs} waited");
+            drop(idle);
+            pairs += 1;
+        }
+    }
+    assert!(
+        lock.metrics().renewals > renewals_before + 10,
+        "the driver renewed meanwhile ({} renewals)",
+        lock.metrics().renewals - renewals_before
+    );
+    futures_lite::future::block_on(lock.shutdown());
+}
