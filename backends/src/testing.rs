@@ -231,8 +231,8 @@ impl RedisServer {
 #[cfg(feature = "redis")]
 /// The Redis backend's publish script (sequence check, `TIME`, .NET ticks, both `HSET`s and
 /// the self-describing `PUBLISH`), to be loaded and invoked bare with
-/// [`publish_script_command`]: benches set the server work a transition needs beside the
-/// code around it (`redis/publish_script_pair_own_subscription`).
+/// [`publish_script_command`], so that benches can measure the server work a transition
+/// needs apart from the code around it (`redis/publish_script_pair_own_subscription`).
 ///
 /// # Examples
 ///
@@ -260,7 +260,7 @@ pub fn publish_script() -> redis::Script {
 ///     .args_iter()
 ///     .map(|a| match a {
 ///         redis::Arg::Simple(bytes) => bytes,
-///         redis::Arg::Cursor => &[][..],
+///         _ => &[][..],
 ///     })
 ///     .collect();
 /// assert_eq!(args[0], b"EVALSHA");
