@@ -102,18 +102,24 @@ fn seq_digits(seq: u64) -> [u8; 20] {
     digits
 }
 
-/// `EVALSHA` of [`PUBLISH_SCRIPT`] for `instance`'s status of `key` (see the script for the
-/// arguments), built in one buffer.
+/// `EVALSHA` of [`PUBLISH_SCRIPT`] (by its `sha`) for `instance`'s `status` of `key` (see
+/// the script for the arguments), built in one buffer.
 pub(crate) fn publish_command(
     sha: &str,
     key: &str,
     instance: &str,
-    seq: u64,
-    busy: bool,
-    valid_for_us: u64,
-    data: &str,
+    status: &InstanceStatus,
 ) -> redis::Cmd {
-    let (key, seq) = (key.as_bytes(), seq_digits(seq));
+    // At most a century: the script prints whole seconds with Lua's `%.14g`, exact below
+    // 1e14 s (and .NET's DateTime ends in the year 9999 anyway).
+    const CENTURY_US: u128 = 100 * 365 * 24 * 3600 * 1_000_000;
+    let valid_for_us = status.valid_for.as_micros().min(CENTURY_US) as u64;
+    let data = match status.lock_data.as_deref() {
+        Some(data) if status.busy => data,
+        _ => "",
+    };
+    let busy = status.busy;
+    let (key, seq) = (key.as_bytes(), seq_digits(status.seq));
     let data_len = if data.is_empty() { 0 } else { data.len() + 1 };
     let mut command =
         redis::Cmd::with_capacity(11, 160 + 3 * key.len() + instance.len() + data_len);
@@ -914,23 +920,7 @@ impl Backend for RedisBackend {
             Some((_, connection)) => Commands::Single(connection.clone()),
             None => self.connection().await?,
         };
-        // At most a century: the script prints whole seconds with Lua's `%.14g`, exact
-        // below 1e14 s (and .NET's DateTime ends in the year 9999 anyway).
-        const CENTURY_US: u128 = 100 * 365 * 24 * 3600 * 1_000_000;
-        let valid_for_us = status.valid_for.as_micros().min(CENTURY_US) as u64;
-        let data = match status.lock_data.as_deref() {
-            Some(data) if status.busy => data,
-            _ => "",
-        };
-        let command = publish_command(
-            self.inner.script.get_hash(),
-            key,
-            instance,
-            status.seq,
-            status.busy,
-            valid_for_us,
-            data,
-        );
+        let command = publish_command(self.inner.script.get_hash(), key, instance, status);
         let mut result = command.query_async::<i64>(&mut connection).await;
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
@@ -1240,17 +1230,12 @@ mod tests {
             .map(|a| a.as_bytes().to_vec())
             .collect()
         };
-        let busy = publish_command("0123abcd", "payments", "api-1", 42, true, 10_000_000, "b-7");
+        let valid_for = Duration::from_secs(10);
+        let busy = InstanceStatus::busy(Some("b-7".into()), 42, valid_for);
+        let busy = publish_command("0123abcd", "payments", "api-1", &busy);
         assert_eq!(args(&busy), expected("00000000000000000042", "1", ";b-7"));
-        let idle = publish_command(
-            "0123abcd",
-            "payments",
-            "api-1",
-            u64::MAX,
-            false,
-            10_000_000,
-            "",
-        );
+        let idle = InstanceStatus::idle(u64::MAX, valid_for);
+        let idle = publish_command("0123abcd", "payments", "api-1", &idle);
         assert_eq!(args(&idle), expected("18446744073709551615", "0", ""));
         // The names the rest of the backend uses (reads, subscriptions) are the same.
         assert_eq!(args(&busy)[3], hash_name("payments").into_bytes());

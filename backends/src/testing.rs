@@ -276,15 +276,12 @@ pub fn publish_script_command(
     valid_for: Duration,
     lock_data: Option<&str>,
 ) -> redis::Cmd {
-    crate::redis::publish_command(
-        script.get_hash(),
-        key,
-        instance,
-        seq,
-        busy,
-        u64::try_from(valid_for.as_micros()).unwrap_or(u64::MAX),
-        lock_data.filter(|_| busy).unwrap_or(""),
-    )
+    let status = if busy {
+        reactive_lock::InstanceStatus::busy(lock_data.map(String::from), seq, valid_for)
+    } else {
+        reactive_lock::InstanceStatus::idle(seq, valid_for)
+    };
+    crate::redis::publish_command(script.get_hash(), key, instance, &status)
 }
 
 #[cfg(feature = "redis")]
