@@ -327,6 +327,8 @@ pub enum BackendEvent {
 ///   subscriber a wake-up per own transition.
 /// * [`publish_now`](Backend::publish_now) (optional) completes a publish without waiting,
 ///   for stores that need no I/O; the default defers to `publish`.
+///   [`bind_publisher`](Backend::bind_publisher) (optional) resolves it once per key and
+///   instance.
 ///
 /// # Examples
 ///
@@ -424,6 +426,55 @@ pub trait Backend: Send + Sync + 'static {
     fn spawn_driver(&self, driver: crate::Driver) -> Option<crate::Driver> {
         Some(driver)
     }
+
+    /// [`publish_now`](Backend::publish_now) bound to one `key` and `instance`, resolved once:
+    /// a registry asks for one per tracker when it is built and publishes that key's
+    /// transitions through it. A store that finds the key's entries and subscribers by name
+    /// on every publish does that lookup here instead, once (for the in-process store the
+    /// lookup was a fifth of a local transition). `None` (the default): the core calls
+    /// `publish_now`. A backend that returns one must publish inline through it for as long
+    /// as the backend lives, under the same rules as `publish_now`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{Backend, InstanceStatus, LocalBackend};
+    /// use std::time::Duration;
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let backend = LocalBackend::new();
+    /// let bound = backend.bind_publisher("payments", "api-1").expect("the store binds");
+    /// bound.publish_now(&InstanceStatus::busy(None, 1, Duration::from_secs(10)))?;
+    /// assert!(backend.snapshot("payments").await?.is_blocked());
+    /// # Ok::<(), reactive_lock::BackendError>(())
+    /// # }).unwrap();
+    /// ```
+    fn bind_publisher(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>> {
+        let _ = (key, instance);
+        None
+    }
+}
+
+/// A backend's inline publish for one key and one instance (see
+/// [`Backend::bind_publisher`]).
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Backend, BoundPublisher, InstanceStatus, LocalBackend};
+/// use std::time::Duration;
+///
+/// let backend = LocalBackend::new();
+/// let bound: Box<dyn BoundPublisher> = backend.bind_publisher("k", "a").unwrap();
+/// // Latest wins, as through `publish`: the older idle status is ignored.
+/// bound.publish_now(&InstanceStatus::busy(None, 2, Duration::from_secs(10))).unwrap();
+/// bound.publish_now(&InstanceStatus::idle(1, Duration::from_secs(10))).unwrap();
+/// assert_eq!(backend.publish_count(), 1);
+/// ```
+pub trait BoundPublisher: Send + Sync + 'static {
+    /// Publishes `status` as the bound instance's status for the bound key, without waiting:
+    /// exactly what [`Backend::publish_now`] does when it answers `Some`.
+    fn publish_now(&self, status: &InstanceStatus) -> Result<(), BackendError>;
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -449,6 +500,7 @@ pub(crate) trait DynBackend: Send + Sync + 'static {
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>>;
     #[cfg(feature = "std")]
     fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver>;
+    fn bind_publisher_dyn(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>>;
     fn subscribe_dyn<'a>(
         &'a self,
         instance: &'a str,
@@ -482,6 +534,10 @@ impl<B: Backend> DynBackend for B {
     #[cfg(feature = "std")]
     fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver> {
         self.spawn_driver(driver)
+    }
+
+    fn bind_publisher_dyn(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>> {
+        self.bind_publisher(key, instance)
     }
 
     fn subscribe_dyn<'a>(

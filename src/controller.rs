@@ -71,11 +71,14 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         data: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>>;
     /// Publishes without waiting if the backend can ([`Backend::publish_now`]) and the
-    /// registry is not shut down; `None` means "use [`publish`](Self::publish)".
+    /// registry is not shut down; `None` means "use [`publish`](Self::publish)". `index` is
+    /// the tracker's (it finds the key's bound publish, [`Backend::bind_publisher`]).
     ///
     /// [`Backend::publish_now`]: crate::Backend::publish_now
+    /// [`Backend::bind_publisher`]: crate::Backend::bind_publisher
     fn publish_now(
         &self,
+        index: usize,
         key: &str,
         seq: u64,
         busy: bool,
@@ -298,7 +301,7 @@ impl TrackerShared {
                 // `publish_now` itself says whether it can publish inline; the sequence is
                 // taken only when it did.
                 let seq = slot.seq + 1;
-                let result = publisher.publish_now(&self.key, seq, busy, data)?;
+                let result = publisher.publish_now(self.index, &self.key, seq, busy, data)?;
                 slot.seq = seq;
                 slot.record_outcome(epoch, &result);
                 Some(result.is_err())
@@ -401,7 +404,13 @@ impl TrackerShared {
             return Some(Ok(false));
         }
         let (epoch, seq, busy) = (slot.newest_epoch, slot.seq + 1, slot.newest_busy);
-        let result = publisher.publish_now(&self.key, seq, busy, slot.newest_data.as_deref())?;
+        let result = publisher.publish_now(
+            self.index,
+            &self.key,
+            seq,
+            busy,
+            slot.newest_data.as_deref(),
+        )?;
         slot.seq = seq;
         slot.record_outcome(epoch, &result);
         drop(slot);

@@ -64,7 +64,9 @@ mod local;
 #[cfg(all(feature = "std", not(loom)))]
 mod registry;
 
-pub use backend::{Backend, BackendEvent, Entry, InstanceStatus, Snapshot, StoreTime};
+pub use backend::{
+    Backend, BackendEvent, BoundPublisher, Entry, InstanceStatus, Snapshot, StoreTime,
+};
 pub use controller::{Ack, OwnedTrackerGuard, TrackerController, TrackerGuard};
 pub use error::{BackendError, BackendErrorKind, Error, Result, Timeout};
 pub use state::{LOCK_DATA_SEPARATOR, Status, StatusChanges, TrackerState, UnknownPolicy};

@@ -1,5 +1,6 @@
 //! `LocalBackend`: the in-process store, and the reference the conformance suite runs first.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeSet;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -15,7 +16,9 @@ use event_listener::{Event, EventListener};
 use futures_core::Stream;
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, BackendEvent, Entry, InstanceStatus, Snapshot, StoreTime};
+use crate::backend::{
+    Backend, BackendEvent, BoundPublisher, Entry, InstanceStatus, Snapshot, StoreTime,
+};
 use crate::error::{BackendError, BackendErrorKind};
 
 /// An in-process backend: a store of instance statuses per key shared by every clone.
@@ -66,7 +69,7 @@ pub struct LocalBackend {
 impl core::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("LocalBackend")
-            .field("keys", &self.inner.store.lock().keys.len())
+            .field("keys", &self.inner.store.lock().slots.len())
             .field("available", &self.is_available())
             .finish()
     }
@@ -79,30 +82,66 @@ struct LocalInner {
     unavailable: AtomicBool,
 }
 
+/// Keys and instance names are resolved to numbers once (a key's slot, an instance's id),
+/// so that a bound publish ([`Backend::bind_publisher`]) finds the entry to write and the
+/// subscribers to tell without hashing or comparing a string.
 #[derive(Default)]
 struct Store {
-    keys: HashMap<String, Vec<Entry>, RandomState>,
-    /// Shared with each subscriber's stream; an entry whose stream is gone (the store holds
-    /// the only reference) is dropped on the next publish.
+    /// Each key's position in `slots`, assigned on first use and kept for the store's life
+    /// (bound publishers hold it; `clear` empties slots, never removes them).
+    slot_of: HashMap<String, usize, RandomState>,
+    slots: Vec<Slot>,
+    /// Each instance's id, assigned on first use (an index into `instances`).
+    id_of: HashMap<String, u32, RandomState>,
+    instances: Vec<String>,
+    /// Every subscriber (for connection events). One whose stream is gone is dropped from
+    /// here and from its keys' lists when next seen.
     subscribers: Vec<Arc<Subscriber>>,
     publishes: u64,
 }
 
+struct Slot {
+    key: String,
+    entries: Vec<Entry>,
+    /// The id of each entry's instance, at the same position.
+    owners: Vec<u32>,
+    /// The subscribers to this key.
+    subscribers: Vec<Arc<Subscriber>>,
+}
+
 struct Subscriber {
-    /// The subscribing instance: its own publishes are not echoed back to it.
-    instance: String,
-    keys: BTreeSet<String>,
+    /// The subscribing instance's id: its own publishes are not echoed back to it.
+    instance: u32,
     pending: Mutex<Pending>,
     wake: Event,
+    /// Set when its stream is dropped.
+    gone: AtomicBool,
 }
 
 #[derive(Default)]
 struct Pending {
     /// Connection events not yet delivered, oldest first.
     connection: Vec<BackendEvent>,
-    /// Keys changed since the subscriber last looked (latest wins: each becomes one
-    /// snapshot read when delivered).
-    dirty: BTreeSet<String>,
+    /// Slots of the keys changed since the subscriber last looked (latest wins: each
+    /// becomes one snapshot read when delivered).
+    dirty: BTreeSet<usize>,
+}
+
+/// A [`LocalBackend`]'s publish bound to one key slot and instance id.
+struct LocalBound {
+    backend: LocalBackend,
+    slot: usize,
+    instance: u32,
+}
+
+impl BoundPublisher for LocalBound {
+    fn publish_now(&self, status: &InstanceStatus) -> Result<(), BackendError> {
+        self.backend.check_available("publish")?;
+        let now = store_now();
+        let mut store = self.backend.inner.store.lock();
+        store.publish(self.slot, self.instance, status, now);
+        Ok(())
+    }
 }
 
 impl LocalBackend {
@@ -166,7 +205,10 @@ impl LocalBackend {
     /// backend.clear();
     /// ```
     pub fn clear(&self) {
-        self.inner.store.lock().keys.clear();
+        for slot in &mut self.inner.store.lock().slots {
+            slot.entries.clear();
+            slot.owners.clear();
+        }
     }
 
     /// How many publishes the store has applied (for tests and benches).
@@ -196,14 +238,23 @@ impl LocalBackend {
     }
 
     fn read(&self, key: &str) -> Snapshot {
-        let entries = self
-            .inner
-            .store
-            .lock()
-            .keys
-            .get(key)
-            .cloned()
-            .unwrap_or_default();
+        let entries = {
+            let store = self.inner.store.lock();
+            store
+                .slot_of
+                .get(key)
+                .map(|&slot| store.slots[slot].entries.clone())
+                .unwrap_or_default()
+        };
+        Snapshot::new(key, entries, store_now())
+    }
+
+    fn read_slot(&self, slot: usize) -> Snapshot {
+        let (key, entries) = {
+            let store = self.inner.store.lock();
+            let slot = &store.slots[slot];
+            (slot.key.clone(), slot.entries.clone())
+        };
         Snapshot::new(key, entries, store_now())
     }
 
@@ -217,20 +268,9 @@ impl LocalBackend {
         self.check_available("publish")?;
         let now = store_now();
         let mut store = self.inner.store.lock();
-        if store.write(key, instance, status, now) {
-            store.publishes += 1;
-            store.for_each_subscriber(|s| {
-                if s.instance != instance && s.keys.contains(key) {
-                    let mut pending = s.pending.lock();
-                    // Latest wins: a key already marked is read once, whatever else changed.
-                    if !pending.dirty.contains(key) {
-                        pending.dirty.insert(key.to_string());
-                        drop(pending);
-                        s.wake.notify(usize::MAX);
-                    }
-                }
-            });
-        }
+        let slot = store.slot(key);
+        let id = store.id_by_entry(slot, instance);
+        store.publish(slot, id, status, now);
         Ok(())
     }
 }
@@ -257,59 +297,112 @@ fn store_now() -> StoreTime {
 
 impl Store {
     fn for_each_subscriber(&mut self, mut f: impl FnMut(&Subscriber)) {
-        // A plain loop: this runs on every publish, and a subscriber whose stream is gone
-        // (rare) is the only reason to rewrite the list.
+        // A plain loop: a subscriber whose stream is gone (rare) is the only reason to
+        // rewrite the list.
         let mut gone = false;
         for s in &self.subscribers {
-            if Arc::strong_count(s) > 1 {
-                f(s);
-            } else {
+            if s.gone.load(Ordering::Acquire) {
                 gone = true;
+            } else {
+                f(s);
             }
         }
         if gone {
-            self.subscribers.retain(|s| Arc::strong_count(s) > 1);
+            self.subscribers.retain(|s| !s.gone.load(Ordering::Acquire));
         }
     }
 
-    fn write(
-        &mut self,
-        key: &str,
-        instance: &str,
-        status: &InstanceStatus,
-        now: StoreTime,
-    ) -> bool {
-        // Look up by `&str` first: the key's `String` is allocated only on its first write.
-        if let Some(entries) = self.keys.get_mut(key) {
-            return Self::write_entry(entries, instance, status, now);
+    /// The slot of `key`, made on its first use.
+    fn slot(&mut self, key: &str) -> usize {
+        // Look up by `&str` first: the key's `String` is allocated only on its first use.
+        if let Some(&slot) = self.slot_of.get(key) {
+            return slot;
         }
-        let entries = self.keys.entry(key.to_string()).or_default();
-        Self::write_entry(entries, instance, status, now)
+        let slot = self.slots.len();
+        self.slots.push(Slot {
+            key: key.to_string(),
+            entries: Vec::new(),
+            owners: Vec::new(),
+            subscribers: Vec::new(),
+        });
+        self.slot_of.insert(key.to_string(), slot);
+        slot
     }
 
-    fn write_entry(
-        entries: &mut Vec<Entry>,
-        instance: &str,
-        status: &InstanceStatus,
-        now: StoreTime,
-    ) -> bool {
+    /// The id of `instance`, made on its first use.
+    fn id(&mut self, instance: &str) -> u32 {
+        if let Some(&id) = self.id_of.get(instance) {
+            return id;
+        }
+        // Ids index `instances`; four billion names in one process are not a real case, and
+        // saturating keeps a name that does not fit from panicking (it shares the last id).
+        let id = u32::try_from(self.instances.len()).unwrap_or(u32::MAX);
+        self.instances.push(instance.to_string());
+        self.id_of.insert(instance.to_string(), id);
+        id
+    }
+
+    /// The id of `instance`, read from its entry in `slot` when it has one (the common
+    /// case: no hashing of the name).
+    fn id_by_entry(&mut self, slot: usize, instance: &str) -> u32 {
+        let held = &self.slots[slot];
+        match held.entries.iter().position(|e| e.instance == instance) {
+            Some(at) => held.owners[at],
+            None => self.id(instance),
+        }
+    }
+
+    /// Writes `status` as instance `id`'s entry in `slot` (unless it holds a newer one) and
+    /// marks the key for the slot's other subscribers.
+    fn publish(&mut self, slot: usize, id: u32, status: &InstanceStatus, now: StoreTime) {
+        let name = &self.instances;
+        let Slot {
+            entries,
+            owners,
+            subscribers,
+            ..
+        } = &mut self.slots[slot];
         let valid_until = now.saturating_add(status.valid_for);
-        match entries.iter_mut().find(|e| e.instance == instance) {
+        match owners.iter().position(|&owner| owner == id) {
             // Latest wins: never replace a newer status with an older one.
-            Some(held) if held.seq > status.seq => return false,
+            Some(at) if entries[at].seq > status.seq => return,
             // In place: the instance's name is not allocated again on every write.
-            Some(held) => {
+            Some(at) => {
+                let held = &mut entries[at];
                 held.busy = status.busy;
                 held.lock_data.clone_from(&status.lock_data);
                 held.valid_until = valid_until;
                 held.seq = status.seq;
             }
-            None => entries.push(
-                Entry::new(instance, status.busy, status.lock_data.clone(), valid_until)
-                    .with_seq(status.seq),
-            ),
+            None => {
+                let instance = name.get(id as usize).cloned().unwrap_or_default();
+                entries.push(
+                    Entry::new(instance, status.busy, status.lock_data.clone(), valid_until)
+                        .with_seq(status.seq),
+                );
+                owners.push(id);
+            }
         }
-        true
+        self.publishes += 1;
+        let mut gone = false;
+        for s in subscribers.iter() {
+            if s.instance == id {
+                continue;
+            }
+            if s.gone.load(Ordering::Acquire) {
+                gone = true;
+                continue;
+            }
+            let mut pending = s.pending.lock();
+            // Latest wins: a key already marked is read once, whatever else changed.
+            if pending.dirty.insert(slot) {
+                drop(pending);
+                s.wake.notify(usize::MAX);
+            }
+        }
+        if gone {
+            subscribers.retain(|s| !s.gone.load(Ordering::Acquire));
+        }
     }
 }
 
@@ -334,6 +427,18 @@ impl Backend for LocalBackend {
         Some(self.publish_sync(key, instance, status))
     }
 
+    fn bind_publisher(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>> {
+        let (slot, instance) = {
+            let mut store = self.inner.store.lock();
+            (store.slot(key), store.id(instance))
+        };
+        Some(Box::new(LocalBound {
+            backend: self.clone(),
+            slot,
+            instance,
+        }))
+    }
+
     async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
         self.check_available("snapshot")?;
         Ok(self.read(key))
@@ -345,15 +450,27 @@ impl Backend for LocalBackend {
         keys: &[String],
     ) -> Result<LocalEvents, BackendError> {
         self.check_available("subscribe")?;
+        let mut store = self.inner.store.lock();
         let subscriber = Arc::new(Subscriber {
-            instance: instance.to_string(),
-            keys: keys.iter().cloned().collect(),
+            instance: store.id(instance),
             pending: Mutex::new(Pending::default()),
             wake: Event::new(),
+            gone: AtomicBool::new(false),
         });
-        self.inner.store.lock().subscribers.push(subscriber.clone());
+        // Each key once, however often it is listed: one mark per change.
+        let slots: BTreeSet<usize> = keys.iter().map(|key| store.slot(key)).collect();
+        for slot in slots {
+            let subscribers = &mut store.slots[slot].subscribers;
+            // Streams dropped since the key's last publish go now: the list stays bounded by
+            // the live subscribers even for a key nobody publishes.
+            subscribers.retain(|s| !s.gone.load(Ordering::Acquire));
+            subscribers.push(subscriber.clone());
+        }
+        store.subscribers.push(subscriber.clone());
+        drop(store);
         Ok(LocalEvents {
             backend: self.clone(),
+            keys: keys.to_vec(),
             subscriber,
             listener: None,
         })
@@ -382,6 +499,8 @@ impl Backend for LocalBackend {
 /// ```
 pub struct LocalEvents {
     backend: LocalBackend,
+    /// The subscribed keys (for `Debug`).
+    keys: Vec<String>,
     subscriber: Arc<Subscriber>,
     listener: Option<EventListener>,
 }
@@ -389,7 +508,7 @@ pub struct LocalEvents {
 impl core::fmt::Debug for LocalEvents {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("LocalEvents")
-            .field("keys", &self.subscriber.keys)
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -407,11 +526,11 @@ impl Stream for LocalEvents {
                     return Poll::Ready(Some(pending.connection.remove(0)));
                 }
                 if this.backend.is_available()
-                    && let Some(key) = pending.dirty.pop_first()
+                    && let Some(slot) = pending.dirty.pop_first()
                 {
                     drop(pending);
                     this.listener = None;
-                    return Poll::Ready(Some(BackendEvent::Snapshot(this.backend.read(&key))));
+                    return Poll::Ready(Some(BackendEvent::Snapshot(this.backend.read_slot(slot))));
                 }
             }
             match &mut this.listener {
@@ -422,6 +541,13 @@ impl Stream for LocalEvents {
                 }
             }
         }
+    }
+}
+
+impl Drop for LocalEvents {
+    fn drop(&mut self) {
+        // The store drops it from its lists when it next passes by.
+        self.subscriber.gone.store(true, Ordering::Release);
     }
 }
 
@@ -450,6 +576,7 @@ mod tests {
                     .is_empty(),
                 "a's own write marks nothing for a"
             );
+            assert_eq!(backend.publish_count(), 1, "the write itself happened");
             backend
                 .publish("k", "b", &InstanceStatus::busy(Some("x".into()), 1, valid))
                 .await
@@ -483,5 +610,93 @@ mod tests {
             backend.publish_now("k", "a", &status),
             Some(Err(e)) if e.kind() == BackendErrorKind::Unavailable
         ));
+    }
+
+    #[test]
+    fn bound_publish_is_the_publish_and_survives_clear() {
+        let backend = LocalBackend::new();
+        let valid = Duration::from_secs(5);
+        let bound = backend.bind_publisher("k", "a").expect("the store binds");
+        bound
+            .publish_now(&InstanceStatus::busy(Some("x".into()), 2, valid))
+            .unwrap();
+        let snapshot = backend.read("k");
+        assert_eq!(snapshot.entries.len(), 1);
+        assert_eq!(snapshot.entries[0].instance, "a");
+        assert_eq!(snapshot.entries[0].lock_data.as_deref(), Some("x"));
+        assert_eq!(snapshot.entries[0].seq, 2);
+        // Latest wins, and the bound and the unbound publish write the same entry.
+        bound.publish_now(&InstanceStatus::idle(1, valid)).unwrap();
+        assert!(backend.read("k").is_blocked(), "an older status is ignored");
+        backend
+            .publish_now("k", "a", &InstanceStatus::idle(3, valid))
+            .unwrap()
+            .unwrap();
+        assert!(!backend.read("k").is_blocked());
+        assert_eq!(backend.read("k").entries.len(), 1, "one entry per instance");
+        assert_eq!(backend.publish_count(), 2);
+        // A restart that lost everything: the binding still writes where readers look.
+        backend.clear();
+        assert!(backend.read("k").entries.is_empty());
+        bound
+            .publish_now(&InstanceStatus::busy(None, 4, valid))
+            .unwrap();
+        assert!(backend.read("k").is_blocked());
+        backend.set_available(false);
+        assert!(matches!(
+            bound.publish_now(&InstanceStatus::idle(5, valid)),
+            Err(e) if e.kind() == BackendErrorKind::Unavailable
+        ));
+        backend.set_available(true);
+        assert!(
+            backend.read("k").is_blocked(),
+            "a failed publish wrote nothing"
+        );
+    }
+
+    #[test]
+    fn bound_publish_marks_other_subscribers_once_and_drops_gone_ones() {
+        block_on(async {
+            let backend = LocalBackend::new();
+            let valid = Duration::from_secs(5);
+            // Listed twice: still one mark, one snapshot.
+            let mut b = backend
+                .subscribe("b", &["k".into(), "k".into(), "other".into()])
+                .await
+                .unwrap();
+            let a_events = backend.subscribe("a", &["k".into()]).await.unwrap();
+            let c_events = backend.subscribe("c", &["k".into()]).await.unwrap();
+            drop(c_events);
+            let bound = backend.bind_publisher("k", "a").unwrap();
+            bound
+                .publish_now(&InstanceStatus::busy(None, 1, valid))
+                .unwrap();
+            {
+                let store = backend.inner.store.lock();
+                let slot = &store.slots[store.slot_of["k"]];
+                assert_eq!(
+                    slot.subscribers.len(),
+                    2,
+                    "c's dropped stream is gone from the key's list"
+                );
+                for s in &slot.subscribers {
+                    let dirty = s.pending.lock().dirty.len();
+                    let expected = usize::from(s.instance != store.id_of["a"]);
+                    assert_eq!(dirty, expected, "only b is told, and once");
+                }
+            }
+            match b.next().await {
+                Some(BackendEvent::Snapshot(s)) => {
+                    assert_eq!(s.key, "k");
+                    assert!(s.is_blocked());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(
+                b.subscriber.pending.lock().dirty.is_empty(),
+                "one snapshot for one change"
+            );
+            drop(a_events);
+        });
     }
 }

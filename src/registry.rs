@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::format;
 
-use crate::backend::{Backend, BoxFuture, DynBackend, InstanceStatus, StoreTime};
+use crate::backend::{Backend, BoundPublisher, BoxFuture, DynBackend, InstanceStatus, StoreTime};
 use crate::controller::{Publisher, TrackerController, TrackerShared, validate_threshold};
 use crate::driver::{Bell, Driver, DriverShared};
 use crate::error::{Error, Result};
@@ -341,6 +341,7 @@ impl ReactiveLockBuilder {
         let publisher = Arc::new(RegistryPublisher::new(
             instance.clone(),
             backend.clone(),
+            self.trackers.iter().map(|(key, _)| key.as_str()),
             bell.clone(),
             self.resilience.expiration,
         ));
@@ -454,16 +455,25 @@ pub(crate) struct RegistryPublisher {
     first_seq: u64,
     /// Cleared once the backend answers `publish_now` with `None`: it never publishes inline.
     inline: AtomicBool,
+    /// Each tracker's bound publish ([`Backend::bind_publisher`]), by tracker index, when
+    /// the backend offers one.
+    bound: Vec<Option<Box<dyn BoundPublisher>>>,
     pub(crate) valid_for: Duration,
 }
 
 impl RegistryPublisher {
-    pub(crate) fn new(
+    /// A publisher for the trackers of `keys` (in tracker index order).
+    pub(crate) fn new<'k>(
         instance: String,
         backend: Arc<dyn DynBackend>,
+        keys: impl IntoIterator<Item = &'k str>,
         bell: Arc<Bell>,
         valid_for: Duration,
     ) -> Self {
+        let bound = keys
+            .into_iter()
+            .map(|key| backend.bind_publisher_dyn(key, &instance))
+            .collect();
         RegistryPublisher {
             instance,
             backend,
@@ -471,6 +481,7 @@ impl RegistryPublisher {
             bell,
             first_seq: StoreTime::now_system().as_unix_nanos(),
             inline: AtomicBool::new(true),
+            bound,
             valid_for,
         }
     }
@@ -513,6 +524,7 @@ impl Publisher for RegistryPublisher {
 
     fn publish_now(
         &self,
+        index: usize,
         key: &str,
         seq: u64,
         busy: bool,
@@ -523,6 +535,9 @@ impl Publisher for RegistryPublisher {
             return None;
         }
         let status = self.status(seq, busy, data);
+        if let Some(Some(bound)) = self.bound.get(index) {
+            return Some(with_key(key, bound.publish_now(&status)));
+        }
         let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
             self.inline.store(false, Ordering::Relaxed);
             return None;
