@@ -35,6 +35,7 @@ PAIRS = [
     ("hot_path", "transition_pair_local", "atomic_pair", 10),
     ("hot_path", "transition_pair_local", "locked_transition_floor_pair", None),
     ("hot_path", "locked_transition_floor_pair", "atomic_pair", None),
+    ("hot_path", "local_store_bound_publish_pair", "atomic_pair", None),
     ("hot_path", "local_store_publish_pair", "atomic_pair", None),
     ("hot_path", "state_change_pair", "atomic_pair", None),
     ("hot_path", "contended_8_threads", "contended_atomic_8_threads", None),

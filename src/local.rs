@@ -89,7 +89,7 @@ struct LocalInner {
 struct Store {
     /// Each key's position in `slots`, assigned on first use and kept for the store's life
     /// (bound publishers hold it; `clear` empties slots, never removes them).
-    slot_of: HashMap<String, usize, RandomState>,
+    slot_of: HashMap<Arc<str>, usize, RandomState>,
     slots: Vec<Slot>,
     /// Each instance's id, assigned on first use (an index into `instances`).
     id_of: HashMap<String, u32, RandomState>,
@@ -101,10 +101,10 @@ struct Store {
 }
 
 struct Slot {
-    key: String,
-    entries: Vec<Entry>,
-    /// The id of each entry's instance, at the same position.
-    owners: Vec<u32>,
+    /// Shared with `slot_of`: one allocation per key.
+    key: Arc<str>,
+    /// Each instance's entry, beside the instance's id.
+    entries: Vec<(u32, Entry)>,
     /// The subscribers to this key.
     subscribers: Vec<Arc<Subscriber>>,
 }
@@ -207,7 +207,6 @@ impl LocalBackend {
     pub fn clear(&self) {
         for slot in &mut self.inner.store.lock().slots {
             slot.entries.clear();
-            slot.owners.clear();
         }
     }
 
@@ -243,7 +242,7 @@ impl LocalBackend {
             store
                 .slot_of
                 .get(key)
-                .map(|&slot| store.slots[slot].entries.clone())
+                .map(|&slot| store.slots[slot].entries())
                 .unwrap_or_default()
         };
         Snapshot::new(key, entries, store_now())
@@ -253,7 +252,7 @@ impl LocalBackend {
         let (key, entries) = {
             let store = self.inner.store.lock();
             let slot = &store.slots[slot];
-            (slot.key.clone(), slot.entries.clone())
+            (String::from(&*slot.key), slot.entries())
         };
         Snapshot::new(key, entries, store_now())
     }
@@ -295,6 +294,16 @@ fn store_now() -> StoreTime {
     }
 }
 
+impl Slot {
+    /// A copy of the entries, for a snapshot.
+    fn entries(&self) -> Vec<Entry> {
+        self.entries
+            .iter()
+            .map(|(_, entry)| entry.clone())
+            .collect()
+    }
+}
+
 impl Store {
     fn for_each_subscriber(&mut self, mut f: impl FnMut(&Subscriber)) {
         // A plain loop: a subscriber whose stream is gone (rare) is the only reason to
@@ -319,13 +328,13 @@ impl Store {
             return slot;
         }
         let slot = self.slots.len();
+        let key: Arc<str> = Arc::from(key);
         self.slots.push(Slot {
-            key: key.to_string(),
+            key: key.clone(),
             entries: Vec::new(),
-            owners: Vec::new(),
             subscribers: Vec::new(),
         });
-        self.slot_of.insert(key.to_string(), slot);
+        self.slot_of.insert(key, slot);
         slot
     }
 
@@ -346,8 +355,8 @@ impl Store {
     /// case: no hashing of the name).
     fn id_by_entry(&mut self, slot: usize, instance: &str) -> u32 {
         let held = &self.slots[slot];
-        match held.entries.iter().position(|e| e.instance == instance) {
-            Some(at) => held.owners[at],
+        match held.entries.iter().find(|(_, e)| e.instance == instance) {
+            Some(&(id, _)) => id,
             None => self.id(instance),
         }
     }
@@ -358,17 +367,15 @@ impl Store {
         let name = &self.instances;
         let Slot {
             entries,
-            owners,
             subscribers,
             ..
         } = &mut self.slots[slot];
         let valid_until = now.saturating_add(status.valid_for);
-        match owners.iter().position(|&owner| owner == id) {
+        match entries.iter_mut().find(|(owner, _)| *owner == id) {
             // Latest wins: never replace a newer status with an older one.
-            Some(at) if entries[at].seq > status.seq => return,
+            Some((_, held)) if held.seq > status.seq => return,
             // In place: the instance's name is not allocated again on every write.
-            Some(at) => {
-                let held = &mut entries[at];
+            Some((_, held)) => {
                 held.busy = status.busy;
                 held.lock_data.clone_from(&status.lock_data);
                 held.valid_until = valid_until;
@@ -376,11 +383,10 @@ impl Store {
             }
             None => {
                 let instance = name.get(id as usize).cloned().unwrap_or_default();
-                entries.push(
+                let entry =
                     Entry::new(instance, status.busy, status.lock_data.clone(), valid_until)
-                        .with_seq(status.seq),
-                );
-                owners.push(id);
+                        .with_seq(status.seq);
+                entries.push((id, entry));
             }
         }
         self.publishes += 1;

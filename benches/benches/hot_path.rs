@@ -97,12 +97,23 @@ fn hot_path(c: &mut Criterion) {
     });
 
     // The two shared structures a local transition writes, each alone (the decomposition of
-    // `transition_pair_local` in BENCHMARKS.md): the in-process store's publish, and the
+    // `transition_pair_local` in BENCHMARKS.md): the in-process store's publish — bound to
+    // the key and instance, as a registry's transitions publish, and by name — and the
     // state's change (with its waiter check).
     // (Increasing sequences: the store keeps the newest status and ignores older ones.)
     let store = LocalBackend::new();
     let valid_for = Duration::from_secs(10);
     let mut seq = 0;
+    let bound = store.bind_publisher("k", "a").expect("the store binds");
+    group.bench_function("local_store_bound_publish_pair", |b| {
+        b.iter(|| {
+            seq += 2;
+            let busy = InstanceStatus::busy(None, seq - 1, valid_for);
+            let idle = InstanceStatus::idle(seq, valid_for);
+            bound.publish_now(&busy).expect("busy");
+            bound.publish_now(&idle).expect("idle");
+        })
+    });
     group.bench_function("local_store_publish_pair", |b| {
         b.iter(|| {
             seq += 2;
