@@ -117,6 +117,18 @@ pub(crate) struct PublishSlot {
 }
 
 impl PublishSlot {
+    /// Whether the newest status is to be published now: no one else is publishing it, and
+    /// it is not acknowledged yet (or, with `force`, it is busy: renewal and recovery
+    /// re-publish it).
+    fn needs_publish(&self, force: bool) -> bool {
+        !self.publishing && (self.pending() || (force && self.newest_busy))
+    }
+
+    /// Whether the newest status still waits for an acknowledgement.
+    fn pending(&self) -> bool {
+        epoch_is_newer(self.newest_epoch, self.acked_epoch)
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
@@ -399,8 +411,7 @@ impl TrackerShared {
             return None;
         }
         let mut slot = self.state.slot();
-        let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
-        if slot.publishing || !(pending || (force && slot.newest_busy)) {
+        if !slot.needs_publish(force) {
             return Some(Ok(false));
         }
         let (epoch, seq, busy) = (slot.newest_epoch, slot.seq + 1, slot.newest_busy);
@@ -426,8 +437,7 @@ impl TrackerShared {
     /// `force`: also an acknowledged busy one) and no one else holds the role.
     fn claim(&self, force: bool) -> Option<(u32, u64, bool, Option<String>)> {
         let mut slot = self.state.slot();
-        let pending = epoch_is_newer(slot.newest_epoch, slot.acked_epoch);
-        if slot.publishing || !(pending || (force && slot.newest_busy)) {
+        if !slot.needs_publish(force) {
             return None;
         }
         slot.publishing = true;
@@ -466,8 +476,7 @@ impl TrackerShared {
 
     /// Whether the newest status still waits for an acknowledgement.
     pub(crate) fn has_pending(&self) -> bool {
-        let slot = self.state.slot();
-        epoch_is_newer(slot.newest_epoch, slot.acked_epoch)
+        self.state.slot().pending()
     }
 
     /// The newest busy status this instance holds, for goodbyes and diagnostics.

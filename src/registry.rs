@@ -531,7 +531,7 @@ impl Publisher for RegistryPublisher {
         data: Option<&str>,
     ) -> Option<Result<()>> {
         // After shutdown the asynchronous path reports `Error::Shutdown`.
-        if !self.inline.load(Ordering::Relaxed) || self.closed.load(Ordering::Acquire) {
+        if !self.publishes_inline() {
             return None;
         }
         let status = self.status(seq, busy, data);

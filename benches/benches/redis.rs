@@ -11,10 +11,10 @@ use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
-use reactive_lock_backends::testing::{RedisServer, publish_script};
+use reactive_lock_backends::testing::RedisServer;
 use reactive_lock_benches::{
-    LUA_HSET_PUBLISH, lua_pair, own_subscription, propagation_pair, publish_script_pair,
-    transition_ack_pair,
+    LUA_HSET_PUBLISH, RAW_CHANNEL, RAW_HASH, load_publish_script, lua_pair, own_subscription,
+    propagation_pair, publish_script_pair, transition_ack_pair,
 };
 
 const KEY: &str = "bench";
@@ -33,8 +33,7 @@ fn redis_benches(c: &mut Criterion) {
     let url = server.url();
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut raw = block_on(client.get_multiplexed_async_connection()).unwrap();
-    let hash = "ReactiveLock:Redis:HashSet:raw";
-    let channel = "ReactiveLock:Redis:HashSetNotifier:raw";
+    let (hash, channel) = (RAW_HASH, RAW_CHANNEL);
 
     let mut group = c.benchmark_group("redis");
     group.bench_function("raw_hset_publish_pair", |b| {
@@ -69,8 +68,7 @@ fn redis_benches(c: &mut Criterion) {
     // sends it (sequence check, `TIME`, .NET ticks, both `HSET`s, the self-describing
     // `PUBLISH` and its echo): the server and redis-crate work an acknowledged transition
     // needs, without the library's code around it (BENCHMARKS.md).
-    let publish_script = publish_script();
-    let _: String = block_on(publish_script.prepare_invoke().load_async(&mut own)).unwrap();
+    let publish_script = block_on(load_publish_script(&mut own));
     let mut seq = 0;
     group.bench_function("publish_script_pair_own_subscription", |b| {
         b.iter(|| block_on(publish_script_pair(&publish_script, &mut own, &mut seq)))

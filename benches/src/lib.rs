@@ -89,6 +89,14 @@ pub async fn lua_pair(
     }
 }
 
+/// The key the Redis baselines write (`raw`), and its hash and channel as the Redis backend
+/// names them.
+pub const RAW_KEY: &str = "raw";
+/// See [`RAW_KEY`].
+pub const RAW_HASH: &str = "ReactiveLock:Redis:HashSet:raw";
+/// See [`RAW_KEY`].
+pub const RAW_CHANNEL: &str = "ReactiveLock:Redis:HashSetNotifier:raw";
+
 /// A RESP3 connection to `client`'s server subscribed to `channel` (pushes dropped): the
 /// echo of what it publishes there comes back on it, beside the reply, as on an instance's
 /// own subscription.
@@ -112,8 +120,19 @@ pub async fn own_subscription(
     own
 }
 
+/// The Redis backend's publish script, loaded on `conn` (for [`publish_script_pair`]).
+pub async fn load_publish_script(conn: &mut redis::aio::MultiplexedConnection) -> redis::Script {
+    let script = reactive_lock_backends::testing::publish_script();
+    let _: String = script
+        .prepare_invoke()
+        .load_async(conn)
+        .await
+        .expect("SCRIPT LOAD");
+    script
+}
+
 /// The Redis backend's publish script (loaded on `conn` beforehand), invoked bare as the
-/// backend sends it: busy then idle for instance `floor` of key `raw`, under the next two
+/// backend sends it: busy then idle for instance `floor` of [`RAW_KEY`], under the next two
 /// sequences after `seq`.
 pub async fn publish_script_pair(
     script: &redis::Script,
@@ -125,7 +144,7 @@ pub async fn publish_script_pair(
         let valid_for = std::time::Duration::from_secs(10);
         let command = reactive_lock_backends::testing::publish_script_command(
             script,
-            "raw",
+            RAW_KEY,
             "floor",
             *seq,
             busy,

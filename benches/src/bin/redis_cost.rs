@@ -18,9 +18,10 @@ use std::time::Instant;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::redis::RedisBackend;
-use reactive_lock_backends::testing::{RedisServer, publish_script};
+use reactive_lock_backends::testing::RedisServer;
 use reactive_lock_benches::{
-    LUA_HSET_PUBLISH, arg, lua_pair, own_subscription, publish_script_pair,
+    LUA_HSET_PUBLISH, RAW_CHANNEL, RAW_HASH, arg, load_publish_script, lua_pair, own_subscription,
+    publish_script_pair,
 };
 
 /// `--name N`, a number, or `default`.
@@ -110,13 +111,8 @@ fn main() {
     // The library's publish script invoked bare, as the backend sends it, on a RESP3
     // connection subscribed to the channel it publishes to (so it gets the echo, as an
     // instance's own subscription does).
-    let mut own = block_on(own_subscription(
-        &client,
-        "ReactiveLock:Redis:HashSetNotifier:raw",
-    ));
-    let publish_script = publish_script();
-    let _: String =
-        block_on(publish_script.prepare_invoke().load_async(&mut own)).expect("SCRIPT LOAD");
+    let mut own = block_on(own_subscription(&client, RAW_CHANNEL));
+    let publish_script = block_on(load_publish_script(&mut own));
     let mut seq = 0;
     let lock = block_on(async {
         ReactiveLock::builder()
@@ -141,13 +137,7 @@ fn main() {
             for _ in 0..pairs {
                 block_on(async {
                     if variant == "lua_hset_publish_pair" {
-                        lua_pair(
-                            &script,
-                            "ReactiveLock:Redis:HashSet:raw",
-                            "ReactiveLock:Redis:HashSetNotifier:raw",
-                            &mut raw,
-                        )
-                        .await;
+                        lua_pair(&script, RAW_HASH, RAW_CHANNEL, &mut raw).await;
                     } else if variant == "publish_script_pair_own_subscription" {
                         publish_script_pair(&publish_script, &mut own, &mut seq).await;
                     } else {
