@@ -119,7 +119,8 @@ pub struct InstanceStatus {
     /// statuses must never replace a status with one of a lower `seq`.
     pub seq: u64,
     /// How long the status stays valid without renewal; the store sets
-    /// `valid_until = store_now + valid_for` on its own clock.
+    /// `valid_until = store_now + valid_for` on its own clock (for a busy status: an idle
+    /// one never expires into anything, so a backend may stamp it on another clock).
     pub valid_for: Duration,
 }
 
@@ -317,7 +318,8 @@ pub enum BackendEvent {
 /// # Contract
 ///
 /// * [`publish`](Backend::publish) stores `status` as `instance`'s entry for `key`, with
-///   `valid_until = store clock + status.valid_for`, unless the stored entry has a higher
+///   `valid_until = store clock + status.valid_for` (only a busy entry's is ever judged: an
+///   idle one's may come from another clock), unless the stored entry has a higher
 ///   `seq` (latest wins), and notifies subscribers. It resolves once the store acknowledged.
 /// * [`snapshot`](Backend::snapshot) reads every entry of `key` plus the store's clock.
 /// * [`subscribe`](Backend::subscribe) yields [`BackendEvent`]s for all `keys` on one

@@ -13,8 +13,9 @@
 //! O(1) Redis work per subscriber instead of a full `HGETALL`. A payload that is not ours
 //! (a .NET writer's bare value) makes our subscriber re-read that key once.
 //!
-//! Writes go through one Lua script: `TIME` + `HSET` + `PUBLISH`, atomically, with
-//! `validUntil` computed from the **server's** clock, and dropped if the instance already
+//! Writes go through one Lua script: `TIME` + `HSET` + `PUBLISH`, atomically, with a busy
+//! entry's `validUntil` computed from the **server's** clock (an idle entry's is never judged,
+//! so the client stamps it on its own clock), and dropped if the instance already
 //! wrote a newer sequence (kept in `{ReactiveLock:Redis:HashSet:{key}}:seq`, which hashes to
 //! the same cluster slot as the .NET hash). Reads pipeline `HGETALL` + `TIME`, so expiry is
 //! judged on the server's clock too: skewed client clocks cannot make a live instance look
@@ -122,7 +123,7 @@ pub(crate) fn publish_command(
     let (key, seq) = (key.as_bytes(), seq_digits(status.seq));
     let data_len = if data.is_empty() { 0 } else { data.len() + 1 };
     let mut command =
-        redis::Cmd::with_capacity(11, 160 + 3 * key.len() + instance.len() + data_len);
+        redis::Cmd::with_capacity(12, 180 + 3 * key.len() + instance.len() + data_len);
     command
         .arg("EVALSHA")
         .arg(sha)
@@ -130,9 +131,23 @@ pub(crate) fn publish_command(
         .arg(Joined([HASH_PREFIX.as_bytes(), key]))
         .arg(Joined([b"{", HASH_PREFIX.as_bytes(), key, b"}:seq"]))
         .arg(instance)
-        .arg(&seq[..])
-        .arg(if busy { "1" } else { "0" })
-        .arg(valid_for_us);
+        .arg(&seq[..]);
+    if busy {
+        // Whole seconds from the .NET epoch's to the validity's end, less `TIME`'s seconds,
+        // and the validity's sub-second microseconds (see the script).
+        command
+            .arg("1")
+            .arg(DOTNET_EPOCH_TO_UNIX_SECS + valid_for_us / 1_000_000)
+            .arg(valid_for_us % 1_000_000);
+    } else {
+        // An idle entry's validUntil is never judged (only busy entries expire), so the
+        // script takes it as it is, stamped here on this host's clock: it spares the server
+        // the number formatting, a fifth of its time per publish.
+        let ticks = StoreTime::now_system()
+            .saturating_add(status.valid_for)
+            .to_dotnet_ticks();
+        command.arg("0").arg(ticks).arg(0);
+    }
     if data.is_empty() {
         command.arg("");
     } else {
@@ -141,6 +156,9 @@ pub(crate) fn publish_command(
     command.arg(Joined([CHANNEL_PREFIX.as_bytes(), key]));
     command
 }
+
+/// Seconds from 0001-01-01 (.NET's `DateTime` epoch) to the Unix epoch.
+const DOTNET_EPOCH_TO_UNIX_SECS: u64 = 62_135_596_800;
 
 const CHANNEL_PREFIX: &str = "ReactiveLock:Redis:HashSetNotifier:";
 /// Our notification payloads: `RLv2\n{instance}\n{seq}\n{unix seconds}\n{microseconds}\n{value}`
@@ -152,22 +170,37 @@ const PAYLOAD_MAGIC_V1: &str = "RLv1";
 /// TIME + ordered HSET + PUBLISH in one atomic step. Lua numbers are doubles, so .NET ticks
 /// (~6.4e17, beyond 2^53) are built as strings from exact parts: whole seconds since
 /// 0001-01-01 (~6.4e10, printed exactly by Lua's `%.14g` number-to-string) and the 7-digit
-/// sub-second tick count (8 digits with a leading 1, which `string.sub` drops). No
-/// `string.format`: in Redis's Lua it cost ~0.75 µs a call, a third of the script's time.
+/// sub-second tick count. Every number printed costs the script some 0.3–0.5 µs (and
+/// `string.format` ~0.75 µs, a library call ~0.2 µs), so the script prints as little as it
+/// can:
+/// * a busy status's validity comes as whole seconds already offset to the .NET epoch
+///   (`ARGV[4]`) and sub-second microseconds (`ARGV[5]`). With whole seconds (`0`, the usual
+///   case) the sub-second ticks are `TIME`'s microseconds as they are, zero-padded by a
+///   string operation: one number printed in all. Otherwise the microseconds are summed
+///   with a carry, and a second number is printed;
+/// * an idle status's validUntil comes ready (`ARGV[4]`): it is never judged.
+///
 /// Sequences are compared as zero-padded 20-digit strings for the same reason. They live in
 /// a hash beside the .NET one, with no expiry, as the .NET hash's fields have none.
-/// The notification carries `TIME`'s two numbers as they are (each number-to-string
-/// conversion and `string.sub` costs the script some 0.3–0.5 µs), and the lock data comes
-/// ready to append (`;data`, or empty): one argument and one branch less, ~0.5 µs a call.
+/// The notification carries `TIME`'s two numbers as they are, and the lock data comes
+/// ready to append (`;data`, or empty).
 pub(crate) const PUBLISH_SCRIPT: &str = r#"
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held and held > ARGV[2] then return 0 end
 local t = redis.call('TIME')
-local vus = t[2] + ARGV[4]
-local value = ARGV[3] .. ';' .. (t[1] + 62135596800 + math.floor(vus / 1000000)) .. string.sub(vus % 1000000 * 10 + 10000000, 2) .. ARGV[5]
+local value
+if ARGV[3] == '0' then
+  value = '0;' .. ARGV[4]
+elseif ARGV[5] == '0' then
+  value = '1;' .. (t[1] + ARGV[4]) .. string.sub('00000' .. t[2], -6) .. '0' .. ARGV[6]
+else
+  local s, us = t[1] + ARGV[4], t[2] + ARGV[5]
+  if us >= 1000000 then s, us = s + 1, us - 1000000 end
+  value = '1;' .. s .. string.sub(us + 1000000, 2) .. '0' .. ARGV[6]
+end
 redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[6], 'RLv2\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. t[1] .. '\n' .. t[2] .. '\n' .. value)
+redis.call('PUBLISH', ARGV[7], 'RLv2\n' .. ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. t[1] .. '\n' .. t[2] .. '\n' .. value)
 return 1
 "#;
 
@@ -1212,7 +1245,7 @@ mod tests {
                 })
                 .collect()
         };
-        let expected = |seq: &str, busy: &str, data: &str| -> Vec<Vec<u8>> {
+        let expected = |seq: &str, busy: &str, until: &str, sub: &str, data: &str| {
             [
                 "EVALSHA",
                 "0123abcd",
@@ -1222,25 +1255,44 @@ mod tests {
                 "api-1",
                 seq,
                 busy,
-                "10000000",
+                until,
+                sub,
                 data,
                 "ReactiveLock:Redis:HashSetNotifier:payments",
             ]
             .iter()
             .map(|a| a.as_bytes().to_vec())
-            .collect()
+            .collect::<Vec<_>>()
         };
         let valid_for = Duration::from_secs(10);
         let busy = InstanceStatus::busy(Some("b-7".into()), 42, valid_for);
         let busy = publish_command("0123abcd", "payments", "api-1", &busy);
-        assert_eq!(args(&busy), expected("00000000000000000042", "1", ";b-7"));
+        let seq = "00000000000000000042";
+        assert_eq!(args(&busy), expected(seq, "1", "62135596810", "0", ";b-7"));
+        // Sub-second validity: the microseconds apart, for the script to carry.
+        let odd = InstanceStatus::busy(None, 42, Duration::from_micros(2_500_001));
+        let odd = publish_command("0123abcd", "payments", "api-1", &odd);
+        assert_eq!(args(&odd), expected(seq, "1", "62135596802", "500001", ""));
+        // Idle: validUntil stamped here (on this host's clock), never judged.
+        let before = StoreTime::now_system().saturating_add(valid_for);
         let idle = InstanceStatus::idle(u64::MAX, valid_for);
         let idle = publish_command("0123abcd", "payments", "api-1", &idle);
-        assert_eq!(args(&idle), expected("18446744073709551615", "0", ""));
+        let after = StoreTime::now_system().saturating_add(valid_for);
+        let ticks: u64 = std::str::from_utf8(&args(&idle)[8])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((before.to_dotnet_ticks()..=after.to_dotnet_ticks()).contains(&ticks));
+        let mut idle = args(&idle);
+        idle[8] = b"ticks".to_vec();
+        assert_eq!(
+            idle,
+            expected("18446744073709551615", "0", "ticks", "0", "")
+        );
         // The names the rest of the backend uses (reads, subscriptions) are the same.
         assert_eq!(args(&busy)[3], hash_name("payments").into_bytes());
         assert_eq!(args(&busy)[4], seq_hash_name("payments").into_bytes());
-        assert_eq!(args(&busy)[10], channel_name("payments").into_bytes());
+        assert_eq!(args(&busy)[11], channel_name("payments").into_bytes());
     }
 
     #[test]

@@ -265,7 +265,7 @@ pub fn publish_script() -> redis::Script {
 ///     .collect();
 /// assert_eq!(args[0], b"EVALSHA");
 /// assert_eq!(args[3], b"ReactiveLock:Redis:HashSet:k");
-/// assert_eq!(args[9], b";x");
+/// assert_eq!(args[10], b";x");
 /// ```
 pub fn publish_script_command(
     script: &redis::Script,

@@ -92,6 +92,60 @@ fn dotnet_entries_block_and_ours_read_back_in_dotnet_format() {
     });
 }
 
+/// The publish script prints .NET ticks from `TIME` with as few number conversions as it can
+/// (a fast path for whole-second validities, a carry for the rest): its validUntil must be
+/// exactly the notification's `TIME` plus the validity, carry or none, and an idle entry's
+/// the ready value it was given.
+#[test]
+fn script_stamps_busy_validity_exactly_on_the_servers_clock() {
+    use reactive_lock_backends::testing::{publish_script, publish_script_command};
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    let mut listener = server.client();
+    let mut pubsub = listener.as_pubsub();
+    pubsub.subscribe(channel_name(KEY)).unwrap();
+    let script = publish_script();
+    script.load(&mut raw).unwrap();
+    let micros = [
+        0, 1, 10, 500_000, 999_999, 1_000_000, 10_000_000, 12_999_999,
+    ];
+    for (seq, valid_us) in (1..).zip(micros) {
+        let valid_for = Duration::from_micros(valid_us);
+        let command = publish_script_command(&script, KEY, "rust-1", seq, true, valid_for, None);
+        let applied: i64 = command.query(&mut raw).unwrap();
+        assert_eq!(applied, 1);
+        let payload: String = pubsub.get_message().unwrap().get_payload().unwrap();
+        // RLv2, instance, seq, TIME's seconds and microseconds, the value.
+        let fields: Vec<&str> = payload.splitn(6, '\n').collect();
+        let (secs, us): (u64, u64) = (fields[3].parse().unwrap(), fields[4].parse().unwrap());
+        let expected = (StoreTime::from_unix_nanos(secs * 1_000_000_000 + us * 1_000) + valid_for)
+            .to_dotnet_ticks();
+        assert_eq!(fields[5], format!("1;{expected}"), "validity {valid_us} µs");
+        let stored: String = raw.hget(hash_name(KEY), "rust-1").unwrap();
+        assert_eq!(stored, fields[5]);
+    }
+    let before = StoreTime::now_system().to_dotnet_ticks();
+    let idle = publish_script_command(
+        &script,
+        KEY,
+        "rust-1",
+        100,
+        false,
+        Duration::from_secs(10),
+        Some("x"),
+    );
+    let applied: i64 = idle.query(&mut raw).unwrap();
+    assert_eq!(applied, 1);
+    let stored: String = raw.hget(hash_name(KEY), "rust-1").unwrap();
+    let (flag, ticks) = stored.split_once(';').unwrap();
+    let ticks: u64 = ticks.parse().unwrap();
+    assert_eq!(flag, "0", "{stored}");
+    assert!(
+        (before..=before + 11 * 10_000_000).contains(&ticks),
+        "{stored}"
+    );
+}
+
 #[test]
 fn malformed_entries_are_ignored_counted_and_do_not_hide_good_ones() {
     let server = RedisServer::start();
