@@ -4,15 +4,17 @@
 //! (`redis/publish_script_pair_own_subscription`: the server work a transition needs).
 //!
 //! `taskset -c 0 cargo run -p reactive-lock-benches --release --bin redis_cost -- --pairs 5000`
+//! (`--only <variant>` runs one of them, for a profiler).
 //!
-//! Alternates the three, `--rounds` times (default 3), so both see the same spells of the host,
+//! Alternates the four (the Lua pair also on the self-subscribed connection), `--rounds` times (default 3), so both see the same spells of the host,
 //! and prints one JSON line per variant and round with, per busy+idle pair: wall time, CPU
-//! time of this process and of the redis-server it starts (user + system, from
-//! `/proc/<pid>/stat`), context switches of this process's threads, and the server's
-//! `EVALSHA` time per call (`INFO commandstats`, reset before each measurement). Linux only
-//! (`/proc`); CPU times have the kernel's 10 ms tick as resolution, so give it thousands of
-//! pairs.
+//! time of this process and of the redis-server it starts (each thread's run time from
+//! `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds), context switches of this process's
+//! threads, the server's `EVALSHA` time per call (`INFO commandstats`, reset before each
+//! measurement), and `threads`: this process's CPU µs and context switches per pair by thread
+//! name (threads of one name summed; those below 0.05 of both left out). Linux only (`/proc`).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use futures_lite::future::block_on;
@@ -33,45 +35,58 @@ fn number(name: &str, default: usize) -> usize {
 }
 
 /// User + system CPU time of `pid` ("self" or a number) in µs.
-fn cpu_us(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
+/// Per thread of process `pid` (`self` for this one), grouped by thread name: CPU time in
+/// nanoseconds (`schedstat`'s run time, exact, unlike `stat`'s 10 ms ticks) and context
+/// switches (voluntary + involuntary).
+fn threads(pid: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
     };
-    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name; clock
-    // ticks are 100 per second on Linux.
-    (ticks(11) + ticks(12)) * 10_000.0
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |file: &str| std::fs::read_to_string(path.join(file)).unwrap_or_default();
+        let name = read("comm").trim().to_string();
+        let run_ns = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let switches: u64 = read("status")
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        let entry = out.entry(name).or_insert((0, 0));
+        entry.0 += run_ns;
+        entry.1 += switches;
+    }
+    out
 }
 
-/// Voluntary + involuntary context switches of all this process's threads.
-fn context_switches() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+/// `after - before` per thread name, per pair: `{"name":[cpu µs, switches], ...}`, and the
+/// totals.
+fn per_pair(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    pairs: f64,
+) -> (String, f64, f64) {
+    let (mut json, mut cpu, mut switches) = (Vec::new(), 0.0, 0.0);
+    for (name, &(run, sw)) in after {
+        let (run0, sw0) = before.get(name).copied().unwrap_or((0, 0));
+        let (c, s) = (
+            run.saturating_sub(run0) as f64 / 1e3 / pairs,
+            sw.saturating_sub(sw0) as f64 / pairs,
+        );
+        if c >= 0.05 || s >= 0.05 {
+            json.push(format!("\"{name}\":[{c:.2},{s:.2}]"));
+        }
+        cpu += c;
+        switches += s;
+    }
+    (format!("{{{}}}", json.join(",")), cpu, switches)
 }
 
-/// The server's `EVALSHA` µs per call since the last reset, then resets the statistics.
 fn evalsha_us_per_call(admin: &mut redis::Connection) -> f64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -92,6 +107,8 @@ fn evalsha_us_per_call(admin: &mut redis::Connection) -> f64 {
 fn main() {
     let pairs = number("--pairs", 5000).max(1);
     let rounds = number("--rounds", 3);
+    // One variant alone (for a profiler), or all four.
+    let only = arg("--only", "");
     let server = RedisServer::start();
     let url = server.url();
     let mut admin = server.client();
@@ -127,33 +144,41 @@ fn main() {
     for round in 0..rounds {
         for variant in [
             "lua_hset_publish_pair",
+            "lua_hset_publish_pair_own_subscription",
             "publish_script_pair_own_subscription",
             "transition_ack_pair",
-        ] {
+        ]
+        .into_iter()
+        .filter(|v| only.is_empty() || *v == only)
+        {
             evalsha_us_per_call(&mut admin);
-            let (own0, server0, switches0) =
-                (cpu_us("self"), cpu_us(&server_pid), context_switches());
+            let (own0, server0) = (threads("self"), threads(&server_pid));
             let start = Instant::now();
             for _ in 0..pairs {
                 block_on(async {
-                    if variant == "lua_hset_publish_pair" {
-                        lua_pair(&script, RAW_HASH, RAW_CHANNEL, &mut raw).await;
-                    } else if variant == "publish_script_pair_own_subscription" {
-                        publish_script_pair(&publish_script, &mut own, &mut seq).await;
-                    } else {
-                        ctrl.increment(Some("x")).await.expect("busy acknowledged");
-                        ctrl.decrement(1).await.expect("idle acknowledged");
+                    match variant {
+                        "lua_hset_publish_pair" => {
+                            lua_pair(&script, RAW_HASH, RAW_CHANNEL, &mut raw).await
+                        }
+                        "lua_hset_publish_pair_own_subscription" => {
+                            lua_pair(&script, RAW_HASH, RAW_CHANNEL, &mut own).await
+                        }
+                        "publish_script_pair_own_subscription" => {
+                            publish_script_pair(&publish_script, &mut own, &mut seq).await
+                        }
+                        _ => {
+                            ctrl.increment(Some("x")).await.expect("busy acknowledged");
+                            ctrl.decrement(1).await.expect("idle acknowledged");
+                        }
                     }
                 })
             }
-            let wall = start.elapsed().as_secs_f64() * 1e6;
-            let per = |v: f64| v / pairs as f64;
+            let wall = start.elapsed().as_secs_f64() * 1e6 / pairs as f64;
+            let (own1, server1) = (threads("self"), threads(&server_pid));
+            let (ours, cpu, switches) = per_pair(&own0, &own1, pairs as f64);
+            let (_, server_cpu, _) = per_pair(&server0, &server1, pairs as f64);
             println!(
-                "{{\"round\":{round},\"bench\":\"{variant}\",\"pairs\":{pairs},\"wall_us\":{:.1},\"cpu_us\":{:.1},\"server_cpu_us\":{:.1},\"context_switches\":{:.2},\"evalsha_us_per_call\":{:.2}}}",
-                per(wall),
-                per(cpu_us("self") - own0),
-                per(cpu_us(&server_pid) - server0),
-                per((context_switches() - switches0) as f64),
+                "{{\"round\":{round},\"bench\":\"{variant}\",\"pairs\":{pairs},\"wall_us\":{wall:.1},\"cpu_us\":{cpu:.1},\"server_cpu_us\":{server_cpu:.1},\"context_switches\":{switches:.2},\"evalsha_us_per_call\":{:.2},\"threads\":{ours}}}",
                 evalsha_us_per_call(&mut admin),
             );
         }
