@@ -133,16 +133,16 @@ pub(crate) fn publish_command(
         .arg(instance)
         .arg(&seq[..]);
     if busy {
-        // Whole seconds from the .NET epoch's to the validity's end, less `TIME`'s seconds,
-        // and the validity's sub-second microseconds (see the script).
+        // The validity's whole seconds plus those from the .NET epoch to the Unix epoch (the
+        // script adds `TIME`'s Unix seconds), and its sub-second microseconds.
         command
             .arg("1")
             .arg(DOTNET_EPOCH_TO_UNIX_SECS + valid_for_us / 1_000_000)
             .arg(valid_for_us % 1_000_000);
     } else {
         // An idle entry's validUntil is never judged (only busy entries expire), so the
-        // script takes it as it is, stamped here on this host's clock: it spares the server
-        // the number formatting, a fifth of its time per publish.
+        // script takes it as it is, stamped here on this host's clock: that spares the
+        // server the number formatting, about a fifth of the script's time.
         let ticks = StoreTime::now_system()
             .saturating_add(status.valid_for)
             .to_dotnet_ticks();
