@@ -305,20 +305,8 @@ impl Slot {
 }
 
 impl Store {
-    fn for_each_subscriber(&mut self, mut f: impl FnMut(&Subscriber)) {
-        // A plain loop: a subscriber whose stream is gone (rare) is the only reason to
-        // rewrite the list.
-        let mut gone = false;
-        for s in &self.subscribers {
-            if s.gone.load(Ordering::Acquire) {
-                gone = true;
-            } else {
-                f(s);
-            }
-        }
-        if gone {
-            self.subscribers.retain(|s| !s.gone.load(Ordering::Acquire));
-        }
+    fn for_each_subscriber(&mut self, f: impl FnMut(&Subscriber)) {
+        for_each_live(&mut self.subscribers, f);
     }
 
     /// The slot of `key`, made on its first use.
@@ -390,14 +378,9 @@ impl Store {
             }
         }
         self.publishes += 1;
-        let mut gone = false;
-        for s in subscribers.iter() {
+        for_each_live(subscribers, |s| {
             if s.instance == id {
-                continue;
-            }
-            if s.gone.load(Ordering::Acquire) {
-                gone = true;
-                continue;
+                return;
             }
             let mut pending = s.pending.lock();
             // Latest wins: a key already marked is read once, whatever else changed.
@@ -405,10 +388,25 @@ impl Store {
                 drop(pending);
                 s.wake.notify(usize::MAX);
             }
+        });
+    }
+}
+
+/// Runs `f` for each subscriber in `list` whose stream is still there, and drops the others
+/// from the list.
+fn for_each_live(list: &mut Vec<Arc<Subscriber>>, mut f: impl FnMut(&Subscriber)) {
+    // A plain loop: a subscriber whose stream is gone (rare) is the only reason to rewrite
+    // the list.
+    let mut gone = false;
+    for s in list.iter() {
+        if s.gone.load(Ordering::Acquire) {
+            gone = true;
+        } else {
+            f(s);
         }
-        if gone {
-            subscribers.retain(|s| !s.gone.load(Ordering::Acquire));
-        }
+    }
+    if gone {
+        list.retain(|s| !s.gone.load(Ordering::Acquire));
     }
 }
 
