@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reactive_lock::{
     Backend, BackendError, BoundPublisher, InstanceStatus, LocalBackend, LocalEvents, ReactiveLock,
-    Snapshot, TrackerConfig, TrackerState,
+    Snapshot, TrackerConfig,
 };
+
+mod common;
+use common::until;
 
 /// Calls of each publishing method, shared by a backend and its bound publishers.
 #[derive(Default)]
@@ -99,14 +102,6 @@ async fn registry<B: Backend>(backend: B, name: &str) -> ReactiveLock {
         .unwrap()
 }
 
-async fn until(state: &TrackerState, blocked: bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while state.is_blocked() != blocked {
-        assert!(Instant::now() < deadline, "never became blocked={blocked}");
-        async_io::Timer::after(Duration::from_millis(2)).await;
-    }
-}
-
 /// Four transitions on two keys (by `increment`/`decrement` and by a guard), each seen by
 /// a second registry; returns the calls the publishing registry made.
 fn four_transitions(bind: bool) -> (usize, usize, usize) {
@@ -124,16 +119,16 @@ fn four_transitions(bind: bool) -> (usize, usize, usize) {
 
         let a = writer.controller("a").unwrap();
         a.increment(Some("job")).await.unwrap();
-        until(&reader_a, true).await;
+        until(&reader_a, "a blocked", |s| s.is_blocked()).await;
         assert_eq!(reader_a.lock_data().as_deref(), Some("job"));
         a.decrement(1).await.unwrap();
-        until(&reader_a, false).await;
+        until(&reader_a, "a unblocked", |s| !s.is_blocked()).await;
 
         let b = writer.controller("b").unwrap();
         let guard = b.enter(None);
-        until(&reader_b, true).await;
+        until(&reader_b, "b blocked", |s| s.is_blocked()).await;
         drop(guard);
-        until(&reader_b, false).await;
+        until(&reader_b, "b unblocked", |s| !s.is_blocked()).await;
 
         let counts = (
             calls.bound.load(Ordering::SeqCst),

@@ -2,31 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
 use reactive_lock::{
     Backend, BackendError, Error, InstanceStatus, LocalBackend, LocalEvents, ReactiveLock,
-    Snapshot, Status, TrackerConfig, TrackerState, UnknownPolicy,
+    Snapshot, Status, TrackerConfig, UnknownPolicy,
 };
 
-const KEY: &str = "k";
-const LIMIT: Duration = Duration::from_secs(10);
+mod common;
+use common::{LIMIT, until};
 
-async fn until(state: &TrackerState, what: &str, check: impl Fn(&TrackerState) -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    let mut changes = state.changes();
-    while !check(state) {
-        assert!(
-            Instant::now() < deadline,
-            "not within {LIMIT:?}: {what} (status {:?})",
-            state.status()
-        );
-        futures_lite::future::or(async { changes.next().await.map(|_| ()) }, async {
-            async_io::Timer::after(Duration::from_millis(50)).await;
-            Some(())
-        })
-        .await;
-    }
-}
+const KEY: &str = "k";
 
 /// The in-process store reached only through `publish`, as a networked backend is (no
 /// `publish_now`): transitions go through `Ack` futures and the driver.
