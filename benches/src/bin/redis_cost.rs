@@ -6,13 +6,14 @@
 //! `taskset -c 0 cargo run -p reactive-lock-benches --release --bin redis_cost -- --pairs 5000`
 //! (`--only <variant>` runs one of them, for a profiler).
 //!
-//! Alternates the four (the Lua pair also on the self-subscribed connection), `--rounds` times (default 3), so both see the same spells of the host,
-//! and prints one JSON line per variant and round with, per busy+idle pair: wall time, CPU
-//! time of this process and of the redis-server it starts (each thread's run time from
-//! `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds), context switches of this process's
-//! threads, the server's `EVALSHA` time per call (`INFO commandstats`, reset before each
-//! measurement), and `threads`: this process's CPU µs and context switches per pair by thread
-//! name (threads of one name summed; those below 0.05 of both left out). Linux only (`/proc`).
+//! Alternates the four (the Lua pair also on the self-subscribed connection), `--rounds`
+//! times (default 3), so all see the same spells of the host, and prints one JSON line per
+//! variant and round with, per busy+idle pair: wall time, CPU time of this process and of the
+//! redis-server it starts (each thread's run time from `/proc/<pid>/task/<tid>/schedstat`, in
+//! nanoseconds), context switches of this process's threads, the server's `EVALSHA` time per
+//! call (`INFO commandstats`, reset before each measurement), and `threads`: this process's
+//! CPU µs and context switches per pair by thread name (threads of one name summed; those
+//! below 0.05 of both left out). Linux only (`/proc`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
