@@ -233,7 +233,7 @@ fn dotnet_client_and_ours_understand_each_other() {
             .unwrap();
         let (key, status) = seen.await.unwrap();
         assert_eq!(key, KEY);
-        assert_eq!(status.lock_data, "batch-7");
+        assert_eq!(status.lock_data.as_deref(), Some("batch-7"));
         let until = status.valid_until.expect("validUntil set");
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

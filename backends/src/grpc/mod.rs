@@ -525,7 +525,8 @@ fn merge(key: &str, per_hub: &[Option<LockStatusNotification>]) -> Snapshot {
                 .as_ref()
                 .map(store_time)
                 .unwrap_or(StoreTime::UNIX_EPOCH);
-            let data = (!status.lock_data.is_empty()).then(|| status.lock_data.clone());
+            // Empty lock data reads as none, as the .NET client reads it (`IsNullOrEmpty`).
+            let data = status.lock_data.clone().filter(|data| !data.is_empty());
             Entry::new(instance, status.is_busy, data, valid_until)
                 .with_seq(valid_until.as_unix_nanos())
         })

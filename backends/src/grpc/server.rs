@@ -264,7 +264,8 @@ impl Hub {
             request.instance_id,
             InstanceLockStatus {
                 is_busy: request.is_busy,
-                lock_data: request.lock_data.unwrap_or_default(),
+                // Kept as sent: absent stays absent (.NET null), empty stays "".
+                lock_data: request.lock_data,
                 valid_until: request.valid_until,
             },
         );
