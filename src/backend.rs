@@ -115,8 +115,12 @@ pub struct InstanceStatus {
     /// The instance's lock data while busy.
     pub lock_data: Option<String>,
     /// Strictly increasing per (instance, key), also across restarts of an instance with the
-    /// same name (it starts from the wall clock in nanoseconds). A backend that stores
-    /// statuses must never replace a status with one of a lower `seq`.
+    /// same name (it starts from the wall clock in nanoseconds, and continues above what the
+    /// store holds when that is higher). A backend that stores statuses must never replace a
+    /// status with one of a lower `seq`, and must report such a publish as
+    /// [`BackendErrorKind::Superseded`](crate::BackendErrorKind::Superseded) with the held
+    /// sequence ([`BackendError::superseded`](crate::BackendError::superseded)), never as
+    /// success: the registry then continues above it.
     pub seq: u64,
     /// How long the status stays valid without renewal; the store sets
     /// `valid_until = store_now + valid_for` on its own clock (for a busy status: an idle
@@ -265,13 +269,17 @@ impl Snapshot {
             .iter()
             .filter(|e| e.is_busy_at(self.store_now))
             .filter_map(|e| e.lock_data.clone())
+            .filter(|data| !data.is_empty())
             .collect()
     }
 }
 
-pub(crate) fn next_expiry(entries: &[Entry], now: StoreTime) -> Option<Duration> {
+pub(crate) fn next_expiry<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    now: StoreTime,
+) -> Option<Duration> {
     entries
-        .iter()
+        .into_iter()
         .filter(|e| e.is_busy_at(now))
         .map(|e| e.valid_until.duration_since(now))
         .min()
@@ -351,7 +359,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The stream [`subscribe`](Backend::subscribe) returns.
     type Events: Stream<Item = BackendEvent> + Send + Unpin + 'static;
 
-    /// Stores and announces `instance`'s status for `key` (latest `seq` wins).
+    /// Stores and announces `instance`'s status for `key` (latest `seq` wins: a status
+    /// older than the one held is not stored and is answered with
+    /// [`BackendErrorKind::Superseded`](crate::BackendErrorKind::Superseded)).
     fn publish(
         &self,
         key: &str,
@@ -468,9 +478,10 @@ pub trait Backend: Send + Sync + 'static {
 ///
 /// let backend = LocalBackend::new();
 /// let bound: Box<dyn BoundPublisher> = backend.bind_publisher("k", "a").unwrap();
-/// // Latest wins, as through `publish`: the older idle status is ignored.
+/// // Latest wins, as through `publish`: the older idle status is refused as superseded.
 /// bound.publish_now(&InstanceStatus::busy(None, 2, Duration::from_secs(10))).unwrap();
-/// bound.publish_now(&InstanceStatus::idle(1, Duration::from_secs(10))).unwrap();
+/// let older = bound.publish_now(&InstanceStatus::idle(1, Duration::from_secs(10)));
+/// assert_eq!(older.unwrap_err().held_seq(), Some(2));
 /// assert_eq!(backend.publish_count(), 1);
 /// ```
 pub trait BoundPublisher: Send + Sync + 'static {

@@ -93,6 +93,38 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Asks the background driver to publish what is pending for tracker `index` (sync
     /// transitions, cancelled or failed publishes).
     fn wake_driver(&self, index: usize);
+    /// Tells the driver that a caller's future took the publishing role of tracker `index`
+    /// with `token`: should that future stop being polled (an `Ack` polled once and kept),
+    /// the driver takes the role over after a lease, so the status still reaches the store.
+    fn lease(&self, index: usize, token: u64);
+}
+
+/// Which statuses a publish sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PublishMode {
+    /// The newest status, if the backend has not acknowledged it.
+    Pending,
+    /// Also an acknowledged busy status (renewal: it must not expire while busy).
+    Renew,
+    /// The newest status whatever it is (recovery: the store may have lost or restored an
+    /// old one — an idle status included, which a restore from a snapshot may bring back
+    /// as busy).
+    Recover,
+}
+
+/// How often a publish is tried again at once, with a sequence above the one the store
+/// holds, when the store reports this instance's status superseded
+/// ([`BackendErrorKind::Superseded`]). More means a second live instance shares the name.
+const SUPERSEDED_RETRIES: usize = 2;
+
+/// The sequence a store says it holds, when it refused a publish as superseded.
+fn superseded(result: &Result<()>) -> Option<u64> {
+    match result {
+        Err(Error::Backend { source, .. }) if source.kind() == BackendErrorKind::Superseded => {
+            source.held_seq()
+        }
+        _ => None,
+    }
 }
 
 /// The newest status to publish and what the backend has acknowledged (latest wins: only
@@ -106,8 +138,15 @@ pub(crate) struct PublishSlot {
     acked_epoch: u32,
     /// Newest epoch whose publish failed, and how.
     failed: Option<(u32, BackendErrorKind, String)>,
-    /// One publisher at a time per key, so publishes reach the backend in order.
-    publishing: bool,
+    /// The publishing role: the token of the publish in flight (0: none). One publisher at
+    /// a time per key, so publishes reach the backend in order. A holder may be superseded
+    /// (a newer status to publish, or the driver after a lease): its late outcome is still
+    /// recorded, and the store orders statuses by sequence.
+    role: u64,
+    /// The epoch the role holder publishes.
+    role_epoch: u32,
+    /// Tokens handed out.
+    tokens: u64,
     /// The last wire sequence handed out for this key. Per key, under this lock that every
     /// publish takes anyway: no shared counter for all keys to contend on.
     seq: u64,
@@ -120,8 +159,37 @@ impl PublishSlot {
     /// Whether the newest status is to be published now: no one else is publishing it, and
     /// it is not acknowledged yet (or, with `force`, it is busy: renewal and recovery
     /// re-publish it).
-    fn needs_publish(&self, force: bool) -> bool {
-        !self.publishing && (self.pending() || (force && self.newest_busy))
+    fn needs_publish(&self, mode: PublishMode) -> bool {
+        self.role == 0 && self.wanted(mode)
+    }
+
+    /// Whether `mode` has anything to send, ignoring the role.
+    fn wanted(&self, mode: PublishMode) -> bool {
+        match mode {
+            PublishMode::Pending => self.pending(),
+            PublishMode::Renew => self.pending() || self.newest_busy,
+            PublishMode::Recover => true,
+        }
+    }
+
+    /// Takes the role; returns its token.
+    fn take_role(&mut self) -> u64 {
+        self.tokens += 1;
+        self.role = self.tokens;
+        self.role_epoch = self.newest_epoch;
+        self.role
+    }
+
+    /// Gives the role back, if `token` still holds it.
+    fn give_back(&mut self, token: u64) {
+        if self.role == token {
+            self.role = 0;
+        }
+    }
+
+    /// After a store said it holds sequence `held`, continues above it.
+    fn raise_seq(&mut self, held: u64) {
+        self.seq = self.seq.max(held);
     }
 
     /// Whether the newest status still waits for an acknowledgement.
@@ -132,6 +200,36 @@ impl PublishSlot {
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// Publishes the newest status without waiting, under the state's lock (the caller holds
+    /// it), when the backend can: `None` when it cannot. A status the store reports
+    /// superseded goes again above the sequence the store holds. The outcome is recorded.
+    fn publish_inline(
+        &mut self,
+        publisher: &dyn Publisher,
+        index: usize,
+        key: &str,
+    ) -> Option<Result<()>> {
+        let (epoch, busy) = (self.newest_epoch, self.newest_busy);
+        let mut result;
+        let mut tries = 0;
+        loop {
+            // `publish_now` itself says whether it can publish inline; the sequence is taken
+            // only when it did.
+            let seq = self.seq + 1;
+            result = publisher.publish_now(index, key, seq, busy, self.newest_data.as_deref())?;
+            self.seq = seq;
+            match superseded(&result) {
+                Some(held) if tries < SUPERSEDED_RETRIES => {
+                    self.raise_seq(held);
+                    tries += 1;
+                }
+                _ => break,
+            }
+        }
+        self.record_outcome(epoch, &result);
+        Some(result)
     }
 
     /// Records the outcome of publishing `epoch` for every waiter.
@@ -288,7 +386,12 @@ impl TrackerShared {
     /// right here. Returns the epoch still to be acknowledged, if any (then an `Ack` future
     /// or the driver takes over).
     fn transition(&self, epoch: u32, busy: bool, data: Option<&str>) -> Option<u32> {
-        let data = if busy { data } else { None };
+        // Empty lock data is no lock data (as .NET reads it): the same on every path.
+        let data = if busy {
+            data.filter(|data| !data.is_empty())
+        } else {
+            None
+        };
         let owned = data.map(String::from);
         let Some(publisher) = &self.publisher else {
             self.state.apply_local_transition(epoch, busy, owned);
@@ -307,15 +410,10 @@ impl TrackerShared {
                     slot.newest_busy = busy;
                     slot.newest_data = newest;
                 }
-                if slot.newest_epoch != epoch || slot.publishing {
+                if slot.newest_epoch != epoch || slot.role != 0 {
                     return None;
                 }
-                // `publish_now` itself says whether it can publish inline; the sequence is
-                // taken only when it did.
-                let seq = slot.seq + 1;
-                let result = publisher.publish_now(self.index, &self.key, seq, busy, data)?;
-                slot.seq = seq;
-                slot.record_outcome(epoch, &result);
+                let result = slot.publish_inline(&**publisher, self.index, &self.key)?;
                 Some(result.is_err())
             });
         match failed {
@@ -356,7 +454,10 @@ impl TrackerShared {
                         source: BackendError::new(*kind, message.clone()),
                     });
                 }
-                if slot.publishing {
+                // A holder publishing an older status than this one is superseded: this
+                // publishes the newer one rather than wait for a holder that may never be
+                // polled again.
+                if slot.role != 0 && !epoch_is_newer(epoch, slot.role_epoch) {
                     Some(self.published.listen())
                 } else {
                     None
@@ -365,7 +466,10 @@ impl TrackerShared {
             match listener {
                 Some(listener) => listener.await,
                 None => {
-                    if let Err(Error::Shutdown { key }) = self.publish_newest(false).await {
+                    if let Err(Error::Shutdown { key }) = self
+                        .publish_newest(PublishMode::Pending, Claim::Caller)
+                        .await
+                    {
                         return Err(Error::Shutdown { key });
                     }
                 }
@@ -373,17 +477,17 @@ impl TrackerShared {
         }
     }
 
-    /// Publishes the newest status if it is not acknowledged yet (or, with `force`, if it is
-    /// busy: renewal and recovery re-publish it). Returns `Ok(false)` when another publisher
-    /// holds the key or there is nothing to do. The outcome is recorded for every waiter.
-    pub(crate) async fn publish_newest(&self, force: bool) -> Result<bool> {
+    /// Publishes the newest status as `mode` asks. Returns `Ok(false)` when another
+    /// publisher holds the key (and `claim` may not take it over) or there is nothing to do.
+    /// The outcome is recorded for every waiter.
+    pub(crate) async fn publish_newest(&self, mode: PublishMode, claim: Claim) -> Result<bool> {
         let Some(publisher) = &self.publisher else {
             return Ok(false);
         };
-        if let Some(done) = self.publish_newest_now(&**publisher, force) {
+        if let Some(done) = self.publish_newest_now(&**publisher, mode) {
             return done;
         }
-        let Some((epoch, seq, busy, data)) = self.claim(force) else {
+        let Some((token, mut epoch, mut seq, mut busy, mut data)) = self.claim(mode, claim) else {
             return Ok(false);
         };
         // If this future is dropped mid-publish, the guard gives the key back and wakes
@@ -391,13 +495,46 @@ impl TrackerShared {
         let mut guard = PublishingGuard {
             tracker: self,
             publisher: &**publisher,
+            token,
             done: false,
         };
-        let result = publisher
-            .publish(&self.key, seq, busy, data.as_deref())
-            .await;
+        let mut tries = 0;
+        let result = loop {
+            let result = {
+                let mut publish = publisher.publish(&self.key, seq, busy, data.as_deref());
+                match futures_lite::future::poll_once(&mut publish).await {
+                    Some(result) => result,
+                    None => {
+                        // In flight: should this future stop being polled, the driver takes
+                        // over.
+                        if claim == Claim::Caller {
+                            publisher.lease(self.index, token);
+                        }
+                        publish.await
+                    }
+                }
+            };
+            match superseded(&result) {
+                Some(held) if tries < SUPERSEDED_RETRIES => {
+                    tries += 1;
+                    let mut slot = self.state.slot();
+                    if slot.role != token {
+                        break result;
+                    }
+                    slot.raise_seq(held);
+                    (epoch, seq, busy, data) = (
+                        slot.newest_epoch,
+                        slot.next_seq(),
+                        slot.newest_busy,
+                        slot.newest_data.clone(),
+                    );
+                    slot.role_epoch = epoch;
+                }
+                _ => break result,
+            }
+        };
         guard.done = true;
-        self.settle(&**publisher, epoch, &result);
+        self.settle(&**publisher, token, epoch, &result);
         result.map(|()| true)
     }
 
@@ -406,42 +543,52 @@ impl TrackerShared {
     /// never held across the call and a transition made meanwhile (on another thread: the
     /// driver renews, retries and recovers) is published inline too instead of waiting for
     /// this one. `None`: the backend cannot; use the asynchronous path.
-    fn publish_newest_now(&self, publisher: &dyn Publisher, force: bool) -> Option<Result<bool>> {
+    fn publish_newest_now(
+        &self,
+        publisher: &dyn Publisher,
+        mode: PublishMode,
+    ) -> Option<Result<bool>> {
         if !publisher.publishes_inline() {
             return None;
         }
         let mut slot = self.state.slot();
-        if !slot.needs_publish(force) {
+        if !slot.needs_publish(mode) {
             return Some(Ok(false));
         }
-        let (epoch, seq, busy) = (slot.newest_epoch, slot.seq + 1, slot.newest_busy);
-        let result = publisher.publish_now(
-            self.index,
-            &self.key,
-            seq,
-            busy,
-            slot.newest_data.as_deref(),
-        )?;
-        slot.seq = seq;
-        slot.record_outcome(epoch, &result);
+        let result = slot.publish_inline(publisher, self.index, &self.key)?;
         drop(slot);
         // As for an inline transition: nobody listens for this outcome (waiters listen only
-        // while `publishing` is set), so nobody needs waking; a failure goes to the driver.
+        // while the role is held), so nobody needs waking; a failure goes to the driver.
         if result.is_err() {
             publisher.wake_driver(self.index);
         }
         Some(result.map(|()| true))
     }
 
-    /// Takes the publishing role for the newest status if it needs publishing (with
-    /// `force`: also an acknowledged busy one) and no one else holds the role.
-    fn claim(&self, force: bool) -> Option<(u32, u64, bool, Option<String>)> {
+    /// Takes the publishing role for the newest status if `mode` has something to send and
+    /// the role is free — or held by a publish `claim` may supersede: one of an older status
+    /// (latest wins), or, for the driver after a lease, the one whose token it names.
+    /// Returns the token, epoch, sequence, and status.
+    fn claim(
+        &self,
+        mode: PublishMode,
+        claim: Claim,
+    ) -> Option<(u64, u32, u64, bool, Option<String>)> {
         let mut slot = self.state.slot();
-        if !slot.needs_publish(force) {
+        if !slot.wanted(mode) {
             return None;
         }
-        slot.publishing = true;
+        let free = match claim {
+            _ if slot.role == 0 => true,
+            Claim::Caller | Claim::Driver => epoch_is_newer(slot.newest_epoch, slot.role_epoch),
+            Claim::TakeOver(token) => slot.role == token,
+        };
+        if !free {
+            return None;
+        }
+        let token = slot.take_role();
         Some((
+            token,
             slot.newest_epoch,
             slot.next_seq(),
             slot.newest_busy,
@@ -449,18 +596,24 @@ impl TrackerShared {
         ))
     }
 
-    /// Records the outcome of publishing `epoch` for every waiter and gives the role back;
-    /// a failure hands the retry to the driver.
-    fn settle(&self, publisher: &dyn Publisher, epoch: u32, result: &Result<()>) {
+    /// Records the outcome of publishing `epoch` for every waiter and gives the role back
+    /// (if `token` still holds it); a failure hands the retry to the driver.
+    fn settle(&self, publisher: &dyn Publisher, token: u64, epoch: u32, result: &Result<()>) {
         {
             let mut slot = self.state.slot();
-            slot.publishing = false;
+            slot.give_back(token);
             slot.record_outcome(epoch, result);
         }
         self.published.notify_all();
         if result.is_err() {
             publisher.wake_driver(self.index);
         }
+    }
+
+    /// The token of the publish holding the role, if any (for the driver's lease).
+    pub(crate) fn role_token(&self) -> Option<u64> {
+        let role = self.state.slot().role;
+        (role != 0).then_some(role)
     }
 
     /// A wire sequence above every one this key published (for the goodbye).
@@ -519,16 +672,28 @@ impl TrackerShared {
     }
 }
 
+/// Who asks for the publishing role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// A caller's future (an `Ack`): the driver is told of its lease.
+    Caller,
+    /// The driver's own round (pending publishes, renewal, recovery).
+    Driver,
+    /// The driver taking over the role the publish with this token has held past its lease.
+    TakeOver(u64),
+}
+
 struct PublishingGuard<'a> {
     tracker: &'a TrackerShared,
     publisher: &'a dyn Publisher,
+    token: u64,
     done: bool,
 }
 
 impl Drop for PublishingGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.tracker.state.slot().publishing = false;
+            self.tracker.state.slot().give_back(self.token);
             self.tracker.published.notify_all();
             self.publisher.wake_driver(self.tracker.index);
         }

@@ -38,7 +38,7 @@ use event_listener::Event;
 use futures_lite::StreamExt;
 
 use crate::backend::{BackendEvent, DynBackend, EventStream};
-use crate::controller::TrackerShared;
+use crate::controller::{Claim, PublishMode, TrackerShared};
 use crate::error::{Error, Result};
 use crate::registry::{RegistryPublisher, Resilience};
 
@@ -90,7 +90,16 @@ pub(crate) struct Bell {
     /// Whether a tracker is in `list` already: each is queued once however often it rings.
     queued: Box<[AtomicBool]>,
     list: parking_lot::Mutex<Vec<usize>>,
+    /// Publishing roles callers' futures took (tracker, token), for the driver's lease.
+    leases: parking_lot::Mutex<Vec<(usize, u64)>>,
 }
+
+/// How long a caller's future may hold a key's publishing role before the driver takes it
+/// over and publishes the newest status itself: an `Ack` polled once and then kept (a
+/// `select!` that awaits it later) must not keep the status from the store. Well above a
+/// store round trip, so a publish in flight is rarely sent twice; sending it twice is
+/// harmless (the store orders statuses by sequence).
+const LEASE: core::time::Duration = core::time::Duration::from_millis(200);
 
 impl Bell {
     pub(crate) fn new(trackers: usize) -> Self {
@@ -98,7 +107,19 @@ impl Bell {
             event: Event::new(),
             queued: (0..trackers).map(|_| AtomicBool::new(false)).collect(),
             list: parking_lot::Mutex::new(Vec::new()),
+            leases: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Tells the driver a caller's future holds tracker `index`'s publishing role as
+    /// `token` (see [`LEASE`]).
+    pub(crate) fn lease(&self, index: usize, token: u64) {
+        self.leases.lock().push((index, token));
+        self.event.notify(usize::MAX);
+    }
+
+    fn take_leases(&self) -> Vec<(usize, u64)> {
+        core::mem::take(&mut *self.leases.lock())
     }
 
     /// Wakes the driver to look at tracker `index`.
@@ -240,6 +261,14 @@ impl DriverShared {
                 source,
             })?;
         self.read_all(false).await?;
+        // This instance's idle status for every key, before anything else: it replaces at
+        // once what a previous run under the same name left (a crash while busy), rather than
+        // leaving the others blocked until that entry expires.
+        for tracker in &self.trackers {
+            tracker
+                .publish_newest(PublishMode::Recover, Claim::Driver)
+                .await?;
+        }
         Ok(events)
     }
 
@@ -280,8 +309,13 @@ impl DriverShared {
     }
 
     /// Publishes through the tracker's latest-wins slot, counting the outcome.
-    async fn publish(&self, tracker: &TrackerShared, force: bool) -> Result<()> {
-        match tracker.publish_newest(force).await {
+    async fn publish(
+        &self,
+        tracker: &TrackerShared,
+        mode: PublishMode,
+        claim: Claim,
+    ) -> Result<()> {
+        match tracker.publish_newest(mode, claim).await {
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::warn!(key = tracker.key(), %error, "reactive-lock: publish failed; retrying with backoff");
@@ -290,11 +324,13 @@ impl DriverShared {
         }
     }
 
-    /// Recovery: re-read every key, re-publish own busy statuses.
+    /// Recovery: re-read every key, re-publish every own status — idle ones too: a store
+    /// restarted from a persisted snapshot may hold an old busy status of this instance.
     async fn resync(&self) -> Result<()> {
         self.read_all(true).await?;
         for tracker in &self.trackers {
-            self.publish(tracker, true).await?;
+            self.publish(tracker, PublishMode::Recover, Claim::Driver)
+                .await?;
         }
         bump(&self.counters.resyncs);
         Ok(())
@@ -343,6 +379,10 @@ struct Loop {
     retry_at: Option<Instant>,
     backoff: backon::ExponentialBackoff,
     next_renewal: Instant,
+    /// Trackers whose renewal failed: renewed again at every retry until it succeeds.
+    renew_failed: Vec<usize>,
+    /// Publishing roles held by callers' futures: (when to take over, tracker, token).
+    leases: Vec<(Instant, usize, u64)>,
     /// Trackers with a publish to look at (rung, or failed and waiting for the retry).
     pending: Vec<usize>,
     in_pending: Vec<bool>,
@@ -486,6 +526,8 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         retry_at: None,
         backoff: new_backoff(),
         next_renewal: Instant::now() + shared.resilience.renewal,
+        renew_failed: Vec::new(),
+        leases: Vec::new(),
         pending: Vec::new(),
         in_pending: vec![false; shared.trackers.len()],
         expiry: BinaryHeap::new(),
@@ -508,6 +550,10 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
             st.add_pending(i);
             touched.push(i);
         }
+        let leased_at = Instant::now();
+        for (i, token) in shared.bell.take_leases() {
+            st.leases.push((leased_at + LEASE, i, token));
+        }
         step(&shared, &mut st).await;
         if shared.stopping() {
             return;
@@ -515,6 +561,9 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
 
         let mut deadline = st.next_renewal;
         if let Some(t) = st.retry_at {
+            deadline = deadline.min(t);
+        }
+        if let Some(&(t, _, _)) = st.leases.iter().min_by_key(|(t, _, _)| *t) {
             deadline = deadline.min(t);
         }
         if let Some(t) = st.next_expiry(&shared, &touched) {
@@ -614,9 +663,58 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
         }
         for i in pending {
             let tracker = &shared.trackers[i];
-            if tracker.has_pending() && shared.publish(tracker, false).await.is_err() {
+            if tracker.has_pending()
+                && shared
+                    .publish(tracker, PublishMode::Pending, Claim::Driver)
+                    .await
+                    .is_err()
+            {
                 failed = true;
                 // Retried after the backoff.
+                st.add_pending(i);
+            }
+        }
+        // A failed renewal is not pending (its status was acknowledged before), so it is
+        // retried here until it succeeds: one refused write must not let the entry expire
+        // at the others while this instance is busy.
+        for i in core::mem::take(&mut st.renew_failed) {
+            let tracker = &shared.trackers[i];
+            if tracker.newest_is_busy()
+                && shared
+                    .publish(tracker, PublishMode::Renew, Claim::Driver)
+                    .await
+                    .is_err()
+            {
+                failed = true;
+                st.renew_failed.push(i);
+            }
+        }
+    }
+
+    // Roles held past their lease by callers' futures that stopped being polled.
+    let now = Instant::now();
+    let mut held = Vec::new();
+    st.leases.retain(|&(due, i, token)| {
+        if due <= now {
+            held.push((i, token));
+            false
+        } else {
+            true
+        }
+    });
+    for (i, token) in held {
+        let tracker = &shared.trackers[i];
+        if tracker.role_token() == Some(token) {
+            tracing::debug!(
+                key = tracker.key(),
+                "reactive-lock: a publish outlived its lease; the driver takes it over"
+            );
+            if shared
+                .publish(tracker, PublishMode::Renew, Claim::TakeOver(token))
+                .await
+                .is_err()
+            {
+                failed = true;
                 st.add_pending(i);
             }
         }
@@ -624,19 +722,32 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
 
     if Instant::now() >= st.next_renewal {
         bump(&shared.counters.renewals);
-        for tracker in &shared.trackers {
-            if tracker.newest_is_busy() && shared.publish(tracker, true).await.is_err() {
+        for (i, tracker) in shared.trackers.iter().enumerate() {
+            if tracker.newest_is_busy()
+                && shared
+                    .publish(tracker, PublishMode::Renew, Claim::Driver)
+                    .await
+                    .is_err()
+            {
                 failed = true;
+                if !st.renew_failed.contains(&i) {
+                    st.renew_failed.push(i);
+                }
             }
         }
         st.next_renewal = Instant::now() + shared.resilience.renewal;
     }
 
     if failed {
-        let delay = st
+        let mut delay = st
             .backoff
             .next()
             .unwrap_or(core::time::Duration::from_secs(5));
+        if !st.renew_failed.is_empty() {
+            // A busy entry's validity runs `expiration − renewal` past the next renewal:
+            // retrying at least five times a renewal period keeps several tries within it.
+            delay = delay.min(shared.resilience.renewal / 5);
+        }
         st.retry_at = Some(Instant::now() + delay);
     } else if may_retry {
         st.retry_at = None;

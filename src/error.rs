@@ -104,6 +104,12 @@ pub enum BackendErrorKind {
     Rejected,
     /// The backend was closed on purpose.
     Closed,
+    /// The store holds a newer status of this instance for the key (a higher sequence: a
+    /// previous run of an instance with the same name whose clock was ahead, or a second
+    /// live instance using the same name), so this status was not written.
+    /// [`BackendError::held_seq`] says which sequence the store holds; a registry continues
+    /// above it and publishes again, so this reaches callers only when that keeps failing.
+    Superseded,
     /// Anything else.
     Other,
 }
@@ -122,6 +128,7 @@ pub enum BackendErrorKind {
 pub struct BackendError {
     kind: BackendErrorKind,
     message: String,
+    held_seq: Option<u64>,
     source: Option<Box<dyn core::error::Error + Send + Sync + 'static>>,
 }
 
@@ -131,8 +138,33 @@ impl BackendError {
         Self {
             kind,
             message: message.into(),
+            held_seq: None,
             source: None,
         }
+    }
+
+    /// A [`BackendErrorKind::Superseded`] error: the store holds sequence `held` of this
+    /// instance for the key, at least the one published, and kept it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{BackendError, BackendErrorKind};
+    ///
+    /// let err = BackendError::superseded(42, "key `payments`: the store holds sequence 42");
+    /// assert_eq!(err.kind(), BackendErrorKind::Superseded);
+    /// assert_eq!(err.held_seq(), Some(42));
+    /// ```
+    pub fn superseded(held: u64, message: impl Into<String>) -> Self {
+        Self {
+            held_seq: Some(held),
+            ..Self::new(BackendErrorKind::Superseded, message)
+        }
+    }
+
+    /// For a [`BackendErrorKind::Superseded`] error, the sequence the store holds.
+    pub fn held_seq(&self) -> Option<u64> {
+        self.held_seq
     }
 
     /// Attaches the underlying error (kept for [`core::error::Error::source`]).

@@ -139,8 +139,7 @@ impl BoundPublisher for LocalBound {
         self.backend.check_available("publish")?;
         let now = store_now();
         let mut store = self.backend.inner.store.lock();
-        store.publish(self.slot, self.instance, status, now);
-        Ok(())
+        store.publish(self.slot, self.instance, status, now)
     }
 }
 
@@ -269,8 +268,7 @@ impl LocalBackend {
         let mut store = self.inner.store.lock();
         let slot = store.slot(key);
         let id = store.id_by_entry(slot, instance);
-        store.publish(slot, id, status, now);
-        Ok(())
+        store.publish(slot, id, status, now)
     }
 }
 
@@ -349,9 +347,16 @@ impl Store {
         }
     }
 
-    /// Writes `status` as instance `id`'s entry in `slot` (unless it holds a newer one) and
-    /// marks the key for the slot's other subscribers.
-    fn publish(&mut self, slot: usize, id: u32, status: &InstanceStatus, now: StoreTime) {
+    /// Writes `status` as instance `id`'s entry in `slot` and marks the key for the slot's
+    /// other subscribers; a [`Superseded`](BackendErrorKind::Superseded) error, writing
+    /// nothing, when the slot holds a newer status of that instance.
+    fn publish(
+        &mut self,
+        slot: usize,
+        id: u32,
+        status: &InstanceStatus,
+        now: StoreTime,
+    ) -> Result<(), BackendError> {
         let name = &self.instances;
         let Slot {
             entries,
@@ -361,7 +366,17 @@ impl Store {
         let valid_until = now.saturating_add(status.valid_for);
         match entries.iter_mut().find(|(owner, _)| *owner == id) {
             // Latest wins: never replace a newer status with an older one.
-            Some((_, held)) if held.seq > status.seq => return,
+            Some((_, held)) if held.seq > status.seq => {
+                return Err(BackendError::superseded(
+                    held.seq,
+                    alloc::format!(
+                        "the in-process store holds sequence {} of instance `{}`, newer than {}",
+                        held.seq,
+                        held.instance,
+                        status.seq
+                    ),
+                ));
+            }
             // In place: the instance's name is not allocated again on every write.
             Some((_, held)) => {
                 held.busy = status.busy;
@@ -389,6 +404,7 @@ impl Store {
                 s.wake.notify(usize::MAX);
             }
         });
+        Ok(())
     }
 }
 
@@ -602,11 +618,11 @@ mod tests {
             backend.publish_now("k", "a", &status),
             Some(Ok(()))
         ));
-        // An older sequence loses, inline as through `publish`.
+        // An older sequence loses, inline as through `publish`, and says so.
         let older = InstanceStatus::idle(1, Duration::from_secs(5));
         assert!(matches!(
             backend.publish_now("k", "a", &older),
-            Some(Ok(()))
+            Some(Err(e)) if e.kind() == BackendErrorKind::Superseded && e.held_seq() == Some(2)
         ));
         assert!(backend.read("k").is_blocked());
         backend.set_available(false);
@@ -630,7 +646,11 @@ mod tests {
         assert_eq!(snapshot.entries[0].lock_data.as_deref(), Some("x"));
         assert_eq!(snapshot.entries[0].seq, 2);
         // Latest wins, and the bound and the unbound publish write the same entry.
-        bound.publish_now(&InstanceStatus::idle(1, valid)).unwrap();
+        let older = bound.publish_now(&InstanceStatus::idle(1, valid));
+        assert!(
+            matches!(&older, Err(e) if e.held_seq() == Some(2)),
+            "an older status is refused as superseded: {older:?}"
+        );
         assert!(backend.read("k").is_blocked(), "an older status is ignored");
         backend
             .publish_now("k", "a", &InstanceStatus::idle(3, valid))

@@ -561,6 +561,10 @@ impl Publisher for RegistryPublisher {
     fn wake_driver(&self, index: usize) {
         self.bell.ring(index);
     }
+
+    fn lease(&self, index: usize, token: u64) {
+        self.bell.lease(index, token);
+    }
 }
 
 /// One instance's trackers for a set of keys, shared with other instances through a

@@ -153,7 +153,11 @@ struct StateData {
     local_epoch: u32,
     /// Other instances' entries (never this instance's: its own state is authoritative here
     /// and applied before any I/O, so a stale echo from the store must not override it).
-    remote: Vec<Entry>,
+    remote: Vec<Held>,
+    /// Counts the entries applied from the subscription (updates and snapshots). A
+    /// read-through notes it when its read is issued: an entry applied after that may be
+    /// newer than the read's reply, which then must not drop or downgrade it.
+    applied: u64,
     /// The store's clock as last known (from a snapshot, an update, or advanced by the
     /// driver's timer), against which `remote` expiry is judged.
     remote_now: StoreTime,
@@ -229,6 +233,7 @@ impl TrackerState {
                     local_data: None,
                     local_epoch: 0,
                     remote: Vec::new(),
+                    applied: 0,
                     remote_now: StoreTime::UNIX_EPOCH,
                     #[cfg(feature = "std")]
                     clock_base: None,
@@ -375,6 +380,7 @@ impl TrackerState {
     /// ```
     pub async fn refresh(&self) -> crate::Result<()> {
         if let Some(link) = &self.inner.link {
+            let issued = self.inner.data.lock().applied;
             let snapshot = link
                 .backend
                 .snapshot_dyn(&link.key)
@@ -383,7 +389,7 @@ impl TrackerState {
                     key: String::from(&*link.key),
                     source,
                 })?;
-            self.apply_snapshot(&snapshot);
+            self.apply_read(&snapshot, issued);
             // The read may carry entries with an earlier expiry than the driver's timer; with
             // no busy entry there is nothing to expire and no thread to wake.
             #[cfg(feature = "std")]
@@ -412,7 +418,7 @@ impl TrackerState {
         self.update(|d| {
             let changed = !d.local_busy;
             d.local_busy = true;
-            d.local_data = lock_data.map(String::from);
+            d.local_data = lock_data.filter(|data| !data.is_empty()).map(String::from);
             changed
         })
     }
@@ -475,6 +481,7 @@ impl TrackerState {
         out.extend(
             d.remote
                 .iter()
+                .map(|held| &held.entry)
                 .filter(|e| e.is_busy_at(d.remote_now))
                 .filter_map(|e| e.lock_data.clone()),
         );
@@ -578,7 +585,11 @@ impl TrackerState {
             if epoch_is_newer(epoch, d.local_epoch) {
                 d.local_epoch = epoch;
                 d.local_busy = busy;
-                d.local_data = if busy { data } else { None };
+                d.local_data = if busy {
+                    data.filter(|data| !data.is_empty())
+                } else {
+                    None
+                };
             }
             then(&mut d.slot)
         })
@@ -589,10 +600,11 @@ impl TrackerState {
         SlotGuard(self.inner.data.lock())
     }
 
-    /// Replaces the remote entries with a snapshot's (a newer per-instance `seq` already held
-    /// wins over an older one in the snapshot) and marks the backend reachable.
+    /// Replaces the remote entries with a snapshot the subscription delivered (a newer
+    /// per-instance `seq` already held wins over an older one in the snapshot) and marks the
+    /// backend reachable: the subscription is delivering again.
     pub(crate) fn apply_snapshot(&self, snapshot: &Snapshot) {
-        self.apply_snapshot_with(snapshot, false);
+        self.apply_snapshot_with(snapshot, false, None);
     }
 
     /// Like [`apply_snapshot`](Self::apply_snapshot), for the recovery after a reconnect:
@@ -601,55 +613,94 @@ impl TrackerState {
     /// an entry known valid until T stays valid until T unless its owner says otherwise
     /// (else waiters would be released by the store's amnesia, not by an idle instance).
     pub(crate) fn apply_recovery_snapshot(&self, snapshot: &Snapshot) {
-        self.apply_snapshot_with(snapshot, true);
+        self.apply_snapshot_with(snapshot, true, None);
     }
 
-    fn apply_snapshot_with(&self, snapshot: &Snapshot, keep_missing_busy: bool) {
+    /// Applies a read-through ([`refresh`](Self::refresh)) issued when the state had applied
+    /// `issued` entries. The read raced the subscription: an entry applied since it was
+    /// issued is kept unless the read holds a strictly newer sequence of it (the read may
+    /// have been served before that change was written), and the read's clock is not taken
+    /// over a newer one. A read-through is not a subscription: it leaves Unknown as it is.
+    fn apply_read(&self, snapshot: &Snapshot, issued: u64) {
+        self.apply_snapshot_with(snapshot, false, Some(issued));
+    }
+
+    fn apply_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        keep_missing_busy: bool,
+        issued: Option<u64>,
+    ) {
         let own = self.inner.link.as_ref().map(|l| &*l.own_instance);
         self.update(|d| {
+            // Entries applied after the read was issued (only for a read-through).
+            let raced = |held: &Held| issued.is_some_and(|issued| held.applied > issued);
+            let applied = d.applied + 1;
             let mut remote = Vec::with_capacity(snapshot.entries.len());
             for entry in &snapshot.entries {
                 if Some(entry.instance.as_str()) == own {
                     continue;
                 }
-                let held = d.remote.iter().find(|e| e.instance == entry.instance);
+                let held = d.remote.iter().find(|h| h.entry.instance == entry.instance);
                 match held {
-                    Some(held) if entry.seq != 0 && held.seq > entry.seq => {
+                    Some(held) if entry.seq != 0 && held.entry.seq > entry.seq => {
                         remote.push(held.clone())
                     }
-                    _ => remote.push(entry.clone()),
+                    Some(held)
+                        if raced(held) && !(entry.seq != 0 && entry.seq > held.entry.seq) =>
+                    {
+                        remote.push(held.clone())
+                    }
+                    _ => remote.push(Held::new(entry, applied)),
                 }
             }
-            if keep_missing_busy {
-                for held in &d.remote {
-                    let missing = !snapshot.entries.iter().any(|e| e.instance == held.instance);
-                    if missing && held.is_busy_at(snapshot.store_now) {
-                        remote.push(held.clone());
-                    }
+            for held in &d.remote {
+                let missing = !snapshot
+                    .entries
+                    .iter()
+                    .any(|e| e.instance == held.entry.instance);
+                if missing
+                    && (raced(held)
+                        || (keep_missing_busy && held.entry.is_busy_at(snapshot.store_now)))
+                {
+                    remote.push(held.clone());
                 }
             }
             d.remote = remote;
-            d.set_clock(snapshot.store_now);
-            d.connected = true;
+            let newer_clock_applied = issued.is_some_and(|issued| d.applied > issued);
+            if !newer_clock_applied {
+                d.set_clock(snapshot.store_now);
+            }
+            if issued.is_none() {
+                d.applied = applied;
+                d.connected = true;
+            }
             false
         });
     }
 
-    /// Applies one instance's changed entry, unless it is older than the one held.
+    /// Applies one instance's changed entry, unless it is older than the one held. The
+    /// update's clock is taken as the store's clock now, also when it is behind the estimate:
+    /// a store clock that stepped back stamps new entries on the new clock, and judging them
+    /// against the old one would expire live entries.
     pub(crate) fn apply_update(&self, entry: &Entry, store_now: StoreTime) {
         let own = self.inner.link.as_ref().map(|l| &*l.own_instance);
         if Some(entry.instance.as_str()) == own {
             return;
         }
         self.update(|d| {
-            match d.remote.iter_mut().find(|e| e.instance == entry.instance) {
-                Some(held) if entry.seq != 0 && held.seq >= entry.seq => {}
-                Some(held) => *held = entry.clone(),
-                None => d.remote.push(entry.clone()),
+            d.applied += 1;
+            let applied = d.applied;
+            match d
+                .remote
+                .iter_mut()
+                .find(|h| h.entry.instance == entry.instance)
+            {
+                Some(held) if entry.seq != 0 && held.entry.seq >= entry.seq => {}
+                Some(held) => *held = Held::new(entry, applied),
+                None => d.remote.push(Held::new(entry, applied)),
             }
-            if store_now > d.remote_now {
-                d.set_clock(store_now);
-            }
+            d.set_clock(store_now);
             false
         });
     }
@@ -794,7 +845,10 @@ impl StateData {
         if self.local_busy {
             return BLOCKED;
         }
-        let remote_busy = self.remote.iter().any(|e| e.is_busy_at(self.remote_now));
+        let remote_busy = self
+            .remote
+            .iter()
+            .any(|held| held.entry.is_busy_at(self.remote_now));
         if self.connected {
             return if remote_busy { BLOCKED } else { 0 };
         }
@@ -817,7 +871,28 @@ impl StateData {
     #[cfg(feature = "std")]
     fn next_expiry_instant(&self) -> Option<std::time::Instant> {
         let base = self.clock_base?;
-        crate::backend::next_expiry(&self.remote, self.remote_now).map(|d| base + d)
+        crate::backend::next_expiry(self.remote.iter().map(|held| &held.entry), self.remote_now)
+            .map(|d| base + d)
+    }
+}
+
+/// Another instance's entry as this state holds it.
+#[derive(Clone)]
+struct Held {
+    entry: Entry,
+    /// `StateData::applied` when it was applied.
+    applied: u64,
+}
+
+impl Held {
+    /// Empty lock data is no lock data, as the .NET ReactiveLock reads it (`IsNullOrEmpty`),
+    /// whichever backend or writer it came from.
+    fn new(entry: &Entry, applied: u64) -> Self {
+        let mut entry = entry.clone();
+        if entry.lock_data.as_deref() == Some("") {
+            entry.lock_data = None;
+        }
+        Held { entry, applied }
     }
 }
 

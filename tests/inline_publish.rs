@@ -145,8 +145,8 @@ fn four_transitions(bind: bool) -> (usize, usize, usize) {
 fn transitions_publish_through_the_bound_publisher() {
     let (bound, publish_now, publish) = four_transitions(true);
     assert_eq!(
-        bound, 4,
-        "each transition through its key's bound publisher"
+        bound, 6,
+        "the initial idle status of each key and each transition through its key's bound publisher"
     );
     assert_eq!(publish_now, 0, "no publish by name");
     assert_eq!(publish, 0, "nothing waited for");
@@ -156,6 +156,9 @@ fn transitions_publish_through_the_bound_publisher() {
 fn without_a_binding_transitions_publish_inline_by_name() {
     let (bound, publish_now, publish) = four_transitions(false);
     assert_eq!(bound, 0);
-    assert_eq!(publish_now, 4, "each transition through publish_now");
+    assert_eq!(
+        publish_now, 6,
+        "the initial idle status of each key and each transition through publish_now"
+    );
     assert_eq!(publish, 0, "nothing waited for");
 }

@@ -180,13 +180,15 @@ const PAYLOAD_MAGIC_V1: &str = "RLv1";
 ///   with a carry, and a second number is printed;
 /// * an idle status's validUntil comes ready (`ARGV[4]`): it is never judged.
 ///
-/// Sequences are compared as zero-padded 20-digit strings for the same reason. They live in
+/// Sequences are compared as zero-padded 20-digit strings for the same reason. A status
+/// older than the one held is not written: the script returns the held sequence (a string;
+/// `1` means written), so the caller can continue above it. They live in
 /// a hash beside the .NET one, with no expiry, as the .NET hash's fields have none.
 /// The notification carries `TIME`'s two numbers as they are, and the lock data comes
 /// ready to append (`;data`, or empty).
 pub(crate) const PUBLISH_SCRIPT: &str = r#"
 local held = redis.call('HGET', KEYS[2], ARGV[1])
-if held and held > ARGV[2] then return 0 end
+if held and held > ARGV[2] then return held end
 local t = redis.call('TIME')
 local value
 if ARGV[3] == '0' then
@@ -666,17 +668,7 @@ impl RedisBackend {
 
     /// Maps a redis error to the backend's kinds, naming the server (never the password).
     fn map_error(&self, what: &str, e: RedisError) -> BackendError {
-        let refused_config = matches!(
-            e.kind(),
-            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
-        );
-        let unavailable = !refused_config
-            && (e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.is_connection_refusal()
-                || e.is_unrecoverable_error());
-        let kind = if unavailable {
+        let kind = if is_transient(&e) {
             BackendErrorKind::Unavailable
         } else {
             BackendErrorKind::Rejected
@@ -686,6 +678,37 @@ impl RedisBackend {
             format!("Redis {what} at {} failed: {e}", self.inner.address),
         )
         .with_source(e)
+    }
+
+    /// Runs `call` on the command connection; when that connection turns out broken (the
+    /// server closed it: `CLIENT KILL`, its idle `timeout`, a restart), it is replaced and
+    /// the call tried once more, so a stale connection never reaches a caller as an error.
+    /// Both calls here are safe to repeat: a read, and a publish whose sequence the script
+    /// orders.
+    async fn on_command_connection<T, F>(
+        &self,
+        what: &str,
+        mut call: impl FnMut(Commands) -> F,
+    ) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let connection = self.connection().await?;
+        match call(connection).await {
+            Err(e) if is_broken_connection(&e) => {
+                self.forget_connection();
+                let connection = self.connection().await?;
+                call(connection).await.map_err(|e| self.error(what, e))
+            }
+            other => other.map_err(|e| self.error(what, e)),
+        }
+    }
+
+    /// Drops the cached command connection (the next call makes a new one).
+    fn forget_connection(&self) {
+        if let Some(mut slot) = self.inner.connection.try_lock() {
+            *slot = None;
+        }
     }
 
     fn malformed(&self, key: &str, field: &str, value: &[u8], why: &str) {
@@ -702,19 +725,28 @@ impl RedisBackend {
         }
     }
 
-    /// Reads `key`: HGETALL of the entries and of the sequences, and TIME, one round trip.
+    /// Reads `key`: HGETALL of the entries and of the sequences, and TIME, in one
+    /// MULTI/EXEC: a publish script run between the two reads would pair one status's value
+    /// with another's sequence (and the newer status would then be ignored as old).
     async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
-        let mut connection = self.connection().await?;
-        let (entries, seqs, time): ReadReply = redis::pipe()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("HGETALL")
             .arg(hash_name(key))
             .cmd("HGETALL")
             .arg(seq_hash_name(key))
-            .cmd("TIME")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error("HGETALL", e))?;
-        let store_now = StoreTime::from_unix_nanos(time.0 * 1_000_000_000 + time.1 * 1_000);
+            .cmd("TIME");
+        let (entries, seqs, time): ReadReply = self
+            .on_command_connection("HGETALL", |mut connection| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut connection).await }
+            })
+            .await?;
+        let store_now = StoreTime::from_unix_nanos(
+            time.0
+                .saturating_mul(1_000_000_000)
+                .saturating_add(time.1.saturating_mul(1_000)),
+        );
         let mut out = Vec::with_capacity(entries.len());
         for (field, value) in entries {
             let Ok(instance) = String::from_utf8(field.clone()) else {
@@ -885,6 +917,41 @@ fn parse_payload(payload: &[u8]) -> Payload {
     }
 }
 
+/// Whether a Redis error is transient ([`BackendErrorKind::Unavailable`]): the connection
+/// (lost, refused, timed out) or a server or cluster state that passes by itself — a
+/// failover or resharding (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`,
+/// `READONLY` from a demoted primary), a server still loading its data (`LOADING`), busy
+/// with a script (`BUSY`) or out of memory (`OOM`). Everything else (authentication, a
+/// malformed request, a missing permission) is a refusal.
+fn is_transient(e: &RedisError) -> bool {
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+    ) {
+        return false;
+    }
+    const TRANSIENT_CODES: [&str; 9] = [
+        "MOVED",
+        "ASK",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "OOM",
+    ];
+    is_broken_connection(e)
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.code().is_some_and(|code| TRANSIENT_CODES.contains(&code))
+}
+
+/// Whether the connection under a call is gone (a new one would do).
+fn is_broken_connection(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -946,37 +1013,65 @@ impl Backend for RedisBackend {
                 ),
             ));
         }
+        let command = publish_command(self.inner.script.get_hash(), key, instance, status);
+        let run = |mut connection: Commands| {
+            let command = &command;
+            async move {
+                let mut result = command.query_async::<redis::Value>(&mut connection).await;
+                if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+                {
+                    // A restarted or flushed server forgot the script: load it once, then
+                    // retry.
+                    result = match self.inner.script.load_async(&mut connection).await {
+                        Ok(_) => command.query_async::<redis::Value>(&mut connection).await,
+                        Err(e) => Err(e),
+                    };
+                }
+                result
+            }
+        };
         // The instance's own subscription connection if it has one (its echo then comes back
         // with the reply), else the command connection.
         let own = self.inner.own.lock().get(instance).cloned();
-        let mut connection = match &own {
-            Some((_, connection)) => Commands::Single(connection.clone()),
-            None => self.connection().await?,
-        };
-        let command = publish_command(self.inner.script.get_hash(), key, instance, status);
-        let mut result = command.query_async::<i64>(&mut connection).await;
-        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            // A restarted or flushed server forgot the script: load it once, then retry.
-            result = match self.inner.script.load_async(&mut connection).await {
-                Ok(_) => command.query_async::<i64>(&mut connection).await,
-                Err(e) => Err(e),
-            };
-        }
-        result.map_err(|e| match own {
-            None => self.error("publish (EVALSHA)", e),
-            // The subscription's connection failed, not the command connection: a broken
-            // one is replaced when the subscription notices; until then publishes take
-            // the command connection.
-            Some((id, _)) => {
-                let error = self.map_error("publish (EVALSHA)", e);
-                if error.kind() == BackendErrorKind::Unavailable {
+        let reply = match own {
+            Some((id, connection)) => match run(Commands::Single(connection)).await {
+                Ok(reply) => reply,
+                // The subscription's connection failed, not the command connection: a broken
+                // one is replaced when the subscription notices; until then publishes take the
+                // command connection, starting with this one.
+                Err(e) if is_transient(&e) => {
                     OwnConnection::forget(&self.inner, instance, id);
+                    self.on_command_connection("publish (EVALSHA)", run).await?
                 }
-                error
+                Err(e) => return Err(self.map_error("publish (EVALSHA)", e)),
+            },
+            None => self.on_command_connection("publish (EVALSHA)", run).await?,
+        };
+        match reply {
+            redis::Value::Int(1) => Ok(()),
+            // The store holds a newer status of this instance: the script's answer is the
+            // sequence it holds.
+            redis::Value::BulkString(held) => {
+                let held = std::str::from_utf8(&held)
+                    .ok()
+                    .and_then(|held| held.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX);
+                Err(BackendError::superseded(
+                    held,
+                    format!(
+                        "Redis at {} holds sequence {held} of instance `{instance}` for key `{key}`, newer than {}; status not written",
+                        self.inner.address, status.seq
+                    ),
+                ))
             }
-        })?;
-        Ok(())
+            other => Err(BackendError::new(
+                BackendErrorKind::Other,
+                format!(
+                    "Redis at {}: unexpected reply {other:?} to the publish script",
+                    self.inner.address
+                ),
+            )),
+        }
     }
 
     async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
