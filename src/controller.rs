@@ -198,7 +198,9 @@ impl PublishSlot {
     }
 
     fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
+        // Saturating: a store may hold any sequence (someone else wrote it), and an
+        // instance raised to the top keeps writing at it (equal sequences replace).
+        self.seq = self.seq.saturating_add(1);
         self.seq
     }
 
@@ -217,7 +219,7 @@ impl PublishSlot {
         loop {
             // `publish_now` itself says whether it can publish inline; the sequence is taken
             // only when it did.
-            let seq = self.seq + 1;
+            let seq = self.seq.saturating_add(1);
             result = publisher.publish_now(index, key, seq, busy, self.newest_data.as_deref())?;
             self.seq = seq;
             match superseded(&result) {
@@ -993,7 +995,11 @@ pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
 /// # Cancel safety
 ///
 /// Dropping it never undoes the count change, which happened when it was created; an
-/// unpublished transition is then published by the driver in the background.
+/// unpublished transition is then published by the driver in the background. Kept without
+/// being polled (a `select!` that took another branch and awaits it later), it holds the
+/// key's publishing role for at most 200 ms: then the driver publishes the newest status
+/// itself, renewals continue, and a later transition does not wait for it. Awaited late, it
+/// resolves with the outcome of its status or of a newer one.
 ///
 /// # Examples
 ///
