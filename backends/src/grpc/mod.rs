@@ -78,12 +78,18 @@ impl tonic::service::Interceptor for TokenCheck {
         let Some(expected) = &self.expected else {
             return Ok(request);
         };
-        match request
+        // Constant-time: the time a wrong token takes to refuse says nothing about how many
+        // of its leading bytes were right (only its length may show).
+        let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(given) if given == &**expected => Ok(request),
+            .map(|v| v.as_bytes());
+        match given {
+            Some(given)
+                if bool::from(subtle::ConstantTimeEq::ct_eq(given, expected.as_bytes())) =>
+            {
+                Ok(request)
+            }
             _ => Err(tonic::Status::unauthenticated(
                 "missing or wrong bearer token",
             )),
