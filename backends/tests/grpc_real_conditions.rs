@@ -372,7 +372,7 @@ fn a_subscription_without_a_first_message_times_out() {
             client.subscribe_lock_status(silent),
         )
         .await;
-        let status = answer.err().expect("an error status");
+        let status = answer.expect_err("an error status");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
         eprintln!("no first message: ended after {:?}", started.elapsed());
     });

@@ -7,7 +7,32 @@
 //! [`GrpcBackend`] talks to one or more hubs ([`server::Hub`], or the .NET sample). With
 //! several hubs it does what .NET clients do: every status goes to every hub, and it
 //! subscribes to each, merging their states per instance (newest `validUntil` wins), so one
-//! hub dying loses nothing and blocks nobody. tonic needs tokio, so by default the backend
+//! hub dying loses nothing and blocks nobody: a publish resolves with the first hub that
+//! accepts it; the other hubs get it in the background, their failures counted
+//! ([`GrpcBackend::background_publish_failures`]) and retried with backoff until they take
+//! the newest status.
+//!
+//! # Connections, failures and bounds
+//!
+//! * Per hub, one HTTP/2 connection carries `SetStatus` calls and reads; subscriptions (one
+//!   never-ending stream per key) are spread over connections of at most
+//!   [`streams_per_connection`](GrpcBackendBuilder::streams_per_connection) streams (default
+//!   50), below a server's `max_concurrent_streams` (Kestrel's default is 100), so any number
+//!   of keys works.
+//! * HTTP/2 keep-alive pings every connection: a hub that hangs or is cut off is noticed
+//!   within [`keep_alive_interval`](GrpcBackendBuilder::keep_alive_interval) +
+//!   [`keep_alive_timeout`](GrpcBackendBuilder::keep_alive_timeout) (10 s by default), and
+//!   the keys no other hub serves turn [`Status::Unknown`](reactive_lock::Status).
+//! * Unknown is per key: a key whose streams to every hub are down turns Unknown
+//!   ([`BackendEvent::KeyDisconnected`]) while other keys stay known; with every stream down
+//!   the whole subscription is [`BackendEvent::Disconnected`]. A stream is retried with
+//!   backoff (50 ms doubling to 2 s), reset only once a stream delivered its first message;
+//!   opening one is bounded by the [response timeout](GrpcBackendBuilder::response_timeout).
+//! * A status is stamped with a `validUntil` that grows with its sequence
+//!   ([`InstanceStatus::seq`]); one whose sequence is below one already stamped for the key
+//!   and instance is superseded and not sent, so hubs keep the latest.
+//!
+//! tonic needs tokio, so by default the backend
 //! owns a small tokio runtime (one worker thread) and bridges to the caller's executor with
 //! channels: the application may use tokio, smol, async-std or no runtime. A tokio
 //! application can hand it its own runtime instead ([`GrpcBackendBuilder::runtime`]): no extra
