@@ -315,6 +315,10 @@ pub enum BackendEvent {
     /// The connection is back; the driver re-reads every key and re-publishes own statuses,
     /// since the store may have restarted empty.
     Reconnected,
+    /// The subscription to this one key is lost while others still work (a backend with a
+    /// stream per key); the key's status turns [`Status::Unknown`](crate::Status) until its
+    /// next [`Snapshot`](BackendEvent::Snapshot).
+    KeyDisconnected(String),
 }
 
 /// Transport + store for instance statuses per key: the pluggable part of reactive-lock.

@@ -361,6 +361,16 @@ impl DriverShared {
                 self.set_all_connected(false);
                 None
             }
+            BackendEvent::KeyDisconnected(key) => {
+                let i = self.index_of(&key)?;
+                tracing::warn!(
+                    key,
+                    "reactive-lock: subscription to the key lost; status Unknown"
+                );
+                bump(&self.counters.disconnects);
+                self.trackers[i].state().set_connected(false);
+                Some(i)
+            }
             BackendEvent::Reconnected => {
                 tracing::info!("reactive-lock: backend reconnected; recovering");
                 state.resync_since.get_or_insert_with(Instant::now);

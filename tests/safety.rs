@@ -22,13 +22,15 @@ use common::until;
 const KEY: &str = "k";
 
 type Events = Pin<Box<dyn Stream<Item = BackendEvent> + Send>>;
+/// Subscribers of a store: the instance and where its events go.
+type Subscribers = Arc<Mutex<Vec<(String, async_channel::Sender<BackendEvent>)>>>;
 
 /// A store whose clock runs `behind` nanoseconds behind the system clock.
 #[derive(Clone, Default)]
 struct SteppedClockStore {
     behind: Arc<AtomicU64>,
     entries: Arc<Mutex<HashMap<String, Entry>>>,
-    subscribers: Arc<Mutex<Vec<(String, async_channel::Sender<BackendEvent>)>>>,
+    subscribers: Subscribers,
 }
 
 impl SteppedClockStore {

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits};
@@ -26,7 +27,8 @@ enum Command {
     /// Run the gRPC hub (wire-compatible with the .NET ReactiveLockGrpc service).
     ///
     /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. Stops cleanly on
-    /// SIGINT or SIGTERM.
+    /// SIGINT or SIGTERM: open subscriptions end with UNAVAILABLE (clients move to another
+    /// hub), calls in flight finish, then the process exits.
     Hub {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051")]
@@ -55,6 +57,19 @@ enum Command {
         /// Notifications buffered per subscriber before a stalled one is dropped.
         #[arg(long, default_value_t = HubLimits::default().subscriber_buffer)]
         subscriber_buffer: usize,
+        /// Largest encoded state of one key (all its instances), bytes: a status that would
+        /// exceed it is refused.
+        #[arg(long, default_value_t = HubLimits::default().max_notification_size)]
+        max_notification_size: usize,
+        /// Milliseconds a subscription may take to send its first message.
+        #[arg(long, default_value_t = millis(HubLimits::default().first_message_timeout))]
+        first_message_timeout_ms: u64,
+        /// Milliseconds between HTTP/2 keep-alive pings to each client.
+        #[arg(long, default_value_t = millis(HubLimits::default().keep_alive_interval))]
+        keep_alive_interval_ms: u64,
+        /// Milliseconds a keep-alive ping may go unanswered before the connection is closed.
+        #[arg(long, default_value_t = millis(HubLimits::default().keep_alive_timeout))]
+        keep_alive_timeout_ms: u64,
     },
 }
 
@@ -97,6 +112,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             max_instances_per_key,
             max_lock_data_len,
             subscriber_buffer,
+            max_notification_size,
+            first_message_timeout_ms,
+            keep_alive_interval_ms,
+            keep_alive_timeout_ms,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some((
@@ -112,6 +131,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             limits.max_instances_per_key = max_instances_per_key;
             limits.max_lock_data_len = max_lock_data_len;
             limits.subscriber_buffer = subscriber_buffer;
+            limits.max_notification_size = max_notification_size;
+            limits.first_message_timeout = Duration::from_millis(first_message_timeout_ms);
+            limits.keep_alive_interval = Duration::from_millis(keep_alive_interval_ms);
+            limits.keep_alive_timeout = Duration::from_millis(keep_alive_timeout_ms);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -129,6 +152,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             Ok(())
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Registers SIGINT and SIGTERM at once; the returned future resolves on the first.

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::{ReactiveLock, Status, TrackerConfig};
 use reactive_lock_backends::conformance::eventually;
@@ -41,6 +42,29 @@ impl HubProcess {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` (e.g. "TERM", "STOP", "CONT") to the process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status.
+    fn exits_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return Some(exit);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn kill(&mut self) {
@@ -183,6 +207,146 @@ fn sigterm_stops_the_hub_cleanly() {
     }
 }
 
+/// `fut`, or a panic naming `what` after `limit`: a hang fails instead of stalling CI.
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    futures_lite::future::or(fut, async {
+        async_io::Timer::after(limit).await;
+        panic!("not within {limit:?}: {what}");
+    })
+    .await
+}
+
+#[test]
+fn sigterm_stops_a_hub_with_open_subscriptions_and_ends_them_with_unavailable() {
+    use reactive_lock_backends::grpc::proto::LockStatusRequest;
+    use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+
+    let mut hub = HubProcess::start(free_port());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A .NET-shaped subscriber: first message names the key, the request stream stays open.
+    let url = hub.url();
+    let mut stream = rt.block_on(async move {
+        let mut client = ReactiveLockGrpcClient::connect(url).await.unwrap();
+        let first = LockStatusRequest {
+            lock_key: KEY.into(),
+            instance_id: "dotnet-reader".into(),
+            ..Default::default()
+        };
+        let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+        let mut stream = client
+            .subscribe_lock_status(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().expect("the current state");
+        stream
+    });
+    // And one of ours.
+    let ours = block_on(instance(&[hub.url()], "a"));
+    hub.signal("TERM");
+    let end = rt.block_on(async {
+        within(
+            Duration::from_secs(10),
+            "the subscription ends",
+            stream.message(),
+        )
+        .await
+    });
+    let status = end.expect_err("ended with an error status, so .NET clients resubscribe");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    let exit = hub
+        .exits_within(Duration::from_secs(10))
+        .expect("the hub exits within 10 s of SIGTERM with subscribers open");
+    assert!(exit.success(), "clean exit: {exit:?}");
+    drop(ours);
+}
+
+#[test]
+fn a_stopped_hub_turns_the_status_unknown() {
+    let hub = HubProcess::start(free_port());
+    let urls = vec![hub.url()];
+    block_on(async {
+        let a = instance(&urls, "a").await;
+        a.controller(KEY)
+            .unwrap()
+            .increment(Some("held"))
+            .await
+            .unwrap();
+        // Short keep-alive for a quick test: noticed within 0.5 s + 1 s (10 s by default).
+        let backend = GrpcBackend::builder(urls.clone())
+            .connect_timeout(Duration::from_millis(500))
+            .keep_alive_interval(Duration::from_millis(500))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .unwrap();
+        let b = ReactiveLock::builder()
+            .instance_name("b")
+            .unknown_policy(reactive_lock::UnknownPolicy::Blocked)
+            .tracker(KEY, TrackerConfig::new())
+            .build(backend)
+            .await
+            .unwrap();
+        let b_state = b.state(KEY).unwrap();
+        eventually(&b_state, LIMIT, "b sees a", |s| s.is_blocked()).await;
+        hub.signal("STOP");
+        let stopped = Instant::now();
+        eventually(
+            &b_state,
+            Duration::from_secs(15),
+            "Unknown once the hub hangs",
+            |s| s.status() == Status::Unknown,
+        )
+        .await;
+        eprintln!("stopped hub noticed after {:?}", stopped.elapsed());
+        hub.signal("CONT");
+        drop(a);
+        drop(b);
+    });
+}
+
+#[test]
+fn one_hung_hub_of_two_does_not_slow_transitions() {
+    let first = HubProcess::start(free_port());
+    let second = HubProcess::start(free_port());
+    let urls = vec![first.url(), second.url()];
+    block_on(async {
+        let a = instance(&urls, "a").await;
+        let b = instance(&urls, "b").await;
+        let ctrl = a.controller(KEY).unwrap();
+        first.signal("STOP");
+        let started = Instant::now();
+        within(Duration::from_secs(60), "five transitions pairs", async {
+            for i in 0..5 {
+                ctrl.increment(Some(&format!("batch-{i}"))).await.unwrap();
+                ctrl.decrement(1).await.unwrap();
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        eprintln!("five increment+decrement pairs with one hub stopped: {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "acknowledged by the live hub, not after the stopped one's timeout: {took:?}"
+        );
+        ctrl.increment(Some("seen")).await.unwrap();
+        eventually(
+            &b.state(KEY).unwrap(),
+            LIMIT,
+            "b sees it through the live hub",
+            |s| s.lock_data().as_deref() == Some("seen"),
+        )
+        .await;
+        first.signal("CONT");
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
 #[test]
 fn help_documents_every_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
@@ -200,6 +364,10 @@ fn help_documents_every_flag() {
         "--max-instances-per-key",
         "--max-lock-data-len",
         "--subscriber-buffer",
+        "--max-notification-size",
+        "--first-message-timeout-ms",
+        "--keep-alive-interval-ms",
+        "--keep-alive-timeout-ms",
     ] {
         assert!(help.contains(flag), "--help names {flag}:\n{help}");
     }

@@ -7,7 +7,32 @@
 //! [`GrpcBackend`] talks to one or more hubs ([`server::Hub`], or the .NET sample). With
 //! several hubs it does what .NET clients do: every status goes to every hub, and it
 //! subscribes to each, merging their states per instance (newest `validUntil` wins), so one
-//! hub dying loses nothing and blocks nobody. tonic needs tokio, so by default the backend
+//! hub dying loses nothing and blocks nobody: a publish resolves with the first hub that
+//! accepts it; the other hubs get it in the background, their failures counted
+//! ([`GrpcBackend::background_publish_failures`]) and retried with backoff until they take
+//! the newest status.
+//!
+//! # Connections, failures and bounds
+//!
+//! * Per hub, one HTTP/2 connection carries `SetStatus` calls and reads; subscriptions (one
+//!   never-ending stream per key) are spread over connections of at most
+//!   [`streams_per_connection`](GrpcBackendBuilder::streams_per_connection) streams (default
+//!   50), below a server's `max_concurrent_streams` (Kestrel's default is 100), so any number
+//!   of keys works.
+//! * HTTP/2 keep-alive pings every connection: a hub that hangs or is cut off is noticed
+//!   within [`keep_alive_interval`](GrpcBackendBuilder::keep_alive_interval) +
+//!   [`keep_alive_timeout`](GrpcBackendBuilder::keep_alive_timeout) (10 s by default), and
+//!   the keys no other hub serves turn [`Status::Unknown`](reactive_lock::Status).
+//! * Unknown is per key: a key whose streams to every hub are down turns Unknown
+//!   ([`BackendEvent::KeyDisconnected`]) while other keys stay known; with every stream down
+//!   the whole subscription is [`BackendEvent::Disconnected`]. A stream is retried with
+//!   backoff (50 ms doubling to 2 s), reset only once a stream delivered its first message;
+//!   opening one is bounded by the [response timeout](GrpcBackendBuilder::response_timeout).
+//! * A status is stamped with a `validUntil` that grows with its sequence
+//!   ([`InstanceStatus::seq`]); one whose sequence is below one already stamped for the key
+//!   and instance is superseded and not sent, so hubs keep the latest.
+//!
+//! tonic needs tokio, so by default the backend
 //! owns a small tokio runtime (one worker thread) and bridges to the caller's executor with
 //! channels: the application may use tokio, smol, async-std or no runtime. A tokio
 //! application can hand it its own runtime instead ([`GrpcBackendBuilder::runtime`]): no extra
@@ -78,12 +103,18 @@ impl tonic::service::Interceptor for TokenCheck {
         let Some(expected) = &self.expected else {
             return Ok(request);
         };
-        match request
+        // Constant-time: the time a wrong token takes to refuse says nothing about how many
+        // of its leading bytes were right (only its length may show).
+        let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(given) if given == &**expected => Ok(request),
+            .map(|v| v.as_bytes());
+        match given {
+            Some(given)
+                if bool::from(subtle::ConstantTimeEq::ct_eq(given, expected.as_bytes())) =>
+            {
+                Ok(request)
+            }
             _ => Err(tonic::Status::unauthenticated(
                 "missing or wrong bearer token",
             )),
@@ -130,16 +161,28 @@ type Client =
 
 struct Hub {
     url: String,
+    /// For `SetStatus` and reads: its streams are short, so they never hold the server's
+    /// stream slots for long.
     client: Client,
+    /// Where subscription channels connect: each carries at most `streams_per_connection`
+    /// never-ending streams.
+    endpoint: Endpoint,
 }
 
 struct Inner {
     hubs: Vec<Hub>,
     runtime: Runtime,
     response_timeout: Duration,
-    /// Last `validUntil` sent per (key, instance): kept strictly increasing, so hubs order
-    /// statuses by it.
-    last_valid_until: Mutex<HashMap<(String, String), SystemTime>>,
+    streams_per_connection: usize,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Per (key, instance) the last status sequence stamped and its `validUntil`: kept
+    /// strictly increasing in sequence order, so hubs, which order statuses by `validUntil`,
+    /// keep the latest sequence.
+    last_stamped: Mutex<HashMap<(String, String), (u64, SystemTime)>>,
+    /// Statuses a hub failed to take while another acknowledged them, per (hub, key,
+    /// instance): the newest, retried in the background until that hub takes it.
+    retrying: Mutex<HashMap<(usize, String, String), LockStatusRequest>>,
+    background_failures: std::sync::atomic::AtomicU64,
     reader_name: String,
 }
 
@@ -218,6 +261,9 @@ pub struct GrpcBackendBuilder {
     tls_root_cert: Option<Vec<u8>>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    keep_alive_interval: Duration,
+    keep_alive_timeout: Duration,
+    streams_per_connection: usize,
 }
 
 impl GrpcBackendBuilder {
@@ -261,9 +307,49 @@ impl GrpcBackendBuilder {
         self
     }
 
-    /// How long a call may wait for its answer (default 2 s).
+    /// How long a call may wait for its answer (default 2 s); also bounds opening a
+    /// subscription stream up to its first message.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// Interval of the HTTP/2 keep-alive pings sent on every connection to a hub, also while
+    /// idle (default 5 s). With [`keep_alive_timeout`](Self::keep_alive_timeout) it bounds
+    /// how long a hub that hangs or is cut off goes unnoticed: the connection is closed
+    /// after `keep_alive_interval + keep_alive_timeout` (10 s by default) of silence, and the
+    /// keys it served turn [`Status::Unknown`](reactive_lock::Status) (unless another hub
+    /// still serves them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use reactive_lock_backends::grpc::GrpcBackend;
+    /// let builder = GrpcBackend::builder(["http://127.0.0.1:50051"])
+    ///     .keep_alive_interval(Duration::from_secs(2))
+    ///     .keep_alive_timeout(Duration::from_secs(3));
+    /// # let _ = builder;
+    /// ```
+    pub fn keep_alive_interval(mut self, interval: Duration) -> Self {
+        self.keep_alive_interval = interval;
+        self
+    }
+
+    /// How long a keep-alive ping may go unanswered before the connection counts as dead
+    /// (default 5 s); see [`keep_alive_interval`](Self::keep_alive_interval).
+    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// Subscription streams per HTTP/2 connection to a hub (default 50, at least 1). A
+    /// subscription holds one never-ending stream per key and hub; servers cap the streams
+    /// of one connection (`max_concurrent_streams`: 100 by default in Kestrel, the .NET
+    /// hub's server), so the keys are spread over as many connections as they need.
+    /// `SetStatus` calls and reads go over one more connection per hub.
+    pub fn streams_per_connection(mut self, streams: usize) -> Self {
+        self.streams_per_connection = streams.max(1);
         self
     }
 
@@ -323,6 +409,11 @@ impl GrpcBackendBuilder {
                 // instead of ~17,000; the stream windows, which bound buffering, stay default.
                 .initial_connection_window_size(Some(1 << 30))
                 .connect_timeout(self.connect_timeout)
+                // Pings find a hung or cut-off hub, whose streams would otherwise stay silent
+                // (and its keys look connected) for as long as the OS keeps the socket.
+                .http2_keep_alive_interval(self.keep_alive_interval)
+                .keep_alive_timeout(self.keep_alive_timeout)
+                .keep_alive_while_idle(true)
                 .timeout(self.response_timeout.max(Duration::from_secs(3600)));
             if let Some(pem) = &self.tls_root_cert {
                 let tls = tonic::transport::ClientTlsConfig::new()
@@ -353,6 +444,7 @@ impl GrpcBackendBuilder {
             hubs.push(Hub {
                 url: url.clone(),
                 client,
+                endpoint,
             });
         }
         if reachable == 0 {
@@ -366,7 +458,11 @@ impl GrpcBackendBuilder {
                 hubs,
                 runtime,
                 response_timeout: self.response_timeout,
-                last_valid_until: Mutex::new(HashMap::new()),
+                streams_per_connection: self.streams_per_connection,
+                token,
+                last_stamped: Mutex::new(HashMap::new()),
+                retrying: Mutex::new(HashMap::new()),
+                background_failures: std::sync::atomic::AtomicU64::new(0),
                 reader_name: format!("reactive-lock-reader-{:08x}", fastrand::u32(..)),
             }),
         })
@@ -399,7 +495,30 @@ impl GrpcBackend {
             tls_root_cert: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            keep_alive_interval: Duration::from_secs(5),
+            keep_alive_timeout: Duration::from_secs(5),
+            streams_per_connection: 50,
         }
+    }
+
+    /// How many `SetStatus` calls failed on one hub after another hub had acknowledged the
+    /// status (those are retried in the background, with backoff, until that hub takes the
+    /// newest status of the key and instance). For monitoring a hub that is down or slow.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # futures_lite::future::block_on(async {
+    /// use reactive_lock_backends::grpc::GrpcBackend;
+    /// let backend = GrpcBackend::connect(["http://127.0.0.1:50051"]).await?;
+    /// assert_eq!(backend.background_publish_failures(), 0);
+    /// # Ok::<(), reactive_lock::BackendError>(())
+    /// # });
+    /// ```
+    pub fn background_publish_failures(&self) -> u64 {
+        self.inner
+            .background_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` on the backend's tokio runtime and awaits it from any executor. A caller
@@ -441,29 +560,13 @@ impl GrpcBackend {
             .hubs
             .iter()
             .map(|hub| {
-                let (url, client, call) = (hub.url.clone(), hub.client.clone(), call.clone());
-                async move {
-                    let mut attempt = 0;
-                    loop {
-                        attempt += 1;
-                        match tokio::time::timeout(timeout, call(client.clone())).await {
-                            Ok(Ok(value)) => return Ok(value),
-                            Ok(Err(status))
-                                if retry_lost_connection
-                                    && attempt == 1
-                                    && is_connection_error(&status) => {}
-                            Ok(Err(status)) => {
-                                return Err((status.code(), format!("{url}: {status}")));
-                            }
-                            Err(_) => {
-                                return Err((
-                                    tonic::Code::DeadlineExceeded,
-                                    format!("{url}: no answer within {timeout:?}"),
-                                ));
-                            }
-                        }
-                    }
-                }
+                call_hub(
+                    hub.url.clone(),
+                    hub.client.clone(),
+                    timeout,
+                    retry_lost_connection,
+                    call.clone(),
+                )
             })
             .collect();
         self.on_runtime(async move {
@@ -489,15 +592,240 @@ impl GrpcBackend {
         .await
     }
 
-    fn valid_until(&self, key: &str, instance: &str, valid_for: Duration) -> SystemTime {
-        let mut last = self.inner.last_valid_until.lock();
+    /// The `validUntil` to send `status` with: later than any sent before for the key and
+    /// instance, so hubs keep the latest. `None` when a higher sequence was already stamped:
+    /// this status is superseded and must not reach a hub after the newer one (publish
+    /// futures may be polled in any order).
+    fn valid_until(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &InstanceStatus,
+    ) -> Option<SystemTime> {
+        let mut last = self.inner.last_stamped.lock();
         let slot = last
             .entry((key.into(), instance.into()))
-            .or_insert(UNIX_EPOCH);
-        let next = (SystemTime::now() + valid_for).max(*slot + Duration::from_micros(1));
-        *slot = next;
-        next
+            .or_insert((0, UNIX_EPOCH));
+        if status.seq < slot.0 {
+            return None;
+        }
+        let next = (SystemTime::now() + status.valid_for).max(slot.1 + Duration::from_micros(1));
+        *slot = (status.seq, next);
+        Some(next)
     }
+
+    /// `SetStatus` on every hub; resolves with the first hub that accepts, so a hung or slow
+    /// hub delays no transition. The other hubs' calls go on in the background; those that
+    /// fail are counted and retried ([`retry_in_background`]).
+    async fn set_status_everywhere(&self, request: LockStatusRequest) -> Result<(), BackendError> {
+        let timeout = self.inner.response_timeout;
+        let call = {
+            let request = request.clone();
+            move |mut client: Client| {
+                let request = request.clone();
+                async move { client.set_status(request).await.map(|_| ()) }
+            }
+        };
+        if self.inner.hubs.len() == 1 {
+            let hub = &self.inner.hubs[0];
+            let call = call_hub(hub.url.clone(), hub.client.clone(), timeout, true, call);
+            return match self.on_runtime(call).await? {
+                Ok(()) => Ok(()),
+                Err(error) => Err(failed_everywhere("SetStatus", &[error])),
+            };
+        }
+        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let calls: Vec<_> = self
+            .inner
+            .hubs
+            .iter()
+            .enumerate()
+            .map(|(index, hub)| {
+                let call = call_hub(
+                    hub.url.clone(),
+                    hub.client.clone(),
+                    timeout,
+                    true,
+                    call.clone(),
+                );
+                let results_tx = results_tx.clone();
+                async move {
+                    let _ = results_tx.send((index, call.await));
+                }
+            })
+            .collect();
+        drop(results_tx);
+        let inner = Arc::downgrade(&self.inner);
+        self.on_runtime(async move {
+            for call in calls {
+                tokio::spawn(call);
+            }
+            let mut errors = Vec::new();
+            let mut acknowledged = false;
+            while let Some((index, result)) = results.recv().await {
+                match result {
+                    Ok(()) => {
+                        acknowledged = true;
+                        break;
+                    }
+                    Err(error) => errors.push((index, error)),
+                }
+            }
+            if !acknowledged {
+                let errors: Vec<_> = errors.into_iter().map(|(_, e)| e).collect();
+                return Err(failed_everywhere("SetStatus", &errors));
+            }
+            for (index, error) in errors {
+                retry_in_background(&inner, index, &request, &error);
+            }
+            tokio::spawn(async move {
+                while let Some((index, result)) = results.recv().await {
+                    if let Err(error) = result {
+                        retry_in_background(&inner, index, &request, &error);
+                    }
+                }
+            });
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// One call on one hub, bounded by `timeout`, its error naming the hub. With
+/// `retry_lost_connection`, a call whose connection went away under it (GOAWAY, reset) is
+/// tried once more: the channel re-establishes the connection.
+async fn call_hub<T, F, Fut>(
+    url: String,
+    client: Client,
+    timeout: Duration,
+    retry_lost_connection: bool,
+    call: F,
+) -> HubResult<T>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match tokio::time::timeout(timeout, call(client.clone())).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(status))
+                if retry_lost_connection && attempt == 1 && is_connection_error(&status) => {}
+            Ok(Err(status)) => {
+                return Err((status.code(), format!("{url}: {status}")));
+            }
+            Err(_) => {
+                return Err((
+                    tonic::Code::DeadlineExceeded,
+                    format!("{url}: no answer within {timeout:?}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Whether a hub refused a call for what it carried (retrying the same would fail again).
+fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::OutOfRange
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+    )
+}
+
+/// Counts a hub's failed `SetStatus` (another hub acknowledged it) and, unless the hub
+/// refused it, keeps re-sending the newest status of the key and instance to that hub with
+/// backoff (100 ms doubling to 5 s) until it takes it. One retry task per (hub, key,
+/// instance); it holds the backend weakly, so a dropped backend ends it.
+fn retry_in_background(
+    inner: &std::sync::Weak<Inner>,
+    hub: usize,
+    request: &LockStatusRequest,
+    error: &(tonic::Code, String),
+) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    strong
+        .background_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(
+        key = request.lock_key,
+        error = error.1,
+        "reactive-lock: a hub missed a status another acknowledged; retrying it there"
+    );
+    if is_refusal(error.0) {
+        return;
+    }
+    let slot = (hub, request.lock_key.clone(), request.instance_id.clone());
+    {
+        let mut retrying = strong.retrying.lock();
+        let started = retrying.contains_key(&slot);
+        let newer = retrying.get(&slot).is_none_or(|held| {
+            held.valid_until.as_ref().map(system_time)
+                <= request.valid_until.as_ref().map(system_time)
+        });
+        if newer {
+            retrying.insert(slot.clone(), request.clone());
+        }
+        if started {
+            return;
+        }
+    }
+    let inner = inner.clone();
+    drop(strong);
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            let Some(request) = strong.retrying.lock().get(&slot).cloned() else {
+                return;
+            };
+            let (url, client) = (
+                strong.hubs[hub].url.clone(),
+                strong.hubs[hub].client.clone(),
+            );
+            let timeout = strong.response_timeout;
+            drop(strong);
+            let sent = request.clone();
+            let result = call_hub(url, client, timeout, true, move |mut client: Client| {
+                let request = sent.clone();
+                async move { client.set_status(request).await.map(|_| ()) }
+            })
+            .await;
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            match result {
+                Ok(()) => {
+                    let mut retrying = strong.retrying.lock();
+                    if retrying.get(&slot) == Some(&request) {
+                        retrying.remove(&slot);
+                        return;
+                    }
+                    // A newer status queued meanwhile: send it next, without waiting long.
+                    delay = Duration::from_millis(100);
+                }
+                Err(error) => {
+                    strong
+                        .background_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if is_refusal(error.0) {
+                        strong.retrying.lock().remove(&slot);
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Merges the hubs' states of one key per instance (newest `validUntil` wins).
@@ -545,16 +873,7 @@ fn is_connection_error(status: &tonic::Status) -> bool {
 /// The error for a call that failed on every hub: `Rejected` if every hub refused it (bad
 /// input, a limit, authentication), else `Unavailable`.
 fn failed_everywhere(what: &str, errors: &[(tonic::Code, String)]) -> BackendError {
-    let refused = errors.iter().all(|(code, _)| {
-        matches!(
-            code,
-            tonic::Code::InvalidArgument
-                | tonic::Code::ResourceExhausted
-                | tonic::Code::OutOfRange
-                | tonic::Code::Unauthenticated
-                | tonic::Code::PermissionDenied
-        )
-    });
+    let refused = errors.iter().all(|(code, _)| is_refusal(*code));
     let kind = if refused {
         BackendErrorKind::Rejected
     } else {
@@ -651,25 +970,18 @@ impl Backend for GrpcBackend {
         instance: &str,
         status: &InstanceStatus,
     ) -> Result<(), BackendError> {
+        let Some(valid_until) = self.valid_until(key, instance, status) else {
+            // A higher sequence is stamped already: this status is superseded (latest wins).
+            return Ok(());
+        };
         let request = LockStatusRequest {
             lock_key: key.into(),
             instance_id: instance.into(),
             is_busy: status.busy,
             lock_data: status.lock_data.clone(),
-            valid_until: Some(timestamp(self.valid_until(key, instance, status.valid_for))),
+            valid_until: Some(timestamp(valid_until)),
         };
-        let results = self
-            .on_every_hub(true, move |mut client| {
-                let request = request.clone();
-                async move { client.set_status(request).await.map(|_| ()) }
-            })
-            .await?;
-        if results.iter().any(Result::is_ok) {
-            return Ok(());
-        }
-        let errors: Vec<(tonic::Code, String)> =
-            results.into_iter().filter_map(Result::err).collect();
-        Err(failed_everywhere("SetStatus", &errors))
+        self.set_status_everywhere(request).await
     }
 
     async fn snapshot(&self, key: &str) -> Result<Snapshot, BackendError> {
@@ -696,12 +1008,14 @@ impl Backend for GrpcBackend {
         keys: &[String],
     ) -> Result<Self::Events, BackendError> {
         let (tx, rx) = async_channel::unbounded::<BackendEvent>();
-        let hubs: Vec<(String, Client)> = self
+        let hubs: Vec<(String, Endpoint)> = self
             .inner
             .hubs
             .iter()
-            .map(|h| (h.url.clone(), h.client.clone()))
+            .map(|h| (h.url.clone(), h.endpoint.clone()))
             .collect();
+        let (per_connection, token) = (self.inner.streams_per_connection, self.inner.token.clone());
+        let open_timeout = self.inner.response_timeout;
         let keys = keys.to_vec();
         // Subscribe under the instance's own name, as the .NET client does.
         let instance = instance.to_string();
@@ -717,22 +1031,57 @@ impl Backend for GrpcBackend {
             // Dropped with this task (the subscriber's stream dropped: see `Subscription`),
             // the set aborts the per-key tasks, whose `HubStream`s then close.
             let mut tasks = tokio::task::JoinSet::new();
-            for (hub_index, (url, client)) in hubs.into_iter().enumerate() {
-                for key in &keys {
-                    let (client, key, instance, url, updates) =
-                        (client.clone(), key.clone(), instance.clone(), url.clone(), updates_tx.clone());
+            for (hub_index, (url, endpoint)) in hubs.into_iter().enumerate() {
+                // The keys' streams spread over connections of `per_connection` streams each,
+                // so a server's cap on one connection's streams never leaves a key waiting
+                // for a slot that a never-ending stream holds. The connections close with
+                // the tasks' last clients.
+                let mut client = None;
+                for (index, key) in keys.iter().enumerate() {
+                    if index % per_connection == 0 {
+                        client = Some(ReactiveLockGrpcClient::with_interceptor(
+                            endpoint.connect_lazy(),
+                            AddToken(token.clone()),
+                        ));
+                    }
+                    let Some(client) = client.clone() else { continue };
+                    let (key, instance, url, updates) =
+                        (key.clone(), instance.clone(), url.clone(), updates_tx.clone());
                     tasks.spawn(async move {
                         let mut delay = Duration::from_millis(50);
                         loop {
-                            match open_stream(client.clone(), key.clone(), instance.clone()).await {
-                                Ok(mut stream) => {
+                            // Opening is bounded up to the first message: a hub that accepts
+                            // the connection but never answers is retried, not waited on.
+                            let opened = tokio::time::timeout(open_timeout, async {
+                                let mut stream = open_stream(client.clone(), key.clone(), instance.clone()).await?;
+                                let first = stream.messages.message().await?;
+                                Ok::<_, tonic::Status>((stream, first))
+                            })
+                            .await
+                            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(format!("no first message within {open_timeout:?}"))));
+                            match opened {
+                                Ok((mut stream, Some(first))) => {
+                                    // Only a stream that delivered its first message resets
+                                    // the backoff: one that opens and then fails (a key the
+                                    // hub cannot send) must not be retried in a tight loop.
                                     delay = Duration::from_millis(50);
-                                    while let Ok(Some(n)) = stream.messages.message().await {
+                                    let mut next = Some(first);
+                                    while let Some(n) = next {
                                         if updates.send((hub_index, key.clone(), Some(n))).is_err() {
                                             return;
                                         }
+                                        next = match stream.messages.message().await {
+                                            Ok(n) => n,
+                                            Err(status) => {
+                                                tracing::warn!(hub = %url, key, %status, "reactive-lock: hub stream failed; reconnecting");
+                                                None
+                                            }
+                                        };
                                     }
                                     tracing::warn!(hub = %url, key, "reactive-lock: hub stream ended; reconnecting");
+                                }
+                                Ok((_, None)) => {
+                                    tracing::warn!(hub = %url, key, "reactive-lock: hub stream ended before its first message; reconnecting");
                                 }
                                 Err(status) => {
                                     tracing::debug!(hub = %url, key, %status, "reactive-lock: hub unreachable");
@@ -782,6 +1131,16 @@ impl Backend for GrpcBackend {
                     continue;
                 }
                 connected = any_up;
+                if per_hub.iter().all(Option::is_none) {
+                    // No hub serves this key while others still work: this key alone is
+                    // Unknown, and its next snapshot (after a reconnect) goes through.
+                    if last_sent.remove(&key).is_some()
+                        && tx.send(BackendEvent::KeyDisconnected(key.clone())).await.is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 if per_hub.iter().any(Option::is_some) {
                     let snapshot = merge(&key, per_hub);
                     let mut others: Vec<Entry> = snapshot

@@ -6,7 +6,17 @@
 //! * busy entries expire on the hub's clock: at the earliest `validUntil` the hub marks them
 //!   idle and broadcasts, so subscribers unblock with no new message;
 //! * a new subscriber gets the current state at once; a subscriber that stops reading is
-//!   dropped (bounded buffer) without disturbing the others;
+//!   dropped (bounded buffer) without disturbing the others, its stream ended with
+//!   `RESOURCE_EXHAUSTED` (an error, so a .NET client, which resubscribes only after an
+//!   error, resubscribes and reads the current state);
+//! * a key's full state stays sendable: a status that would make the key's notification
+//!   larger than [`HubLimits::max_notification_size`] is refused with `RESOURCE_EXHAUSTED`;
+//! * on shutdown ([`Hub::serve`]'s `shutdown` future, or [`Hub::end_subscriptions`] for an
+//!   embedded hub) every subscription ends with `UNAVAILABLE`, so clients move to another
+//!   hub and the server's graceful shutdown does not wait for streams that never end;
+//! * HTTP/2 keep-alive pings find dead or hung clients, whose subscriptions are then
+//!   dropped; a subscription that never sends its first message is ended after
+//!   [`HubLimits::first_message_timeout`] (`DEADLINE_EXCEEDED`);
 //! * a subscription opened with the [`SKIP_OWN_HEADER`](super::SKIP_OWN_HEADER) metadata
 //!   is not sent the changes its own instance made (reactive-lock clients ask for this:
 //!   they know their own status; .NET clients do not send it and get every change);
@@ -31,7 +41,19 @@ use super::proto::reactive_lock_grpc_server::{ReactiveLockGrpc, ReactiveLockGrpc
 use super::proto::{InstanceLockStatus, LockStatusNotification, LockStatusRequest};
 use super::{system_time, timestamp};
 
-/// Limits of a [`Hub`].
+/// Limits and timeouts of a [`Hub`].
+///
+/// # The size of a key
+///
+/// Every change of a key sends its subscribers the key's full state: one
+/// `LockStatusNotification` holding an entry per instance. An entry costs its instance
+/// name, its lock data and about 30 bytes of framing (map entry, flag, `validUntil`
+/// timestamp, `StringValue` wrapper). The hub keeps that notification within
+/// `max_notification_size` (1 MiB by default, the usual gRPC message limit of receivers,
+/// .NET's included) by refusing the status that would push it over. With the defaults that
+/// admits 1,000 instances (`max_instances_per_key`) of up to ~1 KiB of lock data each, or
+/// about 63 instances that all carry the full 16 KiB (`max_lock_data_len`):
+/// 63 × (16,384 + ~40) ≈ 1,035,000 bytes < 1,048,576.
 ///
 /// # Examples
 ///
@@ -53,6 +75,18 @@ pub struct HubLimits {
     /// Notifications buffered per subscriber before it counts as stalled and is dropped
     /// (default 64).
     pub subscriber_buffer: usize,
+    /// Largest encoded notification of one key (its full state), bytes (default 1 MiB);
+    /// see [the size of a key](HubLimits#the-size-of-a-key). Also the hub's encoding limit.
+    pub max_notification_size: usize,
+    /// How long a subscription may take to send its first message (key and instance)
+    /// before the hub ends it with `DEADLINE_EXCEEDED` (default 10 s).
+    pub first_message_timeout: Duration,
+    /// Interval of the HTTP/2 keep-alive pings the hub sends each client connection
+    /// (default 10 s; [`serve`](Hub::serve) only).
+    pub keep_alive_interval: Duration,
+    /// How long a ping may go unanswered before the hub closes the connection and drops its
+    /// subscriptions (default 20 s; [`serve`](Hub::serve) only).
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for HubLimits {
@@ -63,11 +97,15 @@ impl Default for HubLimits {
             max_instances_per_key: 1_000,
             max_lock_data_len: 16 * 1024,
             subscriber_buffer: 64,
+            max_notification_size: 1024 * 1024,
+            first_message_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
 
-type Notifications = mpsc::Sender<Result<LockStatusNotification, Status>>;
+type Notifications = mpsc::Sender<LockStatusNotification>;
 
 struct KeyState {
     entries: HashMap<String, InstanceLockStatus>,
@@ -80,12 +118,61 @@ struct Subscriber {
     /// The instance that subscribed, when it asked not to be sent its own changes.
     skip_own: Option<String>,
     tx: Notifications,
+    /// Ends the stream with this status ahead of anything still buffered.
+    end: tokio::sync::oneshot::Sender<Status>,
+}
+
+impl Subscriber {
+    fn end(self, status: Status) {
+        let _ = self.end.send(status);
+    }
+}
+
+/// A subscription's response stream: the buffered notifications, unless the hub ended it
+/// with an error status first (stalled subscriber, shutdown).
+struct SubscriptionStream {
+    notifications: mpsc::Receiver<LockStatusNotification>,
+    end: Option<tokio::sync::oneshot::Receiver<Status>>,
+    done: bool,
+    /// Keeps the task reading the request half alive; dropped when the response ends.
+    reading: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Stream for SubscriptionStream {
+    type Item = Result<LockStatusNotification, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(end) = &mut this.end {
+            match Pin::new(end).poll(cx) {
+                Poll::Ready(Ok(status)) => {
+                    this.done = true;
+                    this.reading = None;
+                    this.notifications.close();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                // Dropped without a status: the subscriber went away; nothing to end.
+                Poll::Ready(Err(_)) => this.end = None,
+                Poll::Pending => {}
+            }
+        }
+        this.notifications.poll_recv(cx).map(|n| n.map(Ok))
+    }
 }
 
 struct HubInner {
     keys: Mutex<HashMap<String, KeyState>>,
     limits: HubLimits,
     next_subscriber: std::sync::atomic::AtomicU64,
+    /// Set by [`Hub::end_subscriptions`]: new subscriptions are refused.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// The hub's state and service. Cheap to clone.
@@ -130,6 +217,7 @@ impl Hub {
                 keys: Mutex::new(HashMap::new()),
                 limits,
                 next_subscriber: std::sync::atomic::AtomicU64::new(0),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -158,11 +246,38 @@ impl Hub {
     pub fn service(&self) -> ReactiveLockGrpcServer<Hub> {
         ReactiveLockGrpcServer::new(self.clone())
             .max_decoding_message_size(self.inner.limits.max_message_size)
-            .max_encoding_message_size(self.inner.limits.max_message_size.max(1024 * 1024))
+            .max_encoding_message_size(self.inner.limits.max_notification_size)
     }
 
-    /// Serves on `addr` until `shutdown` resolves: TCP_NODELAY on, optional TLS
-    /// (`tls` = PEM certificate chain and key) and bearer `token`.
+    /// Ends every subscription with `UNAVAILABLE` and refuses new ones, so clients move to
+    /// another hub. [`serve`](Self::serve) calls it when its `shutdown` future resolves; a
+    /// hub embedded in an application's own tonic server calls it before that server's
+    /// graceful shutdown, which otherwise waits for subscription streams that never end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = reactive_lock_backends::grpc::server::Hub::default();
+    /// hub.end_subscriptions();
+    /// assert_eq!(hub.subscriber_count("payments"), 0);
+    /// ```
+    pub fn end_subscriptions(&self) {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut keys = self.inner.keys.lock();
+        for state in keys.values_mut() {
+            for subscriber in state.subscribers.drain(..) {
+                subscriber.end(Status::unavailable("the hub is shutting down"));
+            }
+        }
+    }
+
+    /// Serves on `addr` until `shutdown` resolves: TCP_NODELAY on, HTTP/2 keep-alive
+    /// ([`HubLimits::keep_alive_interval`]), optional TLS (`tls` = PEM certificate chain and
+    /// key) and bearer `token`. On `shutdown` it ends every subscription with `UNAVAILABLE`
+    /// ([`end_subscriptions`](Self::end_subscriptions)), lets calls in flight finish and
+    /// returns.
     ///
     /// # Errors
     ///
@@ -190,7 +305,11 @@ impl Hub {
         token: Option<String>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let limits = self.inner.limits;
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(limits.keep_alive_interval))
+            .http2_keepalive_timeout(Some(limits.keep_alive_timeout));
         if let Some((cert, key)) = tls {
             let identity = tonic::transport::Identity::from_pem(cert, key);
             builder =
@@ -207,6 +326,12 @@ impl Hub {
         });
         let check = super::TokenCheck::new(token);
         let service = tonic::service::interceptor::InterceptedService::new(self.service(), check);
+        let hub = self.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Graceful shutdown waits for every open stream; subscriptions end only here.
+            hub.end_subscriptions();
+        };
         builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -260,7 +385,8 @@ impl Hub {
             }
         }
         let source = request.instance_id.clone();
-        state.entries.insert(
+        let size_before = notification_len(&request.lock_key, &state.entries);
+        let previous = state.entries.insert(
             request.instance_id,
             InstanceLockStatus {
                 is_busy: request.is_busy,
@@ -269,6 +395,20 @@ impl Hub {
                 valid_until: request.valid_until,
             },
         );
+        let size = notification_len(&request.lock_key, &state.entries);
+        // A status that shrinks the key is always taken, so an over-full key (a lowered
+        // limit) can drain.
+        if size > limits.max_notification_size && size > size_before {
+            match previous {
+                Some(previous) => state.entries.insert(source, previous),
+                None => state.entries.remove(&source),
+            };
+            return Err(Status::resource_exhausted(format!(
+                "key `{}` would hold {size} bytes of statuses, over the hub's \
+                 max_notification_size ({}): less lock data, or fewer instances per key",
+                request.lock_key, limits.max_notification_size
+            )));
+        }
         self.changed(&request.lock_key, state, Some(&source));
         Ok(())
     }
@@ -291,23 +431,31 @@ impl Hub {
             lock_key: key.into(),
             instances_status: state.entries.clone(),
         };
-        state.subscribers.retain(|subscriber| {
+        let limits = self.inner.limits;
+        for subscriber in std::mem::take(&mut state.subscribers) {
             if source.is_some() && subscriber.skip_own.as_deref() == source {
-                return !subscriber.tx.is_closed();
+                if !subscriber.tx.is_closed() {
+                    state.subscribers.push(subscriber);
+                }
+                continue;
             }
-            match subscriber.tx.try_send(Ok(notification.clone())) {
-                Ok(()) => true,
+            match subscriber.tx.try_send(notification.clone()) {
+                Ok(()) => state.subscribers.push(subscriber),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(
                         key,
                         subscriber = subscriber.id,
                         "reactive-lock hub: subscriber stalled; dropped"
                     );
-                    false
+                    subscriber.end(Status::resource_exhausted(format!(
+                        "subscriber stalled: more than subscriber_buffer ({}) notifications \
+                         of key `{key}` unread; resubscribe to read the current state",
+                        limits.subscriber_buffer
+                    )));
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-        });
+        }
         if let Some(task) = state.expiry.take() {
             task.abort();
         }
@@ -326,13 +474,14 @@ impl Hub {
         }
     }
 
-    fn subscribe(
-        &self,
-        key: &str,
-        skip_own: Option<String>,
-    ) -> Result<mpsc::Receiver<Result<LockStatusNotification, Status>>, Status> {
+    fn subscribe(&self, key: &str, skip_own: Option<String>) -> Result<SubscriptionStream, Status> {
         let limits = self.inner.limits;
         let mut keys = self.inner.keys.lock();
+        // Checked under the keys lock that `end_subscriptions` takes: a subscription is
+        // either refused here or ended there, never missed.
+        if self.inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Status::unavailable("the hub is shutting down"));
+        }
         if !keys.contains_key(key) && keys.len() >= limits.max_keys {
             return Err(Status::resource_exhausted(format!(
                 "the hub holds max_keys ({}) keys",
@@ -355,14 +504,43 @@ impl Hub {
             instances_status: state.entries.clone(),
         };
         // Capacity ≥ 1 and the channel is new: the current state always fits.
-        let _ = tx.try_send(Ok(current));
+        let _ = tx.try_send(current);
         let id = self
             .inner
             .next_subscriber
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        state.subscribers.push(Subscriber { id, skip_own, tx });
-        Ok(rx)
+        let (end, ended) = tokio::sync::oneshot::channel();
+        state.subscribers.push(Subscriber {
+            id,
+            skip_own,
+            tx,
+            end,
+        });
+        Ok(SubscriptionStream {
+            notifications: rx,
+            end: Some(ended),
+            done: false,
+            reading: None,
+        })
     }
+}
+
+/// The encoded length of `key`'s notification holding `entries` (what `prost` would
+/// encode), computed without building the message.
+fn notification_len(key: &str, entries: &HashMap<String, InstanceLockStatus>) -> usize {
+    use prost::encoding::{encoded_len_varint, hash_map, key_len, message, string};
+    let key_field = if key.is_empty() {
+        0
+    } else {
+        key_len(1) + encoded_len_varint(key.len() as u64) + key.len()
+    };
+    key_field
+        + hash_map::encoded_len(
+            string::encoded_len,
+            message::encoded_len::<InstanceLockStatus>,
+            2,
+            entries,
+        )
 }
 
 /// Every request must name its key and instance.
@@ -397,23 +575,42 @@ impl ReactiveLockGrpc for Hub {
     ) -> Result<Response<NotificationStream>, Status> {
         let skip_own = request.metadata().contains_key(super::SKIP_OWN_HEADER);
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument("the first message must name the key and the instance")
-        })?;
+        let timeout = self.inner.limits.first_message_timeout;
+        // Bounded: a client that never names its key would otherwise hold this task (and
+        // its connection's stream slot) forever.
+        let first = tokio::time::timeout(timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no first message within the hub's first_message_timeout ({timeout:?})"
+                ))
+            })??
+            .ok_or_else(|| {
+                Status::invalid_argument("the first message must name the key and the instance")
+            })?;
         require_names(&first)?;
         let key = first.lock_key.clone();
-        let rx = self.subscribe(&key, skip_own.then(|| first.instance_id.clone()))?;
-        // Later messages on the stream are status updates for this key.
+        let mut stream = self.subscribe(&key, skip_own.then(|| first.instance_id.clone()))?;
+        // Later messages on the stream are status updates for this key. The reader ends
+        // with the response: a request half still read would keep the h2 stream, and so
+        // the connection and a graceful shutdown, open after the response ended.
+        let (reading, response_gone) = tokio::sync::oneshot::channel::<()>();
+        stream.reading = Some(reading);
         let hub = self.clone();
         tokio::spawn(async move {
-            while let Ok(Some(mut update)) = inbound.message().await {
-                update.lock_key = key.clone();
-                if let Err(status) = hub.set(update) {
-                    tracing::warn!(key, %status, "reactive-lock hub: rejected a streamed status");
+            let updates = async {
+                while let Ok(Some(mut update)) = inbound.message().await {
+                    update.lock_key = key.clone();
+                    if let Err(status) = hub.set(update) {
+                        tracing::warn!(key, %status, "reactive-lock hub: rejected a streamed status");
+                    }
                 }
+            };
+            tokio::select! {
+                () = updates => {}
+                _ = response_gone => {}
             }
         });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item);
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -421,4 +618,44 @@ impl ReactiveLockGrpc for Hub {
 /// The timestamp `d` from now (for tests and tools).
 pub fn valid_for(d: Duration) -> prost_types::Timestamp {
     timestamp(SystemTime::now() + d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn notification_len_is_the_encoded_length() {
+        let mut entries = HashMap::new();
+        assert_eq!(
+            notification_len("k", &entries),
+            LockStatusNotification {
+                lock_key: "k".into(),
+                instances_status: entries.clone(),
+            }
+            .encoded_len()
+        );
+        for (i, data) in [None, Some(String::new()), Some("x".repeat(300))]
+            .into_iter()
+            .enumerate()
+        {
+            entries.insert(
+                format!("instance-{i}"),
+                InstanceLockStatus {
+                    is_busy: i % 2 == 0,
+                    lock_data: data,
+                    valid_until: Some(valid_for(Duration::from_secs(10))),
+                },
+            );
+            let notification = LockStatusNotification {
+                lock_key: "payments".into(),
+                instances_status: entries.clone(),
+            };
+            assert_eq!(
+                notification_len("payments", &entries),
+                notification.encoded_len()
+            );
+        }
+    }
 }
