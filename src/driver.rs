@@ -703,16 +703,11 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
 
     // Roles held past their lease by callers' futures that stopped being polled.
     let now = Instant::now();
-    let mut held = Vec::new();
-    st.leases.retain(|&(due, i, token)| {
-        if due <= now {
-            held.push((i, token));
-            false
-        } else {
-            true
-        }
-    });
-    for (i, token) in held {
+    let due: Vec<_> = st
+        .leases
+        .extract_if(.., |(due, _, _)| *due <= now)
+        .collect();
+    for (_, i, token) in due {
         let tracker = &shared.trackers[i];
         if tracker.role_token() == Some(token) {
             tracing::debug!(

@@ -150,6 +150,16 @@ fn a_read_through_never_forgets_an_instance_that_turned_busy_meanwhile() {
     });
 }
 
+/// `CONFIG SET name value` on the test's own connection to the server.
+fn config_set(raw: &mut redis::Connection, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(raw)
+        .unwrap_or_else(|e| panic!("CONFIG SET {name} {value}: {e}"));
+}
+
 fn padded(seq: u64) -> String {
     format!("{seq:020}")
 }
@@ -368,20 +378,10 @@ fn one_refused_renewal_does_not_release_the_others() {
         }
         let round = Instant::now();
         sleep(renewal - Duration::from_millis(150)).await;
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg("1")
-            .query(&mut raw)
-            .unwrap();
+        config_set(&mut raw, "maxmemory", "1");
         let refusing = Instant::now();
         sleep(Duration::from_millis(450)).await;
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg("0")
-            .query(&mut raw)
-            .unwrap();
+        config_set(&mut raw, "maxmemory", "0");
         assert!(
             round.elapsed() > renewal && refusing.elapsed() >= Duration::from_millis(450),
             "the refusal covered the renewal round"
@@ -421,12 +421,7 @@ fn a_dead_command_connection_is_replaced_before_any_error_reaches_a_caller() {
         }
         // The server's idle timeout closes the command connection too.
         let mut raw = server.client();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("timeout")
-            .arg("1")
-            .query(&mut raw)
-            .unwrap();
+        config_set(&mut raw, "timeout", "1");
         sleep(Duration::from_millis(2500)).await;
         state
             .refresh()
@@ -501,28 +496,13 @@ fn temporary_server_states_are_unavailable_not_rejected() {
         publish().await.unwrap();
 
         // OOM: out of memory under `noeviction`.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg("1")
-            .query(&mut raw)
-            .unwrap();
+        config_set(&mut raw, "maxmemory", "1");
         let error = publish().await.expect_err("OOM refuses the write");
         assert_eq!(error.kind(), BackendErrorKind::Unavailable, "OOM: {error}");
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg("0")
-            .query(&mut raw)
-            .unwrap();
+        config_set(&mut raw, "maxmemory", "0");
 
         // BUSY: a script runs past the busy threshold.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("busy-reply-threshold")
-            .arg("10")
-            .query(&mut raw)
-            .unwrap();
+        config_set(&mut raw, "busy-reply-threshold", "10");
         let mut spinner = server.client();
         let spin = std::thread::spawn(move || {
             let _: redis::RedisResult<()> = redis::cmd("EVAL")
