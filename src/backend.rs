@@ -420,8 +420,8 @@ pub trait Backend: Send + Sync + 'static {
     /// thread of its own.
     /// [`build_with_driver`](crate::ReactiveLockBuilder::build_with_driver) never calls it.
     ///
-    /// The driver runs the trackers' `on_blocked`/`on_unblocked` handlers, so on a backend
-    /// that takes it, a handler that blocks holds up that executor.
+    /// The driver runs no user code: handlers of the changes it applies run on the
+    /// registry's handler thread.
     ///
     /// # Examples
     ///
@@ -468,6 +468,24 @@ pub trait Backend: Send + Sync + 'static {
     fn bind_publisher(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>> {
         let _ = (key, instance);
         None
+    }
+
+    /// Whether the calling thread runs this backend's I/O (its connections' tasks), where a
+    /// thread parked by a blocking wait would stall the I/O that is to end the wait. The
+    /// blocking waits ([`TrackerState::wait_if_blocked_blocking`]) refuse to park such a
+    /// thread, with a panic that says so, rather than deadlock. The default: no thread does.
+    ///
+    /// [`TrackerState::wait_if_blocked_blocking`]: crate::TrackerState::wait_if_blocked_blocking
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use reactive_lock::{Backend, LocalBackend};
+    /// assert!(!LocalBackend::new().runs_io_on_this_thread());
+    /// ```
+    #[cfg(feature = "std")]
+    fn runs_io_on_this_thread(&self) -> bool {
+        false
     }
 }
 
@@ -517,6 +535,8 @@ pub(crate) trait DynBackend: Send + Sync + 'static {
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>>;
     #[cfg(feature = "std")]
     fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver>;
+    #[cfg(feature = "std")]
+    fn runs_io_on_this_thread_dyn(&self) -> bool;
     fn bind_publisher_dyn(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>>;
     fn subscribe_dyn<'a>(
         &'a self,
@@ -551,6 +571,11 @@ impl<B: Backend> DynBackend for B {
     #[cfg(feature = "std")]
     fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver> {
         self.spawn_driver(driver)
+    }
+
+    #[cfg(feature = "std")]
+    fn runs_io_on_this_thread_dyn(&self) -> bool {
+        self.runs_io_on_this_thread()
     }
 
     fn bind_publisher_dyn(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>> {

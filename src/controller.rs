@@ -38,12 +38,26 @@ use crate::sync::{AtomicU64, Ordering, Signal};
 // i-th idle one has epoch 2i + 1, the idle one 2i + 2 (odd = busy). Two racing transitions
 // get distinct, ordered epochs from the order of their read-modify-writes on this one word,
 // and the slow path drops whichever arrives late. IDLES wraps at 2^31, the epochs at 2^32
-// (compared with wrapping arithmetic). COUNT holds up to u32::MAX in-flight operations.
+// (compared with wrapping arithmetic). COUNT holds up to u32::MAX; an increment is refused
+// from MAX_IN_FLIGHT on (undone, see `add_one`), which leaves 2^31 increments of headroom
+// for racing ones to land and be undone without the field ever wrapping.
 const LATCH: u64 = 1;
 const IDLES_SHIFT: u32 = 1;
 const IDLES_MASK: u64 = 0xFFFF_FFFE;
 const COUNT_SHIFT: u32 = 32;
 const COUNT_ONE: u64 = 1 << COUNT_SHIFT;
+
+/// The most operations a controller counts in flight at once; an increment beyond it is
+/// refused ([`Error::CountOverflow`] from [`TrackerController::increment`], a panic from
+/// [`TrackerController::enter`]) and leaves the count as it was. Also the largest busy
+/// threshold.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(reactive_lock::MAX_IN_FLIGHT, (1 << 31) - 1);
+/// ```
+pub const MAX_IN_FLIGHT: usize = (1 << 31) - 1;
 
 const fn count_of(word: u64) -> u64 {
     word >> COUNT_SHIFT
@@ -276,8 +290,16 @@ pub(crate) struct TrackerShared {
 /// Outcome of a count change.
 enum Change {
     None,
-    Transition { epoch: u32, busy: bool },
+    Transition {
+        epoch: u32,
+        busy: bool,
+    },
+    /// The increment went past [`MAX_IN_FLIGHT`] and must be undone.
+    Overflow,
 }
+
+/// An increment refused at [`MAX_IN_FLIGHT`] (the count is back where it was).
+pub(crate) struct Overflow;
 
 impl TrackerShared {
     pub(crate) fn new(
@@ -322,10 +344,9 @@ impl TrackerShared {
         // One RMW, transition or not: the increment that takes an idle tracker to the
         // threshold is the busy transition (see the layout above).
         let prev = self.word.fetch_add(COUNT_ONE, Ordering::AcqRel);
-        debug_assert!(
-            count_of(prev) < u64::from(u32::MAX),
-            "in-flight count overflow"
-        );
+        if count_of(prev) >= MAX_IN_FLIGHT as u64 {
+            return Change::Overflow;
+        }
         if prev & LATCH != 0 || count_of(prev) + 1 != self.threshold {
             return Change::None;
         }
@@ -642,19 +663,42 @@ impl TrackerShared {
     /// count += 1, and the transition it made, done as far as possible without waiting;
     /// returns the epoch still to be acknowledged.
     #[inline]
-    fn increment_sync(&self, data: Option<&str>) -> Option<u32> {
+    fn increment_sync(&self, data: Option<&str>) -> core::result::Result<Option<u32>, Overflow> {
         match self.add_one() {
-            Change::None => None,
-            Change::Transition { epoch, busy } => self.transition(epoch, busy, data),
+            Change::None => Ok(None),
+            Change::Transition { epoch, busy } => Ok(self.transition(epoch, busy, data)),
+            Change::Overflow => {
+                self.undo_overflow();
+                Err(Overflow)
+            }
         }
+    }
+
+    /// Takes back an increment refused at [`MAX_IN_FLIGHT`]. It made no transition (the
+    /// count was at or above the threshold), but decrements racing with it may have taken
+    /// the count down since: undone as a decrement, it keeps the hysteresis and publishes
+    /// the idle transition should it be the one to reach zero.
+    #[cold]
+    fn undo_overflow(&self) {
+        let pending = self.decrement_sync(1);
+        self.publish_detached(pending);
     }
 
     /// count -= n (saturating), likewise.
     #[inline]
     fn decrement_sync(&self, n: usize) -> Option<u32> {
         match self.sub(n) {
-            Change::None => None,
+            Change::None | Change::Overflow => None,
             Change::Transition { epoch, busy } => self.transition(epoch, busy, None),
+        }
+    }
+
+    /// A guard's increment: what is left to publish goes to the driver.
+    #[inline]
+    fn enter_sync(&self, data: Option<&str>) {
+        match self.increment_sync(data) {
+            Ok(pending) => self.publish_detached(pending),
+            Err(Overflow) => overflow_panic(&self.key),
         }
     }
 
@@ -753,7 +797,7 @@ impl TrackerController {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] if `busy_threshold` is 0 or above `u32::MAX`.
+    /// [`Error::InvalidConfig`] if `busy_threshold` is 0 or above [`MAX_IN_FLIGHT`].
     ///
     /// # Examples
     ///
@@ -773,7 +817,7 @@ impl TrackerController {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] if `busy_threshold` is 0 or above `u32::MAX`.
+    /// [`Error::InvalidConfig`] if `busy_threshold` is 0 or above [`MAX_IN_FLIGHT`].
     ///
     /// # Examples
     ///
@@ -814,7 +858,8 @@ impl TrackerController {
     ///
     /// The `Ack` fails with [`Error::Backend`] if publishing the transition failed (the
     /// count stays; the driver keeps retrying in the background) or [`Error::Shutdown`]
-    /// after the registry was shut down.
+    /// after the registry was shut down; with [`Error::CountOverflow`] if
+    /// [`MAX_IN_FLIGHT`] operations are in flight already (the count is left as it was).
     ///
     /// # Cancel safety
     ///
@@ -833,7 +878,10 @@ impl TrackerController {
     /// ```
     #[inline]
     pub fn increment(&self, lock_data: Option<&str>) -> Ack {
-        Ack::for_epoch(&self.shared, self.shared.increment_sync(lock_data))
+        match self.shared.increment_sync(lock_data) {
+            Ok(epoch) => Ack::for_epoch(&self.shared, epoch),
+            Err(Overflow) => Ack::overflow(&self.shared),
+        }
     }
 
     /// Removes `n` units of in-flight work, saturating at zero (`decrement(0)` does
@@ -872,6 +920,12 @@ impl TrackerController {
     /// needs no I/O (an in-process store), else by the background driver (a guard cannot
     /// await).
     ///
+    /// # Panics
+    ///
+    /// If [`MAX_IN_FLIGHT`] operations are in flight already (a guard cannot carry an
+    /// error); the count is left as it was. [`increment`](Self::increment) reports it as
+    /// [`Error::CountOverflow`] instead.
+    ///
     /// # Examples
     ///
     /// ```
@@ -885,8 +939,7 @@ impl TrackerController {
     /// ```
     #[inline]
     pub fn enter(&self, lock_data: Option<&str>) -> TrackerGuard<'_> {
-        self.shared
-            .publish_detached(self.shared.increment_sync(lock_data));
+        self.shared.enter_sync(lock_data);
         TrackerGuard {
             shared: &self.shared,
         }
@@ -894,6 +947,10 @@ impl TrackerController {
 
     /// Like [`enter`](Self::enter), but the guard owns a handle to the controller, so it is
     /// `'static` and can move into spawned tasks (one more atomic operation per enter/drop).
+    ///
+    /// # Panics
+    ///
+    /// As [`enter`](Self::enter), at [`MAX_IN_FLIGHT`].
     ///
     /// # Examples
     ///
@@ -905,8 +962,7 @@ impl TrackerController {
     /// # Ok::<(), reactive_lock::Error>(())
     /// ```
     pub fn enter_owned(&self, lock_data: Option<&str>) -> OwnedTrackerGuard {
-        self.shared
-            .publish_detached(self.shared.increment_sync(lock_data));
+        self.shared.enter_sync(lock_data);
         OwnedTrackerGuard {
             shared: self.shared.clone(),
         }
@@ -978,11 +1034,20 @@ impl TrackerController {
     }
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn overflow_panic(key: &str) -> ! {
+    panic!(
+        "reactive-lock: key `{key}`: a guard would take the in-flight count past MAX_IN_FLIGHT ({MAX_IN_FLIGHT}); the count is unchanged"
+    )
+}
+
 pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
-    if threshold == 0 || threshold as u64 > u64::from(u32::MAX) {
+    if threshold == 0 || threshold > MAX_IN_FLIGHT {
         return Err(Error::InvalidConfig {
             field: field.into(),
-            reason: alloc::format!("must be between 1 and {}, got {threshold}", u32::MAX),
+            reason: alloc::format!("must be between 1 and {MAX_IN_FLIGHT}, got {threshold}"),
         });
     }
     Ok(())
@@ -1048,6 +1113,18 @@ impl Ack {
                 tracker: None,
             },
             Some(epoch) => Ack::awaiting(shared, epoch),
+        }
+    }
+
+    /// An increment refused at [`MAX_IN_FLIGHT`].
+    #[cold]
+    fn overflow(shared: &TrackerShared) -> Ack {
+        let error = Error::CountOverflow {
+            key: String::from(shared.key()),
+        };
+        Ack {
+            pending: Some(Box::pin(async move { Err(error) })),
+            tracker: None,
         }
     }
 
@@ -1168,6 +1245,71 @@ impl Drop for OwnedTrackerGuard {
 mod tests {
     use super::*;
     use futures_lite::future::block_on;
+
+    /// A busy standalone controller whose count jumps to `count` (as ~2^31 increments
+    /// would take it, one at a time).
+    fn busy_at(count: u64) -> TrackerController {
+        let ctrl = TrackerController::new(1).unwrap();
+        block_on(ctrl.increment(Some("d"))).unwrap();
+        ctrl.shared
+            .word
+            .fetch_add((count - 1) << COUNT_SHIFT, Ordering::AcqRel);
+        assert_eq!(ctrl.count() as u64, count);
+        ctrl
+    }
+
+    #[test]
+    fn an_increment_past_the_limit_is_refused_and_changes_nothing() {
+        let ctrl = busy_at(MAX_IN_FLIGHT as u64 - 1);
+        block_on(async {
+            ctrl.increment(None).await.unwrap();
+            assert_eq!(ctrl.count(), MAX_IN_FLIGHT);
+            assert!(matches!(
+                ctrl.increment(None).await,
+                Err(Error::CountOverflow { .. })
+            ));
+            assert_eq!(
+                ctrl.count(),
+                MAX_IN_FLIGHT,
+                "the refused increment left no trace"
+            );
+            let entered = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+                core::mem::forget(ctrl.enter(None));
+            }));
+            assert!(
+                entered.is_err(),
+                "a guard cannot carry the error: it panics"
+            );
+            assert_eq!(ctrl.count(), MAX_IN_FLIGHT);
+            assert!(ctrl.state().is_blocked());
+            ctrl.decrement(usize::MAX).await.unwrap();
+            assert_eq!(ctrl.count(), 0);
+            assert!(!ctrl.state().is_blocked(), "back to idle: the key is free");
+        });
+    }
+
+    #[test]
+    fn a_refused_increment_racing_decrements_to_zero_still_ends_idle() {
+        // The undo is a decrement: if others took the count down meanwhile, the one that
+        // reaches zero publishes idle, whichever it is.
+        let ctrl = busy_at(MAX_IN_FLIGHT as u64);
+        block_on(async {
+            assert!(ctrl.increment(None).await.is_err());
+            ctrl.decrement(MAX_IN_FLIGHT - 1).await.unwrap();
+            assert!(ctrl.state().is_blocked(), "one left in flight");
+            ctrl.decrement(1).await.unwrap();
+            assert!(!ctrl.state().is_blocked());
+        });
+    }
+
+    #[test]
+    fn busy_threshold_is_bounded_by_the_count_limit() {
+        assert!(TrackerController::new(MAX_IN_FLIGHT).is_ok());
+        assert!(matches!(
+            TrackerController::new(MAX_IN_FLIGHT + 1),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
 
     #[test]
     fn threshold_and_hysteresis() {

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub disconnects: u64,
     /// Completed recoveries (re-read + re-publish after a reconnect or resubscribe).
     pub resyncs: u64,
+    /// `on_blocked` / `on_unblocked` handler calls that panicked (caught and logged; see
+    /// [`TrackerState::on_blocked`](crate::TrackerState::on_blocked)).
+    pub handler_panics: u64,
 }
 
 #[derive(Default)]
@@ -223,6 +226,31 @@ impl DriverShared {
             updates_applied: get(&c.updates_applied),
             disconnects: get(&c.disconnects),
             resyncs: get(&c.resyncs),
+            handler_panics: self
+                .trackers
+                .iter()
+                .map(|t| t.state().handler_panics())
+                .sum(),
+        }
+    }
+
+    /// Marks every state driven or not (Unknown while not).
+    pub(crate) fn set_driven(&self, driven: bool) {
+        for tracker in &self.trackers {
+            tracker.state().set_driven(driven);
+        }
+    }
+
+    /// The driver has ended (or will never run): every state turns Unknown for good.
+    fn end(&self) {
+        if !self.stopping() {
+            tracing::error!(
+                "reactive-lock: the driver ended before shutdown (its task or thread was dropped); \
+                 no other instance's change is heard and nothing renews: every key is Unknown"
+            );
+        }
+        for tracker in &self.trackers {
+            tracker.state().end();
         }
     }
 
@@ -485,6 +513,17 @@ enum Woke {
 #[must_use = "the driver does nothing unless polled: spawn it"]
 pub struct Driver {
     future: Pin<Box<dyn core::future::Future<Output = ()> + Send + 'static>>,
+    shared: Arc<DriverShared>,
+}
+
+/// A driver dropped before its first poll will never run: its states say so (once it has
+/// run, the end of its future says it).
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.shared.running.load(Ordering::SeqCst) {
+            self.shared.end();
+        }
+    }
 }
 
 impl core::fmt::Debug for Driver {
@@ -496,7 +535,8 @@ impl core::fmt::Debug for Driver {
 impl Driver {
     pub(crate) fn new(shared: Arc<DriverShared>, events: EventStream) -> Self {
         Driver {
-            future: Box::pin(run(shared, events)),
+            future: Box::pin(run(shared.clone(), events)),
+            shared,
         }
     }
 }
@@ -513,6 +553,7 @@ struct DoneOnDrop(Arc<DriverShared>);
 
 impl Drop for DoneOnDrop {
     fn drop(&mut self) {
+        self.0.end();
         self.0.done.store(true, Ordering::SeqCst);
         self.0.done_event.notify(usize::MAX);
     }
@@ -530,6 +571,7 @@ fn new_backoff() -> backon::ExponentialBackoff {
 async fn run(shared: Arc<DriverShared>, events: EventStream) {
     shared.running.store(true, Ordering::SeqCst);
     let _done = DoneOnDrop(shared.clone());
+    shared.set_driven(true);
     let mut st = Loop {
         events: Some(events),
         resync_since: None,

@@ -60,6 +60,28 @@ pub enum Error {
         /// The tracker key the operation was for.
         key: String,
     },
+
+    /// A wait needed the registry's background [`Driver`](crate::Driver), and it is not
+    /// running: the `Driver` from
+    /// [`build_with_driver`](crate::ReactiveLockBuilder::build_with_driver) was never
+    /// spawned (or dropped), or its task ended. Without it no other instance's change
+    /// reaches this one, so the wait could never end.
+    #[error(
+        "key `{key}` is blocked and the registry's driver is not running (spawn the Driver \
+         that build_with_driver returned, or use build), so no change would end the wait"
+    )]
+    NoDriver {
+        /// The tracker key the wait was for.
+        key: String,
+    },
+
+    /// An increment would take the in-flight count past
+    /// [`MAX_IN_FLIGHT`](crate::MAX_IN_FLIGHT); the count was left as it was.
+    #[error("key `{key}`: more than {max} operations in flight", max = crate::MAX_IN_FLIGHT)]
+    CountOverflow {
+        /// The tracker key the increment was for.
+        key: String,
+    },
 }
 
 /// A wait gave up because its time limit passed while the key was still blocked.

@@ -60,6 +60,8 @@ mod sync;
 #[cfg(all(feature = "std", not(loom)))]
 mod driver;
 #[cfg(all(feature = "std", not(loom)))]
+mod handlers;
+#[cfg(all(feature = "std", not(loom)))]
 mod local;
 #[cfg(all(feature = "std", not(loom)))]
 mod registry;
@@ -67,7 +69,7 @@ mod registry;
 pub use backend::{
     Backend, BackendEvent, BoundPublisher, Entry, InstanceStatus, Snapshot, StoreTime,
 };
-pub use controller::{Ack, OwnedTrackerGuard, TrackerController, TrackerGuard};
+pub use controller::{Ack, MAX_IN_FLIGHT, OwnedTrackerGuard, TrackerController, TrackerGuard};
 pub use error::{BackendError, BackendErrorKind, Error, Result, Timeout};
 pub use state::{LOCK_DATA_SEPARATOR, Status, StatusChanges, TrackerState, UnknownPolicy};
 
@@ -76,4 +78,4 @@ pub use driver::{Driver, Metrics};
 #[cfg(all(feature = "std", not(loom)))]
 pub use local::{LocalBackend, LocalEvents};
 #[cfg(all(feature = "std", not(loom)))]
-pub use registry::{ReactiveLock, ReactiveLockBuilder, TrackerConfig};
+pub use registry::{MAX_DURATION, MIN_DURATION, ReactiveLock, ReactiveLockBuilder, TrackerConfig};

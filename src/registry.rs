@@ -12,6 +12,7 @@ use crate::backend::{Backend, BoundPublisher, BoxFuture, DynBackend, InstanceSta
 use crate::controller::{Publisher, TrackerController, TrackerShared, validate_threshold};
 use crate::driver::{Bell, Driver, DriverShared};
 use crate::error::{Error, Result};
+use crate::handlers::HandlerThread;
 use crate::state::{Link, TrackerState, UnknownPolicy};
 
 type Handler = Arc<dyn Fn() + Send + Sync + 'static>;
@@ -118,6 +119,39 @@ impl TrackerConfig {
     }
 }
 
+/// The shortest renewal, expiration or recovery a registry accepts: shorter ones would
+/// spin the driver (a renewal round per microsecond) for no gain, as no store answers
+/// faster.
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{Error, LocalBackend, ReactiveLock, TrackerConfig, MIN_DURATION};
+/// use std::time::Duration;
+///
+/// # futures_lite::future::block_on(async {
+/// let err = ReactiveLock::builder()
+///     .renewal(MIN_DURATION / 2)
+///     .tracker("payments", TrackerConfig::new())
+///     .build(LocalBackend::new())
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, Error::InvalidConfig { ref field, .. } if field == "renewal"));
+/// # });
+/// ```
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// The longest renewal, expiration or recovery a registry accepts (one day): enough for any
+/// lease a store should trust, and far from where instants, store clocks and wire
+/// timestamps overflow, on every backend.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(reactive_lock::MAX_DURATION.as_secs(), 24 * 60 * 60);
+/// ```
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Timing of renewal, expiry and recovery (the .NET ReactiveLock defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Resilience {
@@ -195,7 +229,8 @@ impl ReactiveLockBuilder {
     }
 
     /// How often own busy statuses are re-published before they expire (default 5 s;
-    /// must be shorter than [`expiration`](Self::expiration)).
+    /// must be shorter than [`expiration`](Self::expiration), and between [`MIN_DURATION`]
+    /// and [`MAX_DURATION`], as every duration here).
     ///
     /// # Examples
     ///
@@ -263,8 +298,10 @@ impl ReactiveLockBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] naming the field for: an empty instance name, no trackers,
-    /// an empty or duplicate tracker key, busy threshold 0, a zero duration, renewal not
-    /// shorter than expiration. [`Error::Backend`] if the initial sync fails.
+    /// an empty or duplicate tracker key, a busy threshold of 0 or above
+    /// [`MAX_IN_FLIGHT`](crate::MAX_IN_FLIGHT), a duration outside
+    /// [`MIN_DURATION`]`..=`[`MAX_DURATION`], renewal not shorter than expiration.
+    /// [`Error::Backend`] if the initial sync fails.
     ///
     /// # Cancel safety
     ///
@@ -287,6 +324,9 @@ impl ReactiveLockBuilder {
     /// ```
     pub async fn build<B: Backend>(self, backend: B) -> Result<ReactiveLock> {
         let (lock, driver) = self.build_with_driver(backend).await?;
+        // Spawned, it runs: the states are driven from here on, not from its first poll,
+        // which would leave them Unknown for a moment after build returned.
+        lock.inner.shared.set_driven(true);
         let Some(driver) = lock.inner.shared.backend().spawn_driver_dyn(driver) else {
             return Ok(lock);
         };
@@ -303,7 +343,10 @@ impl ReactiveLockBuilder {
 
     /// Like [`build`](Self::build), but returns the [`Driver`] instead of starting a thread:
     /// spawn it on your own executor (`tokio::spawn`, `smol::spawn`, ...). Until it runs,
-    /// nothing renews, expires or retries.
+    /// nothing renews, expires or retries, and no other instance's change is heard: every
+    /// key's status is [`Status::Unknown`](crate::Status) until its first poll, and again
+    /// once it ends or is dropped; a consistent wait that would have to wait meanwhile
+    /// fails with [`Error::NoDriver`].
     ///
     /// # Errors
     ///
@@ -346,6 +389,7 @@ impl ReactiveLockBuilder {
             self.resilience.expiration,
         ));
 
+        let handlers = HandlerThread::new(format!("reactive-lock-handlers-{instance}"));
         let mut trackers = Vec::with_capacity(self.trackers.len());
         // One allocation of the instance name and of each key, shared by every holder.
         let own_instance: Arc<str> = Arc::from(instance.as_str());
@@ -359,6 +403,7 @@ impl ReactiveLockBuilder {
                     own_instance: own_instance.clone(),
                     bell: bell.clone(),
                     index,
+                    handlers: handlers.clone(),
                 }),
             );
             for h in config.on_blocked {
@@ -388,7 +433,11 @@ impl ReactiveLockBuilder {
         let events = shared.initial_sync().await?;
         let driver = Driver::new(shared.clone(), events);
         let lock = ReactiveLock {
-            inner: Arc::new(Handle { shared, publisher }),
+            inner: Arc::new(Handle {
+                shared,
+                publisher,
+                handlers,
+            }),
         };
         Ok((lock, driver))
     }
@@ -420,8 +469,11 @@ fn validate(instance: &str, trackers: &[(String, TrackerConfig)], r: &Resilience
         ("expiration", r.expiration),
         ("recovery", r.recovery),
     ] {
-        if d.is_zero() {
-            return invalid(field.into(), "must be greater than zero".into());
+        if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
+            return invalid(
+                field.into(),
+                format!("must be between {MIN_DURATION:?} and {MAX_DURATION:?}, got {d:?}"),
+            );
         }
     }
     if r.renewal >= r.expiration {
@@ -607,13 +659,16 @@ pub struct ReactiveLock {
 struct Handle {
     shared: Arc<DriverShared>,
     publisher: Arc<RegistryPublisher>,
+    handlers: Arc<HandlerThread>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // No goodbye: like a crash to the others. Stop publishing and the driver.
+        // No goodbye: like a crash to the others. Stop publishing, the driver and the
+        // handler thread (once it has run what is queued).
         self.publisher.closed.store(true, Ordering::Release);
         self.shared.stop();
+        self.handlers.close();
     }
 }
 

@@ -91,10 +91,17 @@ pub async fn eventually(
                 state.lock_data()
             );
         }
-        let _ = futures_lite::future::or(async { changes.next().await.map(|_| ()) }, async {
-            async_io::Timer::after(Duration::from_millis(50)).await;
-            Some(())
-        })
+        // A stream that ended (the registry's driver is gone) leaves the clock to wake this.
+        futures_lite::future::or(
+            async {
+                if changes.next().await.is_none() {
+                    futures_lite::future::pending::<()>().await;
+                }
+            },
+            async {
+                async_io::Timer::after(Duration::from_millis(50)).await;
+            },
+        )
         .await;
     }
 }

@@ -34,6 +34,16 @@
 //! overriding a newer one sent on the other. The redis crate runs the connections on smol's
 //! global executor (`smol-comp`), so the backend works whatever runtime the application
 //! uses — tokio, smol, async-std — or none.
+//!
+//! Which thread runs what: the connections and the registry's driver run on smol's global
+//! executor (its `smol-N` threads, one unless `SMOL_THREADS` says otherwise), shared with
+//! any `smol::spawn` task of the application; the handlers of changes made by other
+//! instances run on the registry's handler thread; a controller's own transitions run
+//! their handlers on the caller's thread. Anything that blocks a `smol-N` thread stalls all
+//! Redis I/O of the process while it blocks, so the blocking waits
+//! ([`wait_if_blocked_blocking`](reactive_lock::TrackerState::wait_if_blocked_blocking))
+//! refuse to run there (they panic, naming the key): in a `smol::spawn` task, await
+//! `wait_if_blocked()` instead, or move the blocking call to `smol::unblock`.
 //! A lost command connection is re-established on the next call; the subscription pings the
 //! server after [`health_check_interval`](RedisBackendBuilder::health_check_interval) of silence and
 //! reports [`BackendEvent::Disconnected`] when the server stops answering (also a server
@@ -263,7 +273,8 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     ///
-    /// [`BackendErrorKind::Rejected`] for an invalid URL, zero timeouts, or refused
+    /// [`BackendErrorKind::Rejected`] for an invalid URL, a duration outside
+    /// [`MIN_DURATION`](reactive_lock::MIN_DURATION)`..=`[`MAX_DURATION`](reactive_lock::MAX_DURATION), or refused
     /// authentication; [`BackendErrorKind::Unavailable`] when the server cannot be reached
     /// within the connect timeout. The message names the address (never the password).
     ///
@@ -277,10 +288,14 @@ impl RedisBackendBuilder {
             ("response_timeout", self.response_timeout),
             ("health_check_interval", self.health_check_interval),
         ] {
-            if d.is_zero() {
+            if !(reactive_lock::MIN_DURATION..=reactive_lock::MAX_DURATION).contains(&d) {
                 return Err(BackendError::new(
                     BackendErrorKind::Rejected,
-                    format!("invalid Redis option `{field}`: must be greater than zero"),
+                    format!(
+                        "invalid Redis option `{field}`: must be between {:?} and {:?}, got {d:?}",
+                        reactive_lock::MIN_DURATION,
+                        reactive_lock::MAX_DURATION
+                    ),
                 ));
             }
         }
@@ -984,6 +999,15 @@ impl Backend for RedisBackend {
     fn spawn_driver(&self, driver: reactive_lock::Driver) -> Option<reactive_lock::Driver> {
         smol::spawn(driver).detach();
         None
+    }
+
+    /// The threads of smol's global executor (named `smol-N` by smol), where the redis
+    /// crate runs every connection of the process: a blocking wait there would park the I/O
+    /// it waits for.
+    fn runs_io_on_this_thread(&self) -> bool {
+        std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with("smol-"))
     }
 
     async fn publish(

@@ -70,6 +70,18 @@ pub(crate) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
+/// The longest validity written to the wire: a status published directly through the
+/// [`Backend`] trait may carry any `valid_for` (a registry's is at most
+/// [`MAX_DURATION`](reactive_lock::MAX_DURATION)), and a timestamp past this is as good as
+/// never and nowhere near overflowing a `SystemTime` or the .NET `DateTime`.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Now plus `valid_for`, capped at a century.
+pub(crate) fn valid_until(valid_for: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(valid_for.min(CENTURY)).unwrap_or(now)
+}
+
 pub(crate) fn system_time(t: &prost_types::Timestamp) -> SystemTime {
     if t.seconds < 0 {
         return UNIX_EPOCH;
@@ -357,8 +369,9 @@ impl GrpcBackendBuilder {
     ///
     /// # Errors
     ///
-    /// [`BackendErrorKind::Rejected`] for no URL, an invalid URL or token, or bad TLS
-    /// material; [`BackendErrorKind::Unavailable`] when no hub can be reached. Messages name
+    /// [`BackendErrorKind::Rejected`] for no URL, an invalid URL or token, bad TLS
+    /// material, or a duration outside
+    /// [`MIN_DURATION`](reactive_lock::MIN_DURATION)`..=`[`MAX_DURATION`](reactive_lock::MAX_DURATION); [`BackendErrorKind::Unavailable`] when no hub can be reached. Messages name
     /// the hubs.
     ///
     /// # Cancel safety
@@ -368,6 +381,20 @@ impl GrpcBackendBuilder {
         let rejected = |m: String| BackendError::new(BackendErrorKind::Rejected, m);
         if self.urls.is_empty() {
             return Err(rejected("no hub URL given".into()));
+        }
+        for (field, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+            ("keep_alive_interval", self.keep_alive_interval),
+            ("keep_alive_timeout", self.keep_alive_timeout),
+        ] {
+            if !(reactive_lock::MIN_DURATION..=reactive_lock::MAX_DURATION).contains(&d) {
+                return Err(rejected(format!(
+                    "invalid gRPC option `{field}`: must be between {:?} and {:?}, got {d:?}",
+                    reactive_lock::MIN_DURATION,
+                    reactive_lock::MAX_DURATION
+                )));
+            }
         }
         let token = match &self.token {
             None => None,
@@ -609,7 +636,7 @@ impl GrpcBackend {
         if status.seq < slot.0 {
             return None;
         }
-        let next = (SystemTime::now() + status.valid_for).max(slot.1 + Duration::from_micros(1));
+        let next = valid_until(status.valid_for).max(slot.1 + Duration::from_micros(1));
         *slot = (status.seq, next);
         Some(next)
     }

@@ -615,9 +615,9 @@ impl ReactiveLockGrpc for Hub {
     }
 }
 
-/// The timestamp `d` from now (for tests and tools).
+/// The timestamp `d` from now, capped at a century (for tests and tools).
 pub fn valid_for(d: Duration) -> prost_types::Timestamp {
-    timestamp(SystemTime::now() + d)
+    timestamp(super::valid_until(d))
 }
 
 #[cfg(test)]
