@@ -412,7 +412,7 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
-    /// Runs a registry's background [`Driver`](crate::Driver) where this backend's own I/O
+    /// Runs a registry's background [`Driver`](Driver) where this backend's own I/O
     /// runs, if it has such a place (the executor its connections live on): deliveries then
     /// reach the driver as a task switch, not a hand-off to another thread (which costs a
     /// cross-CPU wake-up when the threads run on different CPUs). Returns the driver when it
@@ -439,7 +439,7 @@ pub trait Backend: Send + Sync + 'static {
     /// # }).unwrap();
     /// ```
     #[cfg(feature = "std")]
-    fn spawn_driver(&self, driver: crate::Driver) -> Option<crate::Driver> {
+    fn spawn_driver(&self, driver: Driver) -> Option<Driver> {
         Some(driver)
     }
 
@@ -512,6 +512,59 @@ pub trait BoundPublisher: Send + Sync + 'static {
     fn publish_now(&self, status: &InstanceStatus) -> Result<(), BackendError>;
 }
 
+/// The registry's background work as a future. Returned by
+/// [`ReactiveLockBuilder::build_with_driver`](crate::ReactiveLockBuilder::build_with_driver)
+/// to run on the caller's executor; it completes after
+/// [`ReactiveLock::shutdown`](crate::ReactiveLock::shutdown) or when the registry is
+/// dropped. It needs no particular runtime (timers are async-io's).
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
+///
+/// # fn main() -> Result<(), reactive_lock::Error> {
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// rt.block_on(async {
+///     let (lock, driver) = ReactiveLock::builder()
+///         .tracker("payments", TrackerConfig::new())
+///         .build_with_driver(LocalBackend::new())
+///         .await?;
+///     let task = tokio::spawn(driver);
+///     lock.shutdown().await;
+///     task.await.unwrap();
+///     Ok(())
+/// })
+/// # }
+/// ```
+#[must_use = "the driver does nothing unless polled: spawn it"]
+#[cfg(feature = "std")]
+pub struct Driver {
+    future: BoxFuture<'static, ()>,
+}
+
+#[cfg(feature = "std")]
+impl Driver {
+    pub(crate) fn from_future(future: BoxFuture<'static, ()>) -> Self {
+        Driver { future }
+    }
+}
+
+#[cfg(feature = "std")]
+impl core::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "std")]
+impl Future for Driver {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut core::task::Context<'_>) -> core::task::Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type EventStream = Pin<Box<dyn Stream<Item = BackendEvent> + Send + 'static>>;
 
@@ -534,7 +587,7 @@ pub(crate) trait DynBackend: Send + Sync + 'static {
     ) -> Option<Result<(), BackendError>>;
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>>;
     #[cfg(feature = "std")]
-    fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver>;
+    fn spawn_driver_dyn(&self, driver: Driver) -> Option<Driver>;
     #[cfg(feature = "std")]
     fn runs_io_on_this_thread_dyn(&self) -> bool;
     fn bind_publisher_dyn(&self, key: &str, instance: &str) -> Option<Box<dyn BoundPublisher>>;
@@ -569,7 +622,7 @@ impl<B: Backend> DynBackend for B {
     }
 
     #[cfg(feature = "std")]
-    fn spawn_driver_dyn(&self, driver: crate::Driver) -> Option<crate::Driver> {
+    fn spawn_driver_dyn(&self, driver: Driver) -> Option<Driver> {
         self.spawn_driver(driver)
     }
 

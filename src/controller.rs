@@ -16,9 +16,10 @@ use core::task::{Context, Poll};
 use crossbeam_utils::CachePadded;
 
 use crate::backend::BoxFuture;
-use crate::error::{BackendError, BackendErrorKind, Error, Result};
-use crate::state::{TrackerState, epoch_is_newer};
-use crate::sync::{AtomicU64, Ordering, Signal};
+use crate::error::{Error, Result};
+use crate::publish::{Claim, PublishMode, PublishPoint, Publisher};
+use crate::state::TrackerState;
+use crate::sync::{AtomicU64, Ordering};
 
 // Layout of the state word (`TrackerShared::word`, 64 bits):
 //
@@ -72,219 +73,14 @@ const fn busy_epoch(word: u64) -> u32 {
     idles_of(word).wrapping_mul(2).wrapping_add(1)
 }
 
-/// Where a registry's controller sends its transitions (implemented by the registry;
-/// absent for standalone controllers, whose transitions are local only).
-pub(crate) trait Publisher: Send + Sync + 'static {
-    /// Publishes `busy`/`data` as this instance's status for `key`, under the wire
-    /// sequence `seq` (strictly increasing per key).
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        seq: u64,
-        busy: bool,
-        data: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<()>>;
-    /// Publishes without waiting if the backend can ([`Backend::publish_now`]) and the
-    /// registry is not shut down; `None` means "use [`publish`](Self::publish)". `index` is
-    /// the tracker's (it finds the key's bound publish, [`Backend::bind_publisher`]).
-    ///
-    /// [`Backend::publish_now`]: crate::Backend::publish_now
-    /// [`Backend::bind_publisher`]: crate::Backend::bind_publisher
-    fn publish_now(
-        &self,
-        index: usize,
-        key: &str,
-        seq: u64,
-        busy: bool,
-        data: Option<&str>,
-    ) -> Option<Result<()>>;
-    /// Whether [`publish_now`](Self::publish_now) may publish (a hint that saves a backend
-    /// that never publishes inline a lock round per publish).
-    fn publishes_inline(&self) -> bool;
-    /// The sequence every key starts from: the wall clock at build, so that an instance
-    /// restarted under the same name supersedes its old statuses.
-    fn first_seq(&self) -> u64;
-    /// Asks the background driver to publish what is pending for tracker `index` (sync
-    /// transitions, cancelled or failed publishes).
-    fn wake_driver(&self, index: usize);
-    /// Tells the driver that a caller's future took the publishing role of tracker `index`
-    /// with `token`: should that future stop being polled (an `Ack` polled once and kept),
-    /// the driver takes the role over after a lease, so the status still reaches the store.
-    fn lease(&self, index: usize, token: u64);
-}
-
-/// Which statuses a publish sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PublishMode {
-    /// The newest status, if the backend has not acknowledged it.
-    Pending,
-    /// Also an acknowledged busy status (renewal: it must not expire while busy).
-    Renew,
-    /// The newest status whatever it is (recovery: the store may have lost or restored an
-    /// old one — an idle status included, which a restore from a snapshot may bring back
-    /// as busy).
-    Recover,
-}
-
-/// How often a publish is tried again at once, with a sequence above the one the store
-/// holds, when the store reports this instance's status superseded
-/// ([`BackendErrorKind::Superseded`]). More means a second live instance shares the name.
-const SUPERSEDED_RETRIES: usize = 2;
-
-/// The sequence a store says it holds, when it refused a publish as superseded.
-fn superseded(result: &Result<()>) -> Option<u64> {
-    match result {
-        Err(Error::Backend { source, .. }) if source.kind() == BackendErrorKind::Superseded => {
-            source.held_seq()
-        }
-        _ => None,
-    }
-}
-
-/// The newest status to publish and what the backend has acknowledged (latest wins: only
-/// the newest status is ever sent; an older one still in flight is superseded).
-#[derive(Default)]
-pub(crate) struct PublishSlot {
-    newest_epoch: u32,
-    newest_busy: bool,
-    newest_data: Option<String>,
-    /// Newest epoch the backend acknowledged.
-    acked_epoch: u32,
-    /// Newest epoch whose publish failed, and how.
-    failed: Option<(u32, BackendErrorKind, String)>,
-    /// The publishing role: the token of the publish in flight (0: none). One publisher at
-    /// a time per key, so publishes reach the backend in order. A holder may be superseded
-    /// (a newer status to publish, or the driver after a lease): its late outcome is still
-    /// recorded, and the store orders statuses by sequence.
-    role: u64,
-    /// The epoch the role holder publishes.
-    role_epoch: u32,
-    /// Tokens handed out.
-    tokens: u64,
-    /// The last wire sequence handed out for this key. Per key, under this lock that every
-    /// publish takes anyway: no shared counter for all keys to contend on.
-    seq: u64,
-    /// Acknowledged and failed publishes (for `Metrics`), likewise without a shared atomic.
-    publishes: u64,
-    publish_failures: u64,
-}
-
-impl PublishSlot {
-    /// Whether the newest status is to be published now: no one else is publishing it, and
-    /// it is not acknowledged yet (or, with `force`, it is busy: renewal and recovery
-    /// re-publish it).
-    fn needs_publish(&self, mode: PublishMode) -> bool {
-        self.role == 0 && self.wanted(mode)
-    }
-
-    /// Whether `mode` has anything to send, ignoring the role.
-    fn wanted(&self, mode: PublishMode) -> bool {
-        match mode {
-            PublishMode::Pending => self.pending(),
-            PublishMode::Renew => self.pending() || self.newest_busy,
-            PublishMode::Recover => true,
-        }
-    }
-
-    /// Takes the role; returns its token.
-    fn take_role(&mut self) -> u64 {
-        self.tokens += 1;
-        self.role = self.tokens;
-        self.role_epoch = self.newest_epoch;
-        self.role
-    }
-
-    /// Gives the role back, if `token` still holds it.
-    fn give_back(&mut self, token: u64) {
-        if self.role == token {
-            self.role = 0;
-        }
-    }
-
-    /// After a store said it holds sequence `held`, continues above it.
-    fn raise_seq(&mut self, held: u64) {
-        self.seq = self.seq.max(held);
-    }
-
-    /// Whether the newest status still waits for an acknowledgement.
-    fn pending(&self) -> bool {
-        epoch_is_newer(self.newest_epoch, self.acked_epoch)
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        // Saturating: a store may hold any sequence (someone else wrote it), and an
-        // instance raised to the top keeps writing at it (equal sequences replace).
-        self.seq = self.seq.saturating_add(1);
-        self.seq
-    }
-
-    /// Publishes the newest status without waiting, under the state's lock (the caller holds
-    /// it), when the backend can: `None` when it cannot. A status the store reports
-    /// superseded goes again above the sequence the store holds. The outcome is recorded.
-    fn publish_inline(
-        &mut self,
-        publisher: &dyn Publisher,
-        index: usize,
-        key: &str,
-    ) -> Option<Result<()>> {
-        let (epoch, busy) = (self.newest_epoch, self.newest_busy);
-        let mut result;
-        let mut tries = 0;
-        loop {
-            // `publish_now` itself says whether it can publish inline; the sequence is taken
-            // only when it did.
-            let seq = self.seq.saturating_add(1);
-            result = publisher.publish_now(index, key, seq, busy, self.newest_data.as_deref())?;
-            self.seq = seq;
-            match superseded(&result) {
-                Some(held) if tries < SUPERSEDED_RETRIES => {
-                    self.raise_seq(held);
-                    tries += 1;
-                }
-                _ => break,
-            }
-        }
-        self.record_outcome(epoch, &result);
-        Some(result)
-    }
-
-    /// Records the outcome of publishing `epoch` for every waiter.
-    fn record_outcome(&mut self, epoch: u32, result: &Result<()>) {
-        match result {
-            Ok(()) => {
-                if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
-                    self.acked_epoch = epoch;
-                }
-                self.failed = None;
-                self.publishes += 1;
-            }
-            Err(Error::Backend { source, .. }) => {
-                self.failed = Some((epoch, source.kind(), String::from(source.message())));
-                self.publish_failures += 1;
-            }
-            Err(Error::Shutdown { .. }) => {
-                self.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
-            }
-            Err(other) => {
-                self.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
-            }
-        }
-    }
-}
-
 pub(crate) struct TrackerShared {
     /// The packed state word; cache-padded so neighbouring trackers don't false-share.
     word: CachePadded<AtomicU64>,
     threshold: u64,
-    /// Shared with the state's link: one allocation per key.
-    key: Arc<str>,
-    /// Its position in the registry (what it rings the driver with).
-    index: usize,
     /// Holds the latest-wins publish slot too, under its lock.
     state: TrackerState,
-    /// Notified whenever a publish finishes (acked or failed) or is abandoned.
-    published: Signal,
-    publisher: Option<Arc<dyn Publisher>>,
+    /// Where transitions are published, and the protocol's steps.
+    point: PublishPoint,
 }
 
 /// Outcome of a count change.
@@ -309,24 +105,22 @@ impl TrackerShared {
         state: TrackerState,
         publisher: Option<Arc<dyn Publisher>>,
     ) -> Self {
-        state.slot().seq = publisher.as_ref().map_or(0, |p| p.first_seq());
+        let point = PublishPoint::new(key, index, publisher);
+        state.slot().start_at(point.first_seq());
         TrackerShared {
             word: CachePadded::new(AtomicU64::new(0)),
             threshold: threshold as u64,
-            key,
-            index,
             state,
-            published: Signal::new(),
-            publisher,
+            point,
         }
     }
 
     pub(crate) fn key(&self) -> &str {
-        &self.key
+        &self.point.key
     }
 
     pub(crate) fn key_arc(&self) -> Arc<str> {
-        self.key.clone()
+        self.point.key.clone()
     }
 
     pub(crate) fn state(&self) -> &TrackerState {
@@ -416,40 +210,20 @@ impl TrackerShared {
             None
         };
         let owned = data.map(String::from);
-        let Some(publisher) = &self.publisher else {
+        if !self.point.publishes() {
             self.state.apply_local_transition(epoch, busy, owned);
             return None;
-        };
+        }
         let newest = owned.clone();
-        // An inline publish never waits, so it runs inside the state's lock, with the local
-        // transition: applying, claiming the key, publishing and recording the outcome are one
-        // critical section. No waiter can be listening for its outcome (they listen only
-        // while `publishing` is set, which this never sets), so nobody needs waking either.
+        // Applying, claiming the key, publishing inline and recording the outcome are one
+        // critical section under the state's lock.
         let failed = self
             .state
             .apply_local_transition_then(epoch, busy, owned, |slot| {
-                if epoch_is_newer(epoch, slot.newest_epoch) {
-                    slot.newest_epoch = epoch;
-                    slot.newest_busy = busy;
-                    slot.newest_data = newest;
-                }
-                if slot.newest_epoch != epoch || slot.role != 0 {
-                    return None;
-                }
-                let result = slot.publish_inline(&**publisher, self.index, &self.key)?;
-                Some(result.is_err())
+                self.point
+                    .publish_transition_inline(slot, epoch, busy, newest)
             });
-        match failed {
-            // Published and acknowledged inline.
-            Some(false) => None,
-            Some(true) => {
-                publisher.wake_driver(self.index);
-                Some(epoch)
-            }
-            // Someone else is publishing, or the backend cannot publish inline: an `Ack`
-            // or the driver takes over.
-            None => Some(epoch),
-        }
+        self.point.transition_outcome(failed, epoch)
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -460,204 +234,34 @@ impl TrackerShared {
         self.busy_in(self.word.load(Ordering::Acquire))
     }
 
-    /// Waits until the backend acknowledged `epoch` or a newer status, publishing itself
-    /// when no one else is (so the common case has no hand-off to another thread).
-    async fn acknowledged(&self, epoch: u32) -> Result<()> {
-        loop {
-            let listener = {
-                let slot = self.state.slot();
-                if !epoch_is_newer(epoch, slot.acked_epoch) {
-                    return Ok(());
-                }
-                if let Some((failed, kind, message)) = &slot.failed
-                    && !epoch_is_newer(epoch, *failed)
-                {
-                    return Err(Error::Backend {
-                        key: String::from(&*self.key),
-                        source: BackendError::new(*kind, message.clone()),
-                    });
-                }
-                // A holder publishing an older status than this one is superseded: this
-                // publishes the newer one rather than wait for a holder that may never be
-                // polled again.
-                if slot.role != 0 && !epoch_is_newer(epoch, slot.role_epoch) {
-                    Some(self.published.listen())
-                } else {
-                    None
-                }
-            };
-            match listener {
-                Some(listener) => listener.await,
-                None => {
-                    if let Err(Error::Shutdown { key }) = self
-                        .publish_newest(PublishMode::Pending, Claim::Caller)
-                        .await
-                    {
-                        return Err(Error::Shutdown { key });
-                    }
-                }
-            }
-        }
-    }
-
-    /// Publishes the newest status as `mode` asks. Returns `Ok(false)` when another
-    /// publisher holds the key (and `claim` may not take it over) or there is nothing to do.
-    /// The outcome is recorded for every waiter.
+    /// Publishes the newest status as `mode` asks (see [`PublishPoint::publish_newest`]).
     pub(crate) async fn publish_newest(&self, mode: PublishMode, claim: Claim) -> Result<bool> {
-        let Some(publisher) = &self.publisher else {
-            return Ok(false);
-        };
-        if let Some(done) = self.publish_newest_now(&**publisher, mode) {
-            return done;
-        }
-        let Some((token, mut epoch, mut seq, mut busy, mut data)) = self.claim(mode, claim) else {
-            return Ok(false);
-        };
-        // If this future is dropped mid-publish, the guard gives the key back and wakes
-        // the driver, which publishes the newest status in the background.
-        let mut guard = PublishingGuard {
-            tracker: self,
-            publisher: &**publisher,
-            token,
-            done: false,
-        };
-        let mut tries = 0;
-        let result = loop {
-            let result = {
-                let mut publish = publisher.publish(&self.key, seq, busy, data.as_deref());
-                match futures_lite::future::poll_once(&mut publish).await {
-                    Some(result) => result,
-                    None => {
-                        // In flight: should this future stop being polled, the driver takes
-                        // over.
-                        if claim == Claim::Caller {
-                            publisher.lease(self.index, token);
-                        }
-                        publish.await
-                    }
-                }
-            };
-            match superseded(&result) {
-                Some(held) if tries < SUPERSEDED_RETRIES => {
-                    tries += 1;
-                    let mut slot = self.state.slot();
-                    if slot.role != token {
-                        break result;
-                    }
-                    slot.raise_seq(held);
-                    (epoch, seq, busy, data) = (
-                        slot.newest_epoch,
-                        slot.next_seq(),
-                        slot.newest_busy,
-                        slot.newest_data.clone(),
-                    );
-                    slot.role_epoch = epoch;
-                }
-                _ => break result,
-            }
-        };
-        guard.done = true;
-        self.settle(&**publisher, token, epoch, &result);
-        result.map(|()| true)
-    }
-
-    /// [`publish_newest`](Self::publish_newest) inline, when the backend publishes without
-    /// waiting: under the state's lock, as a transition publishes, so the publishing role is
-    /// never held across the call and a transition made meanwhile (on another thread: the
-    /// driver renews, retries and recovers) is published inline too instead of waiting for
-    /// this one. `None`: the backend cannot; use the asynchronous path.
-    fn publish_newest_now(
-        &self,
-        publisher: &dyn Publisher,
-        mode: PublishMode,
-    ) -> Option<Result<bool>> {
-        if !publisher.publishes_inline() {
-            return None;
-        }
-        let mut slot = self.state.slot();
-        if !slot.needs_publish(mode) {
-            return Some(Ok(false));
-        }
-        let result = slot.publish_inline(publisher, self.index, &self.key)?;
-        drop(slot);
-        // As for an inline transition: nobody listens for this outcome (waiters listen only
-        // while the role is held), so nobody needs waking; a failure goes to the driver.
-        if result.is_err() {
-            publisher.wake_driver(self.index);
-        }
-        Some(result.map(|()| true))
-    }
-
-    /// Takes the publishing role for the newest status if `mode` has something to send and
-    /// the role is free — or held by a publish `claim` may supersede: one of an older status
-    /// (latest wins), or, for the driver after a lease, the one whose token it names.
-    /// Returns the token, epoch, sequence, and status.
-    fn claim(
-        &self,
-        mode: PublishMode,
-        claim: Claim,
-    ) -> Option<(u64, u32, u64, bool, Option<String>)> {
-        let mut slot = self.state.slot();
-        if !slot.wanted(mode) {
-            return None;
-        }
-        let free = match claim {
-            _ if slot.role == 0 => true,
-            Claim::Caller | Claim::Driver => epoch_is_newer(slot.newest_epoch, slot.role_epoch),
-            Claim::TakeOver(token) => slot.role == token,
-        };
-        if !free {
-            return None;
-        }
-        let token = slot.take_role();
-        Some((
-            token,
-            slot.newest_epoch,
-            slot.next_seq(),
-            slot.newest_busy,
-            slot.newest_data.clone(),
-        ))
-    }
-
-    /// Records the outcome of publishing `epoch` for every waiter and gives the role back
-    /// (if `token` still holds it); a failure hands the retry to the driver.
-    fn settle(&self, publisher: &dyn Publisher, token: u64, epoch: u32, result: &Result<()>) {
-        {
-            let mut slot = self.state.slot();
-            slot.give_back(token);
-            slot.record_outcome(epoch, result);
-        }
-        self.published.notify_all();
-        if result.is_err() {
-            publisher.wake_driver(self.index);
-        }
+        self.point.publish_newest(&self.state, mode, claim).await
     }
 
     /// The token of the publish holding the role, if any (for the driver's lease).
     pub(crate) fn role_token(&self) -> Option<u64> {
-        let role = self.state.slot().role;
-        (role != 0).then_some(role)
+        self.point.role_token(&self.state)
     }
 
     /// A wire sequence above every one this key published (for the goodbye).
     pub(crate) fn next_seq(&self) -> u64 {
-        self.state.slot().next_seq()
+        self.point.next_seq(&self.state)
     }
 
     /// Acknowledged and failed publishes of this key so far.
     pub(crate) fn publish_counts(&self) -> (u64, u64) {
-        let slot = self.state.slot();
-        (slot.publishes, slot.publish_failures)
+        self.point.publish_counts(&self.state)
     }
 
     /// Whether the newest status still waits for an acknowledgement.
     pub(crate) fn has_pending(&self) -> bool {
-        self.state.slot().pending()
+        self.point.has_pending(&self.state)
     }
 
-    /// The newest busy status this instance holds, for goodbyes and diagnostics.
+    /// Whether the newest status is busy (renewal re-publishes it).
     pub(crate) fn newest_is_busy(&self) -> bool {
-        self.state.slot().newest_busy
+        self.point.newest_is_busy(&self.state)
     }
 
     /// count += 1, and the transition it made, done as far as possible without waiting;
@@ -698,7 +302,7 @@ impl TrackerShared {
     fn enter_sync(&self, data: Option<&str>) {
         match self.increment_sync(data) {
             Ok(pending) => self.publish_detached(pending),
-            Err(Overflow) => overflow_panic(&self.key),
+            Err(Overflow) => overflow_panic(self.key()),
         }
     }
 
@@ -712,37 +316,7 @@ impl TrackerShared {
     }
 
     fn wake_driver(&self) {
-        if let Some(publisher) = &self.publisher {
-            publisher.wake_driver(self.index);
-        }
-    }
-}
-
-/// Who asks for the publishing role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Claim {
-    /// A caller's future (an `Ack`): the driver is told of its lease.
-    Caller,
-    /// The driver's own round (pending publishes, renewal, recovery).
-    Driver,
-    /// The driver taking over the role the publish with this token has held past its lease.
-    TakeOver(u64),
-}
-
-struct PublishingGuard<'a> {
-    tracker: &'a TrackerShared,
-    publisher: &'a dyn Publisher,
-    token: u64,
-    done: bool,
-}
-
-impl Drop for PublishingGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.tracker.state.slot().give_back(self.token);
-            self.tracker.published.notify_all();
-            self.publisher.wake_driver(self.tracker.index);
-        }
+        self.point.wake_driver();
     }
 }
 
@@ -784,7 +358,7 @@ pub struct TrackerController {
 impl fmt::Debug for TrackerController {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackerController")
-            .field("key", &self.shared.key)
+            .field("key", &self.shared.key())
             .field("count", &self.count())
             .field("busy_threshold", &self.busy_threshold())
             .finish_non_exhaustive()
@@ -1030,7 +604,7 @@ impl TrackerController {
     /// # Ok::<(), reactive_lock::Error>(())
     /// ```
     pub fn key(&self) -> &str {
-        &self.shared.key
+        self.shared.key()
     }
 }
 
@@ -1132,7 +706,9 @@ impl Ack {
         let tracker = shared.clone();
         let shared = shared.clone();
         Ack {
-            pending: Some(Box::pin(async move { shared.acknowledged(epoch).await })),
+            pending: Some(Box::pin(async move {
+                shared.point.acknowledged(&shared.state, epoch).await
+            })),
             tracker: Some(tracker),
         }
     }
@@ -1198,7 +774,7 @@ pub struct TrackerGuard<'a> {
 impl fmt::Debug for TrackerGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrackerGuard")
-            .field("key", &self.shared.key)
+            .field("key", &self.shared.key())
             .finish()
     }
 }
@@ -1230,7 +806,7 @@ pub struct OwnedTrackerGuard {
 impl fmt::Debug for OwnedTrackerGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedTrackerGuard")
-            .field("key", &self.shared.key)
+            .field("key", &self.shared.key())
             .finish()
     }
 }

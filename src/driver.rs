@@ -27,9 +27,6 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
-use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use core::task::{Context, Poll};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -37,10 +34,12 @@ use backon::BackoffBuilder;
 use event_listener::Event;
 use futures_lite::StreamExt;
 
-use crate::backend::{BackendEvent, DynBackend, EventStream};
-use crate::controller::{Claim, PublishMode, TrackerShared};
+use crate::backend::{BackendEvent, Driver, DynBackend, EventStream};
+use crate::config::Resilience;
+use crate::controller::TrackerShared;
 use crate::error::{Error, Result};
-use crate::registry::{RegistryPublisher, Resilience};
+use crate::publish::{Bell, Claim, LEASE, PublishMode, RegistryPublisher};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters of a registry's background work (monotonic since build).
 ///
@@ -83,73 +82,6 @@ struct Counters {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Wakes the driver and tells it which trackers need a look (a publish left pending, an
-/// expiry to re-arm after a read-through), so that a round of the driver costs what changed,
-/// not the number of trackers (it scanned them all: ~400 µs per event with 10,000 trackers).
-pub(crate) struct Bell {
-    event: Event,
-    /// Whether a tracker is in `list` already: each is queued once however often it rings.
-    queued: Box<[AtomicBool]>,
-    list: parking_lot::Mutex<Vec<usize>>,
-    /// Publishing roles callers' futures took (tracker, token), for the driver's lease.
-    leases: parking_lot::Mutex<Vec<(usize, u64)>>,
-}
-
-/// How long a caller's future may hold a key's publishing role before the driver takes it
-/// over and publishes the newest status itself: an `Ack` polled once and then kept (a
-/// `select!` that awaits it later) must not keep the status from the store. Well above a
-/// store round trip, so a publish in flight is rarely sent twice; sending it twice is
-/// harmless (the store orders statuses by sequence).
-const LEASE: core::time::Duration = core::time::Duration::from_millis(200);
-
-impl Bell {
-    pub(crate) fn new(trackers: usize) -> Self {
-        Bell {
-            event: Event::new(),
-            queued: (0..trackers).map(|_| AtomicBool::new(false)).collect(),
-            list: parking_lot::Mutex::new(Vec::new()),
-            leases: parking_lot::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Tells the driver a caller's future holds tracker `index`'s publishing role as
-    /// `token` (see [`LEASE`]).
-    pub(crate) fn lease(&self, index: usize, token: u64) {
-        self.leases.lock().push((index, token));
-        self.event.notify(usize::MAX);
-    }
-
-    fn take_leases(&self) -> Vec<(usize, u64)> {
-        core::mem::take(&mut *self.leases.lock())
-    }
-
-    /// Wakes the driver to look at tracker `index`.
-    pub(crate) fn ring(&self, index: usize) {
-        if let Some(flag) = self.queued.get(index)
-            && !flag.swap(true, Ordering::AcqRel)
-        {
-            self.list.lock().push(index);
-        }
-        self.event.notify(usize::MAX);
-    }
-
-    /// Wakes the driver for no tracker in particular (stop).
-    fn wake(&self) {
-        self.event.notify(usize::MAX);
-    }
-
-    /// The trackers rung since the last call. A flag is cleared with a read-modify-write,
-    /// which reads the ringer's swap: what the ringer did before ringing is visible to the
-    /// driver's look that follows, even when that ring found the tracker still queued.
-    fn take(&self) -> Vec<usize> {
-        let list = core::mem::take(&mut *self.list.lock());
-        for &i in &list {
-            self.queued[i].swap(false, Ordering::AcqRel);
-        }
-        list
-    }
 }
 
 pub(crate) struct DriverShared {
@@ -485,70 +417,18 @@ enum Woke {
     Timer,
 }
 
-/// The registry's background work as a future. Returned by
-/// [`ReactiveLockBuilder::build_with_driver`](crate::ReactiveLockBuilder::build_with_driver)
-/// to run on the caller's executor; it completes after
-/// [`ReactiveLock::shutdown`](crate::ReactiveLock::shutdown) or when the registry is
-/// dropped. It needs no particular runtime (timers are async-io's).
-///
-/// # Examples
-///
-/// ```
-/// use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
-///
-/// # fn main() -> Result<(), reactive_lock::Error> {
-/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-/// rt.block_on(async {
-///     let (lock, driver) = ReactiveLock::builder()
-///         .tracker("payments", TrackerConfig::new())
-///         .build_with_driver(LocalBackend::new())
-///         .await?;
-///     let task = tokio::spawn(driver);
-///     lock.shutdown().await;
-///     task.await.unwrap();
-///     Ok(())
-/// })
-/// # }
-/// ```
-#[must_use = "the driver does nothing unless polled: spawn it"]
-pub struct Driver {
-    future: Pin<Box<dyn core::future::Future<Output = ()> + Send + 'static>>,
-    shared: Arc<DriverShared>,
+/// The registry's background work as a [`Driver`]: one future, which marks its end
+/// however it comes — completed, its task dropped, or dropped before its first poll.
+pub(crate) fn driver(shared: Arc<DriverShared>, events: EventStream) -> Driver {
+    let done = DoneOnDrop(shared.clone());
+    Driver::from_future(Box::pin(async move {
+        let _done = done;
+        run(shared, events).await;
+    }))
 }
 
-/// A driver dropped before its first poll will never run: its states say so (once it has
-/// run, the end of its future says it).
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if !self.shared.running.load(Ordering::SeqCst) {
-            self.shared.end();
-        }
-    }
-}
-
-impl core::fmt::Debug for Driver {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Driver").finish_non_exhaustive()
-    }
-}
-
-impl Driver {
-    pub(crate) fn new(shared: Arc<DriverShared>, events: EventStream) -> Self {
-        Driver {
-            future: Box::pin(run(shared.clone(), events)),
-            shared,
-        }
-    }
-}
-
-impl core::future::Future for Driver {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.future.as_mut().poll(cx)
-    }
-}
-
-/// Marks the driver finished however it ends (also when its task is cancelled).
+/// Marks the driver finished however it ends (also when its task is cancelled, or dropped
+/// before it ever ran).
 struct DoneOnDrop(Arc<DriverShared>);
 
 impl Drop for DoneOnDrop {
@@ -570,7 +450,6 @@ fn new_backoff() -> backon::ExponentialBackoff {
 
 async fn run(shared: Arc<DriverShared>, events: EventStream) {
     shared.running.store(true, Ordering::SeqCst);
-    let _done = DoneOnDrop(shared.clone());
     shared.set_driven(true);
     let mut st = Loop {
         events: Some(events),

@@ -77,7 +77,7 @@ pub enum Error {
 
     /// An increment would take the in-flight count past
     /// [`MAX_IN_FLIGHT`](crate::MAX_IN_FLIGHT); the count was left as it was.
-    #[error("key `{key}`: more than {max} operations in flight", max = crate::MAX_IN_FLIGHT)]
+    #[error("key `{key}`: an increment beyond MAX_IN_FLIGHT operations in flight was refused")]
     CountOverflow {
         /// The tracker key the increment was for.
         key: String,

@@ -36,6 +36,24 @@
 //! * `std` (default): the registry ([`ReactiveLock`]), the background driver, the
 //!   [`LocalBackend`], blocking and timeout waits. Without it the crate is `no_std` +
 //!   `alloc`: [`TrackerState`], standalone [`TrackerController`]s and the [`Backend`] types.
+//!
+//! ## Modules, bottom to top
+//!
+//! Imports only point down this list (a module uses only those above it):
+//!
+//! * `sync` — the atomics and the mutex, switched to loom's under `--cfg loom`;
+//!   `error` — [`Error`], [`BackendError`]; `handlers` — the registry's handler thread.
+//! * `backend` — the [`Backend`] trait and what crosses it: [`Snapshot`], [`Entry`],
+//!   [`InstanceStatus`], [`BackendEvent`], and the [`Driver`] a backend may run.
+//! * `publish` — the publish protocol: the latest-wins slot, the publishing role
+//!   (claim, settle, acknowledge), the driver's bell and leases, the registry's publisher.
+//! * `state` — [`TrackerState`]: the aggregate of a key, its waits and handlers.
+//! * `controller` — [`TrackerController`]: the packed count word, transitions, guards,
+//!   [`Ack`].
+//! * `config` — [`TrackerConfig`], the registry's timing and the bounds of every setting;
+//!   `local` — [`LocalBackend`].
+//! * `driver` — renewal, expiry, delivery, retries and recovery; [`Metrics`].
+//! * `registry` — [`ReactiveLock`] and its builder: wires the layers together.
 #![no_std]
 // Without `std` the driver that uses the feed-in half of the core is not built.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
@@ -52,8 +70,11 @@ extern crate alloc;
 extern crate std;
 
 mod backend;
+#[cfg(all(feature = "std", not(loom)))]
+mod config;
 mod controller;
 mod error;
+mod publish;
 mod state;
 mod sync;
 
@@ -66,6 +87,8 @@ mod local;
 #[cfg(all(feature = "std", not(loom)))]
 mod registry;
 
+#[cfg(all(feature = "std", not(loom)))]
+pub use backend::Driver;
 pub use backend::{
     Backend, BackendEvent, BoundPublisher, Entry, InstanceStatus, Snapshot, StoreTime,
 };
@@ -74,8 +97,10 @@ pub use error::{BackendError, BackendErrorKind, Error, Result, Timeout};
 pub use state::{LOCK_DATA_SEPARATOR, Status, StatusChanges, TrackerState, UnknownPolicy};
 
 #[cfg(all(feature = "std", not(loom)))]
-pub use driver::{Driver, Metrics};
+pub use config::{MAX_DURATION, MIN_DURATION, TrackerConfig};
+#[cfg(all(feature = "std", not(loom)))]
+pub use driver::Metrics;
 #[cfg(all(feature = "std", not(loom)))]
 pub use local::{LocalBackend, LocalEvents};
 #[cfg(all(feature = "std", not(loom)))]
-pub use registry::{MAX_DURATION, MIN_DURATION, ReactiveLock, ReactiveLockBuilder, TrackerConfig};
+pub use registry::{ReactiveLock, ReactiveLockBuilder};

@@ -1,12 +1,12 @@
 //! `LocalBackend`: the in-process store, and the reference the conformance suite runs first.
 
+use crate::sync::{AtomicBool, Ordering};
 use alloc::boxed::Box;
 use alloc::collections::BTreeSet;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, Ordering};
 use core::task::{Context, Poll};
 use std::collections::HashMap;
 

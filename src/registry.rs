@@ -1,174 +1,20 @@
 //! `ReactiveLock`: the registry of trackers of one instance, its builder and config.
 
-use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::format;
 
-use crate::backend::{Backend, BoundPublisher, BoxFuture, DynBackend, InstanceStatus, StoreTime};
-use crate::controller::{Publisher, TrackerController, TrackerShared, validate_threshold};
-use crate::driver::{Bell, Driver, DriverShared};
+use crate::backend::{Backend, Driver, DynBackend};
+use crate::config::{Resilience, TrackerConfig, validate};
+use crate::controller::{TrackerController, TrackerShared};
+use crate::driver::DriverShared;
 use crate::error::{Error, Result};
 use crate::handlers::HandlerThread;
+use crate::publish::{Bell, Publisher, RegistryPublisher};
 use crate::state::{Link, TrackerState, UnknownPolicy};
-
-type Handler = Arc<dyn Fn() + Send + Sync + 'static>;
-
-/// Settings of one tracker (one key): busy threshold, handlers, Unknown policy.
-///
-/// # Examples
-///
-/// ```
-/// use reactive_lock::{TrackerConfig, UnknownPolicy};
-///
-/// let config = TrackerConfig::new()
-///     .busy_threshold(3)
-///     .on_blocked(|| println!("payments blocked"))
-///     .on_unblocked(|| println!("payments unblocked"))
-///     .unknown_policy(UnknownPolicy::Blocked);
-/// # let _ = config;
-/// ```
-#[derive(Clone, Default)]
-pub struct TrackerConfig {
-    busy_threshold: Option<usize>,
-    on_blocked: Vec<Handler>,
-    on_unblocked: Vec<Handler>,
-    unknown_policy: Option<UnknownPolicy>,
-}
-
-impl core::fmt::Debug for TrackerConfig {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TrackerConfig")
-            .field("busy_threshold", &self.busy_threshold.unwrap_or(1))
-            .field("on_blocked", &self.on_blocked.len())
-            .field("on_unblocked", &self.on_unblocked.len())
-            .field("unknown_policy", &self.unknown_policy)
-            .finish()
-    }
-}
-
-impl TrackerConfig {
-    /// Busy threshold 1, no handlers, the registry's Unknown policy.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let config = reactive_lock::TrackerConfig::new();
-    /// # let _ = config;
-    /// ```
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The in-flight count at which this instance turns busy for the key (≥ 1; default 1).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let config = reactive_lock::TrackerConfig::new().busy_threshold(5);
-    /// # let _ = config;
-    /// ```
-    pub fn busy_threshold(mut self, n: usize) -> Self {
-        self.busy_threshold = Some(n);
-        self
-    }
-
-    /// Adds a handler run each time the key's aggregate turns blocked (see
-    /// [`TrackerState::on_blocked`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let config = reactive_lock::TrackerConfig::new().on_blocked(|| eprintln!("blocked"));
-    /// # let _ = config;
-    /// ```
-    pub fn on_blocked(mut self, handler: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_blocked.push(Arc::new(handler));
-        self
-    }
-
-    /// Adds a handler run each time the key's aggregate turns unblocked.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let config = reactive_lock::TrackerConfig::new().on_unblocked(|| eprintln!("unblocked"));
-    /// # let _ = config;
-    /// ```
-    pub fn on_unblocked(mut self, handler: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_unblocked.push(Arc::new(handler));
-        self
-    }
-
-    /// What this key answers while the backend is unreachable (overrides the registry's
-    /// [`ReactiveLockBuilder::unknown_policy`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use reactive_lock::{TrackerConfig, UnknownPolicy};
-    /// let config = TrackerConfig::new().unknown_policy(UnknownPolicy::Unblocked);
-    /// # let _ = config;
-    /// ```
-    pub fn unknown_policy(mut self, policy: UnknownPolicy) -> Self {
-        self.unknown_policy = Some(policy);
-        self
-    }
-}
-
-/// The shortest renewal, expiration or recovery a registry accepts: shorter ones would
-/// spin the driver (a renewal round per microsecond) for no gain, as no store answers
-/// faster.
-///
-/// # Examples
-///
-/// ```
-/// use reactive_lock::{Error, LocalBackend, ReactiveLock, TrackerConfig, MIN_DURATION};
-/// use std::time::Duration;
-///
-/// # futures_lite::future::block_on(async {
-/// let err = ReactiveLock::builder()
-///     .renewal(MIN_DURATION / 2)
-///     .tracker("payments", TrackerConfig::new())
-///     .build(LocalBackend::new())
-///     .await
-///     .unwrap_err();
-/// assert!(matches!(err, Error::InvalidConfig { ref field, .. } if field == "renewal"));
-/// # });
-/// ```
-pub const MIN_DURATION: Duration = Duration::from_millis(1);
-
-/// The longest renewal, expiration or recovery a registry accepts (one day): enough for any
-/// lease a store should trust, and far from where instants, store clocks and wire
-/// timestamps overflow, on every backend.
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(reactive_lock::MAX_DURATION.as_secs(), 24 * 60 * 60);
-/// ```
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Timing of renewal, expiry and recovery (the .NET ReactiveLock defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Resilience {
-    pub(crate) renewal: Duration,
-    pub(crate) expiration: Duration,
-    pub(crate) recovery: Duration,
-}
-
-impl Default for Resilience {
-    fn default() -> Self {
-        Resilience {
-            renewal: Duration::from_secs(5),
-            expiration: Duration::from_secs(10),
-            recovery: Duration::from_secs(15),
-        }
-    }
-}
+use crate::sync::Ordering;
 
 /// Builds a [`ReactiveLock`]; see [`ReactiveLock::builder`].
 ///
@@ -229,8 +75,8 @@ impl ReactiveLockBuilder {
     }
 
     /// How often own busy statuses are re-published before they expire (default 5 s;
-    /// must be shorter than [`expiration`](Self::expiration), and between [`MIN_DURATION`]
-    /// and [`MAX_DURATION`], as every duration here).
+    /// must be shorter than [`expiration`](Self::expiration), and between [`MIN_DURATION`](crate::MIN_DURATION)
+    /// and [`MAX_DURATION`](crate::MAX_DURATION), as every duration here).
     ///
     /// # Examples
     ///
@@ -300,7 +146,7 @@ impl ReactiveLockBuilder {
     /// [`Error::InvalidConfig`] naming the field for: an empty instance name, no trackers,
     /// an empty or duplicate tracker key, a busy threshold of 0 or above
     /// [`MAX_IN_FLIGHT`](crate::MAX_IN_FLIGHT), a duration outside
-    /// [`MIN_DURATION`]`..=`[`MAX_DURATION`], renewal not shorter than expiration.
+    /// [`MIN_DURATION`](crate::MIN_DURATION)`..=`[`MAX_DURATION`](crate::MAX_DURATION), renewal not shorter than expiration.
     /// [`Error::Backend`] if the initial sync fails.
     ///
     /// # Cancel safety
@@ -431,7 +277,7 @@ impl ReactiveLockBuilder {
         ));
         // Initial sync: subscribe first, then read, so no change falls between the two.
         let events = shared.initial_sync().await?;
-        let driver = Driver::new(shared.clone(), events);
+        let driver = crate::driver::driver(shared.clone(), events);
         let lock = ReactiveLock {
             inner: Arc::new(Handle {
                 shared,
@@ -443,51 +289,6 @@ impl ReactiveLockBuilder {
     }
 }
 
-fn validate(instance: &str, trackers: &[(String, TrackerConfig)], r: &Resilience) -> Result<()> {
-    let invalid = |field: String, reason: String| Err(Error::InvalidConfig { field, reason });
-    if instance.trim().is_empty() {
-        return invalid("instance_name".into(), "must not be empty".into());
-    }
-    if trackers.is_empty() {
-        return invalid("trackers".into(), "register at least one tracker".into());
-    }
-    let mut seen = std::collections::HashSet::with_capacity(trackers.len());
-    for (i, (key, config)) in trackers.iter().enumerate() {
-        if key.is_empty() {
-            return invalid(format!("tracker[{i}]"), "the key must not be empty".into());
-        }
-        if !seen.insert(key.as_str()) {
-            return invalid(format!("tracker[{key}]"), "duplicate key".into());
-        }
-        validate_threshold(
-            &format!("tracker[{key}].busy_threshold"),
-            config.busy_threshold.unwrap_or(1),
-        )?;
-    }
-    for (field, d) in [
-        ("renewal", r.renewal),
-        ("expiration", r.expiration),
-        ("recovery", r.recovery),
-    ] {
-        if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
-            return invalid(
-                field.into(),
-                format!("must be between {MIN_DURATION:?} and {MAX_DURATION:?}, got {d:?}"),
-            );
-        }
-    }
-    if r.renewal >= r.expiration {
-        return invalid(
-            "renewal".into(),
-            format!(
-                "must be shorter than expiration ({:?} >= {:?}), or statuses expire between renewals",
-                r.renewal, r.expiration
-            ),
-        );
-    }
-    Ok(())
-}
-
 fn default_instance_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -496,127 +297,6 @@ fn default_instance_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
-}
-
-/// Publishes a registry's transitions: stamps the wire sequence and the validity.
-pub(crate) struct RegistryPublisher {
-    pub(crate) instance: String,
-    pub(crate) backend: Arc<dyn DynBackend>,
-    pub(crate) closed: AtomicBool,
-    pub(crate) bell: Arc<Bell>,
-    first_seq: u64,
-    /// Cleared once the backend answers `publish_now` with `None`: it never publishes inline.
-    inline: AtomicBool,
-    /// Each tracker's bound publish ([`Backend::bind_publisher`]), by tracker index, when
-    /// the backend offers one.
-    bound: Vec<Option<Box<dyn BoundPublisher>>>,
-    pub(crate) valid_for: Duration,
-}
-
-impl RegistryPublisher {
-    /// A publisher for the trackers of `keys` (in tracker index order).
-    pub(crate) fn new<'k>(
-        instance: String,
-        backend: Arc<dyn DynBackend>,
-        keys: impl IntoIterator<Item = &'k str>,
-        bell: Arc<Bell>,
-        valid_for: Duration,
-    ) -> Self {
-        let bound = keys
-            .into_iter()
-            .map(|key| backend.bind_publisher_dyn(key, &instance))
-            .collect();
-        RegistryPublisher {
-            instance,
-            backend,
-            closed: AtomicBool::new(false),
-            bell,
-            first_seq: StoreTime::now_system().as_unix_nanos(),
-            inline: AtomicBool::new(true),
-            bound,
-            valid_for,
-        }
-    }
-
-    pub(crate) fn status(&self, seq: u64, busy: bool, data: Option<&str>) -> InstanceStatus {
-        if busy {
-            InstanceStatus::busy(data.map(String::from), seq, self.valid_for)
-        } else {
-            InstanceStatus::idle(seq, self.valid_for)
-        }
-    }
-}
-
-fn with_key(key: &str, result: core::result::Result<(), crate::BackendError>) -> Result<()> {
-    result.map_err(|source| Error::Backend {
-        key: key.into(),
-        source,
-    })
-}
-
-impl Publisher for RegistryPublisher {
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        seq: u64,
-        busy: bool,
-        data: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(Error::Shutdown { key: key.into() });
-            }
-            let status = self.status(seq, busy, data);
-            with_key(
-                key,
-                self.backend.publish_dyn(key, &self.instance, &status).await,
-            )
-        })
-    }
-
-    fn publish_now(
-        &self,
-        index: usize,
-        key: &str,
-        seq: u64,
-        busy: bool,
-        data: Option<&str>,
-    ) -> Option<Result<()>> {
-        // After shutdown the asynchronous path reports `Error::Shutdown`.
-        if !self.publishes_inline() {
-            return None;
-        }
-        let status = self.status(seq, busy, data);
-        if let Some(Some(bound)) = self.bound.get(index) {
-            return Some(with_key(key, bound.publish_now(&status)));
-        }
-        let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
-            self.inline.store(false, Ordering::Relaxed);
-            return None;
-        };
-        Some(with_key(key, result))
-    }
-
-    fn publishes_inline(&self) -> bool {
-        self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
-    }
-
-    /// Strictly increasing per key from here, starting from the wall clock in nanoseconds
-    /// at build, so that an instance restarted under the same name still supersedes its old
-    /// statuses: the old process's sequences grew by one per publish, and a publish takes
-    /// far longer than a nanosecond, so they stay below the wall clock at which the new
-    /// process starts.
-    fn first_seq(&self) -> u64 {
-        self.first_seq
-    }
-
-    fn wake_driver(&self, index: usize) {
-        self.bell.ring(index);
-    }
-
-    fn lease(&self, index: usize, token: u64) {
-        self.bell.lease(index, token);
-    }
 }
 
 /// One instance's trackers for a set of keys, shared with other instances through a

@@ -18,7 +18,7 @@ use event_listener::EventListener;
 use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
-use crate::controller::PublishSlot;
+use crate::publish::{PublishSlot, SlotLock, epoch_is_newer};
 use crate::sync::{AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, Signal, SignalListener};
 
 /// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
@@ -137,7 +137,7 @@ pub(crate) struct Link {
     pub(crate) own_instance: Arc<str>,
     /// Wakes the driver so it re-arms this key's expiry after a read-through.
     #[cfg(feature = "std")]
-    pub(crate) bell: Arc<crate::driver::Bell>,
+    pub(crate) bell: Arc<crate::publish::Bell>,
     /// This key's tracker in the registry.
     #[cfg(feature = "std")]
     pub(crate) index: usize,
@@ -203,6 +203,12 @@ impl core::ops::Deref for SlotGuard<'_> {
 impl core::ops::DerefMut for SlotGuard<'_> {
     fn deref_mut(&mut self) -> &mut PublishSlot {
         &mut self.0.slot
+    }
+}
+
+impl SlotLock for TrackerState {
+    fn slot(&self) -> impl core::ops::DerefMut<Target = PublishSlot> + '_ {
+        TrackerState::slot(self)
     }
 }
 
@@ -1060,12 +1066,6 @@ impl Held {
         }
         Held { entry, applied }
     }
-}
-
-/// Serial-number comparison of 32-bit epochs (RFC 1982 style), so wrapping after 2^32
-/// transitions keeps the order right.
-pub(crate) fn epoch_is_newer(candidate: u32, current: u32) -> bool {
-    (candidate.wrapping_sub(current) as i32) > 0
 }
 
 /// Stream of [`Status`] changes returned by [`TrackerState::changes`].

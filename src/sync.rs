@@ -6,11 +6,14 @@
 //! without it (no_std + alloc) a spin lock, which is fine because every critical section
 //! in the core is a handful of loads and stores with no I/O and no user code.
 
+// `AtomicBool` serves the registry and its driver, which need `std`.
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+#[cfg_attr(not(feature = "std"), allow(unused_imports))]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+#[cfg_attr(not(feature = "std"), allow(unused_imports))]
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// A mutex with an infallible `lock()` whatever the backing implementation.
 pub(crate) struct Mutex<T> {

@@ -1,0 +1,783 @@
+//! The publish protocol: how a key's newest status reaches the store.
+//!
+//! Latest wins: each key has one [`PublishSlot`] (under its state's lock) holding the newest
+//! status and what the backend acknowledged. One publisher at a time holds the key's
+//! publishing role (a caller's `Ack`, or the driver); a holder publishing an older status is
+//! superseded by one with a newer status, and the driver takes over a role held past its
+//! lease ([`Bell`]). A transition publishes inline, inside the state's critical section,
+//! when the backend needs no I/O. [`PublishPoint`] runs the steps — claim, publish, settle,
+//! acknowledge — for a controller; the registry's [`RegistryPublisher`] turns a status into
+//! a backend call.
+//!
+//! This module sits below the state and the controller: the state keeps a slot without
+//! knowing its rules, and reaches the slot to this module through [`SlotLock`].
+
+use alloc::string::String;
+use alloc::sync::Arc;
+
+use crate::backend::BoxFuture;
+use crate::error::{BackendError, BackendErrorKind, Error, Result};
+use crate::sync::Signal;
+
+/// Serial-number comparison of 32-bit epochs (RFC 1982 style), so wrapping after 2^32
+/// transitions keeps the order right.
+pub(crate) fn epoch_is_newer(candidate: u32, current: u32) -> bool {
+    (candidate.wrapping_sub(current) as i32) > 0
+}
+
+/// Where a key's [`PublishSlot`] lives, locked on access (the key's state, whose lock it
+/// shares so that a transition applies itself locally and publishes in one critical section).
+pub(crate) trait SlotLock {
+    fn slot(&self) -> impl core::ops::DerefMut<Target = PublishSlot> + '_;
+}
+
+/// Where a registry's controller sends its transitions (implemented by the registry;
+/// absent for standalone controllers, whose transitions are local only).
+pub(crate) trait Publisher: Send + Sync + 'static {
+    /// Publishes `busy`/`data` as this instance's status for `key`, under the wire
+    /// sequence `seq` (strictly increasing per key).
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        seq: u64,
+        busy: bool,
+        data: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Publishes without waiting if the backend can ([`Backend::publish_now`]) and the
+    /// registry is not shut down; `None` means "use [`publish`](Self::publish)". `index` is
+    /// the tracker's (it finds the key's bound publish, [`Backend::bind_publisher`]).
+    ///
+    /// [`Backend::publish_now`]: crate::Backend::publish_now
+    /// [`Backend::bind_publisher`]: crate::Backend::bind_publisher
+    fn publish_now(
+        &self,
+        index: usize,
+        key: &str,
+        seq: u64,
+        busy: bool,
+        data: Option<&str>,
+    ) -> Option<Result<()>>;
+    /// Whether [`publish_now`](Self::publish_now) may publish (a hint that saves a backend
+    /// that never publishes inline a lock round per publish).
+    fn publishes_inline(&self) -> bool;
+    /// The sequence every key starts from: the wall clock at build, so that an instance
+    /// restarted under the same name supersedes its old statuses.
+    fn first_seq(&self) -> u64;
+    /// Asks the background driver to publish what is pending for tracker `index` (sync
+    /// transitions, cancelled or failed publishes).
+    fn wake_driver(&self, index: usize);
+    /// Tells the driver that a caller's future took the publishing role of tracker `index`
+    /// with `token`: should that future stop being polled (an `Ack` polled once and kept),
+    /// the driver takes the role over after a lease, so the status still reaches the store.
+    fn lease(&self, index: usize, token: u64);
+}
+
+/// Which statuses a publish sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PublishMode {
+    /// The newest status, if the backend has not acknowledged it.
+    Pending,
+    /// Also an acknowledged busy status (renewal: it must not expire while busy).
+    Renew,
+    /// The newest status whatever it is (recovery: the store may have lost or restored an
+    /// old one — an idle status included, which a restore from a snapshot may bring back
+    /// as busy).
+    Recover,
+}
+
+/// How often a publish is tried again at once, with a sequence above the one the store
+/// holds, when the store reports this instance's status superseded
+/// ([`BackendErrorKind::Superseded`]). More means a second live instance shares the name.
+const SUPERSEDED_RETRIES: usize = 2;
+
+/// The sequence a store says it holds, when it refused a publish as superseded.
+fn superseded(result: &Result<()>) -> Option<u64> {
+    match result {
+        Err(Error::Backend { source, .. }) if source.kind() == BackendErrorKind::Superseded => {
+            source.held_seq()
+        }
+        _ => None,
+    }
+}
+
+/// The newest status to publish and what the backend has acknowledged (latest wins: only
+/// the newest status is ever sent; an older one still in flight is superseded).
+#[derive(Default)]
+pub(crate) struct PublishSlot {
+    newest_epoch: u32,
+    newest_busy: bool,
+    newest_data: Option<String>,
+    /// Newest epoch the backend acknowledged.
+    acked_epoch: u32,
+    /// Newest epoch whose publish failed, and how.
+    failed: Option<(u32, BackendErrorKind, String)>,
+    /// The publishing role: the token of the publish in flight (0: none). One publisher at
+    /// a time per key, so publishes reach the backend in order. A holder may be superseded
+    /// (a newer status to publish, or the driver after a lease): its late outcome is still
+    /// recorded, and the store orders statuses by sequence.
+    role: u64,
+    /// The epoch the role holder publishes.
+    role_epoch: u32,
+    /// Tokens handed out.
+    tokens: u64,
+    /// The last wire sequence handed out for this key. Per key, under this lock that every
+    /// publish takes anyway: no shared counter for all keys to contend on.
+    seq: u64,
+    /// Acknowledged and failed publishes (for `Metrics`), likewise without a shared atomic.
+    publishes: u64,
+    publish_failures: u64,
+}
+
+impl PublishSlot {
+    /// Sets the sequence the key's statuses continue from.
+    pub(crate) fn start_at(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Whether the newest status is to be published now: no one else is publishing it, and
+    /// it is not acknowledged yet (or, with `force`, it is busy: renewal and recovery
+    /// re-publish it).
+    fn needs_publish(&self, mode: PublishMode) -> bool {
+        self.role == 0 && self.wanted(mode)
+    }
+
+    /// Whether `mode` has anything to send, ignoring the role.
+    fn wanted(&self, mode: PublishMode) -> bool {
+        match mode {
+            PublishMode::Pending => self.pending(),
+            PublishMode::Renew => self.pending() || self.newest_busy,
+            PublishMode::Recover => true,
+        }
+    }
+
+    /// Takes the role; returns its token.
+    fn take_role(&mut self) -> u64 {
+        self.tokens += 1;
+        self.role = self.tokens;
+        self.role_epoch = self.newest_epoch;
+        self.role
+    }
+
+    /// Gives the role back, if `token` still holds it.
+    fn give_back(&mut self, token: u64) {
+        if self.role == token {
+            self.role = 0;
+        }
+    }
+
+    /// After a store said it holds sequence `held`, continues above it.
+    fn raise_seq(&mut self, held: u64) {
+        self.seq = self.seq.max(held);
+    }
+
+    /// Whether the newest status still waits for an acknowledgement.
+    fn pending(&self) -> bool {
+        epoch_is_newer(self.newest_epoch, self.acked_epoch)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        // Saturating: a store may hold any sequence (someone else wrote it), and an
+        // instance raised to the top keeps writing at it (equal sequences replace).
+        self.seq = self.seq.saturating_add(1);
+        self.seq
+    }
+
+    /// Publishes the newest status without waiting, under the state's lock (the caller holds
+    /// it), when the backend can: `None` when it cannot. A status the store reports
+    /// superseded goes again above the sequence the store holds. The outcome is recorded.
+    fn publish_inline(
+        &mut self,
+        publisher: &dyn Publisher,
+        index: usize,
+        key: &str,
+    ) -> Option<Result<()>> {
+        let (epoch, busy) = (self.newest_epoch, self.newest_busy);
+        let mut result;
+        let mut tries = 0;
+        loop {
+            // `publish_now` itself says whether it can publish inline; the sequence is taken
+            // only when it did.
+            let seq = self.seq.saturating_add(1);
+            result = publisher.publish_now(index, key, seq, busy, self.newest_data.as_deref())?;
+            self.seq = seq;
+            match superseded(&result) {
+                Some(held) if tries < SUPERSEDED_RETRIES => {
+                    self.raise_seq(held);
+                    tries += 1;
+                }
+                _ => break,
+            }
+        }
+        self.record_outcome(epoch, &result);
+        Some(result)
+    }
+
+    /// Records the outcome of publishing `epoch` for every waiter.
+    fn record_outcome(&mut self, epoch: u32, result: &Result<()>) {
+        match result {
+            Ok(()) => {
+                if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
+                    self.acked_epoch = epoch;
+                }
+                self.failed = None;
+                self.publishes += 1;
+            }
+            Err(Error::Backend { source, .. }) => {
+                self.failed = Some((epoch, source.kind(), String::from(source.message())));
+                self.publish_failures += 1;
+            }
+            Err(Error::Shutdown { .. }) => {
+                self.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
+            }
+            Err(other) => {
+                self.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
+            }
+        }
+    }
+}
+
+/// A key's publishing half: where its statuses go and who waits for their outcome. The
+/// steps of the protocol take the key's [`SlotLock`].
+pub(crate) struct PublishPoint {
+    /// Shared with the state's link: one allocation per key.
+    pub(crate) key: Arc<str>,
+    /// The tracker's position in the registry (what it rings the driver with).
+    pub(crate) index: usize,
+    /// Notified whenever a publish finishes (acked or failed) or is abandoned.
+    published: Signal,
+    publisher: Option<Arc<dyn Publisher>>,
+}
+
+impl PublishPoint {
+    pub(crate) fn new(key: Arc<str>, index: usize, publisher: Option<Arc<dyn Publisher>>) -> Self {
+        PublishPoint {
+            key,
+            index,
+            published: Signal::new(),
+            publisher,
+        }
+    }
+
+    /// The sequence the key's statuses start from.
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.publisher.as_ref().map_or(0, |p| p.first_seq())
+    }
+
+    /// Whether transitions are published (a registry's controller) or only applied locally
+    /// (a standalone one).
+    #[inline]
+    pub(crate) fn publishes(&self) -> bool {
+        self.publisher.is_some()
+    }
+
+    /// The publishing part of a transition, run on the slot inside the state's critical
+    /// section that applies it locally: records it as newest and — when the backend
+    /// publishes inline and no one else is publishing this key — publishes it right there.
+    /// An inline publish never waits; no waiter can be listening for its outcome (they
+    /// listen only while the role is held, which this never takes), so nobody needs waking.
+    /// Returns whether an inline publish failed (`None`: none was made).
+    #[inline]
+    pub(crate) fn publish_transition_inline(
+        &self,
+        slot: &mut PublishSlot,
+        epoch: u32,
+        busy: bool,
+        newest: Option<String>,
+    ) -> Option<bool> {
+        let publisher = self.publisher.as_deref()?;
+        if epoch_is_newer(epoch, slot.newest_epoch) {
+            slot.newest_epoch = epoch;
+            slot.newest_busy = busy;
+            slot.newest_data = newest;
+        }
+        if slot.newest_epoch != epoch || slot.role != 0 {
+            return None;
+        }
+        let result = slot.publish_inline(publisher, self.index, &self.key)?;
+        Some(result.is_err())
+    }
+
+    /// What is left of a transition after [`publish_transition_inline`]: the epoch still to
+    /// be acknowledged, if any (then an `Ack` or the driver takes over); a failed inline
+    /// publish goes to the driver.
+    ///
+    /// [`publish_transition_inline`]: Self::publish_transition_inline
+    #[inline]
+    pub(crate) fn transition_outcome(&self, failed: Option<bool>, epoch: u32) -> Option<u32> {
+        match failed {
+            // Published and acknowledged inline.
+            Some(false) => None,
+            Some(true) => {
+                self.wake_driver();
+                Some(epoch)
+            }
+            // Someone else is publishing, or the backend cannot publish inline: an `Ack`
+            // or the driver takes over.
+            None => Some(epoch),
+        }
+    }
+
+    /// Waits until the backend acknowledged `epoch` or a newer status, publishing itself
+    /// when no one else is (so the common case has no hand-off to another thread).
+    pub(crate) async fn acknowledged(&self, slots: &impl SlotLock, epoch: u32) -> Result<()> {
+        loop {
+            let listener = {
+                let slot = slots.slot();
+                if !epoch_is_newer(epoch, slot.acked_epoch) {
+                    return Ok(());
+                }
+                if let Some((failed, kind, message)) = &slot.failed
+                    && !epoch_is_newer(epoch, *failed)
+                {
+                    return Err(Error::Backend {
+                        key: String::from(&*self.key),
+                        source: BackendError::new(*kind, message.clone()),
+                    });
+                }
+                // A holder publishing an older status than this one is superseded: this
+                // publishes the newer one rather than wait for a holder that may never be
+                // polled again.
+                if slot.role != 0 && !epoch_is_newer(epoch, slot.role_epoch) {
+                    Some(self.published.listen())
+                } else {
+                    None
+                }
+            };
+            match listener {
+                Some(listener) => listener.await,
+                None => {
+                    if let Err(Error::Shutdown { key }) = self
+                        .publish_newest(slots, PublishMode::Pending, Claim::Caller)
+                        .await
+                    {
+                        return Err(Error::Shutdown { key });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the newest status as `mode` asks. Returns `Ok(false)` when another
+    /// publisher holds the key (and `claim` may not take it over) or there is nothing to do.
+    /// The outcome is recorded for every waiter.
+    pub(crate) async fn publish_newest(
+        &self,
+        slots: &impl SlotLock,
+        mode: PublishMode,
+        claim: Claim,
+    ) -> Result<bool> {
+        let Some(publisher) = &self.publisher else {
+            return Ok(false);
+        };
+        if let Some(done) = self.publish_newest_now(slots, &**publisher, mode) {
+            return done;
+        }
+        let Some((token, mut epoch, mut seq, mut busy, mut data)) = self.claim(slots, mode, claim)
+        else {
+            return Ok(false);
+        };
+        // If this future is dropped mid-publish, the guard gives the key back and wakes
+        // the driver, which publishes the newest status in the background.
+        let mut guard = PublishingGuard {
+            point: self,
+            slots,
+            publisher: &**publisher,
+            token,
+            done: false,
+        };
+        let mut tries = 0;
+        let result = loop {
+            let result = {
+                let mut publish = publisher.publish(&self.key, seq, busy, data.as_deref());
+                match futures_lite::future::poll_once(&mut publish).await {
+                    Some(result) => result,
+                    None => {
+                        // In flight: should this future stop being polled, the driver takes
+                        // over.
+                        if claim == Claim::Caller {
+                            publisher.lease(self.index, token);
+                        }
+                        publish.await
+                    }
+                }
+            };
+            match superseded(&result) {
+                Some(held) if tries < SUPERSEDED_RETRIES => {
+                    tries += 1;
+                    let mut slot = slots.slot();
+                    if slot.role != token {
+                        break result;
+                    }
+                    slot.raise_seq(held);
+                    (epoch, seq, busy, data) = (
+                        slot.newest_epoch,
+                        slot.next_seq(),
+                        slot.newest_busy,
+                        slot.newest_data.clone(),
+                    );
+                    slot.role_epoch = epoch;
+                }
+                _ => break result,
+            }
+        };
+        guard.done = true;
+        self.settle(slots, &**publisher, token, epoch, &result);
+        result.map(|()| true)
+    }
+
+    /// [`publish_newest`](Self::publish_newest) inline, when the backend publishes without
+    /// waiting: under the state's lock, as a transition publishes, so the publishing role is
+    /// never held across the call and a transition made meanwhile (on another thread: the
+    /// driver renews, retries and recovers) is published inline too instead of waiting for
+    /// this one. `None`: the backend cannot; use the asynchronous path.
+    fn publish_newest_now(
+        &self,
+        slots: &impl SlotLock,
+        publisher: &dyn Publisher,
+        mode: PublishMode,
+    ) -> Option<Result<bool>> {
+        if !publisher.publishes_inline() {
+            return None;
+        }
+        let mut slot = slots.slot();
+        if !slot.needs_publish(mode) {
+            return Some(Ok(false));
+        }
+        let result = slot.publish_inline(publisher, self.index, &self.key)?;
+        drop(slot);
+        // As for an inline transition: nobody listens for this outcome (waiters listen only
+        // while the role is held), so nobody needs waking; a failure goes to the driver.
+        if result.is_err() {
+            publisher.wake_driver(self.index);
+        }
+        Some(result.map(|()| true))
+    }
+
+    /// Takes the publishing role for the newest status if `mode` has something to send and
+    /// the role is free — or held by a publish `claim` may supersede: one of an older status
+    /// (latest wins), or, for the driver after a lease, the one whose token it names.
+    /// Returns the token, epoch, sequence, and status.
+    fn claim(
+        &self,
+        slots: &impl SlotLock,
+        mode: PublishMode,
+        claim: Claim,
+    ) -> Option<(u64, u32, u64, bool, Option<String>)> {
+        let mut slot = slots.slot();
+        if !slot.wanted(mode) {
+            return None;
+        }
+        let free = match claim {
+            _ if slot.role == 0 => true,
+            Claim::Caller | Claim::Driver => epoch_is_newer(slot.newest_epoch, slot.role_epoch),
+            Claim::TakeOver(token) => slot.role == token,
+        };
+        if !free {
+            return None;
+        }
+        let token = slot.take_role();
+        Some((
+            token,
+            slot.newest_epoch,
+            slot.next_seq(),
+            slot.newest_busy,
+            slot.newest_data.clone(),
+        ))
+    }
+
+    /// Records the outcome of publishing `epoch` for every waiter and gives the role back
+    /// (if `token` still holds it); a failure hands the retry to the driver.
+    fn settle(
+        &self,
+        slots: &impl SlotLock,
+        publisher: &dyn Publisher,
+        token: u64,
+        epoch: u32,
+        result: &Result<()>,
+    ) {
+        {
+            let mut slot = slots.slot();
+            slot.give_back(token);
+            slot.record_outcome(epoch, result);
+        }
+        self.published.notify_all();
+        if result.is_err() {
+            publisher.wake_driver(self.index);
+        }
+    }
+
+    /// The token of the publish holding the role, if any (for the driver's lease).
+    pub(crate) fn role_token(&self, slots: &impl SlotLock) -> Option<u64> {
+        let role = slots.slot().role;
+        (role != 0).then_some(role)
+    }
+
+    /// A wire sequence above every one this key published (for the goodbye).
+    pub(crate) fn next_seq(&self, slots: &impl SlotLock) -> u64 {
+        slots.slot().next_seq()
+    }
+
+    /// Acknowledged and failed publishes of this key so far.
+    pub(crate) fn publish_counts(&self, slots: &impl SlotLock) -> (u64, u64) {
+        let slot = slots.slot();
+        (slot.publishes, slot.publish_failures)
+    }
+
+    /// Whether the newest status still waits for an acknowledgement.
+    pub(crate) fn has_pending(&self, slots: &impl SlotLock) -> bool {
+        slots.slot().pending()
+    }
+
+    /// The newest busy status this instance holds, for goodbyes and diagnostics.
+    pub(crate) fn newest_is_busy(&self, slots: &impl SlotLock) -> bool {
+        slots.slot().newest_busy
+    }
+
+    /// Asks the driver to publish what is pending for this key.
+    #[inline]
+    pub(crate) fn wake_driver(&self) {
+        if let Some(publisher) = &self.publisher {
+            publisher.wake_driver(self.index);
+        }
+    }
+}
+
+/// Who asks for the publishing role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// A caller's future (an `Ack`): the driver is told of its lease.
+    Caller,
+    /// The driver's own round (pending publishes, renewal, recovery).
+    Driver,
+    /// The driver taking over the role the publish with this token has held past its lease.
+    TakeOver(u64),
+}
+
+/// Gives the publishing role back if a publish future is dropped mid-publish, and hands the
+/// publish to the driver.
+struct PublishingGuard<'a, S: SlotLock> {
+    point: &'a PublishPoint,
+    slots: &'a S,
+    publisher: &'a dyn Publisher,
+    token: u64,
+    done: bool,
+}
+
+impl<S: SlotLock> Drop for PublishingGuard<'_, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.slots.slot().give_back(self.token);
+            self.point.published.notify_all();
+            self.publisher.wake_driver(self.point.index);
+        }
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+pub(crate) use registry_side::{Bell, LEASE, RegistryPublisher};
+
+/// The protocol's parts that a registry adds: the driver's bell (and the leases it watches)
+/// and the publisher that turns a status into a backend call.
+#[cfg(all(feature = "std", not(loom)))]
+mod registry_side {
+    use alloc::boxed::Box;
+    use alloc::string::String;
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use core::time::Duration;
+
+    use event_listener::Event;
+
+    use super::Publisher;
+    use crate::backend::{BoundPublisher, BoxFuture, DynBackend, InstanceStatus, StoreTime};
+    use crate::error::{Error, Result};
+    use crate::sync::{AtomicBool, Ordering};
+
+    /// Wakes the driver and tells it which trackers need a look (a publish left pending, an
+    /// expiry to re-arm after a read-through), so that a round of the driver costs what changed,
+    /// not the number of trackers (it scanned them all: ~400 µs per event with 10,000 trackers).
+    pub(crate) struct Bell {
+        pub(crate) event: Event,
+        /// Whether a tracker is in `list` already: each is queued once however often it rings.
+        queued: Box<[AtomicBool]>,
+        list: parking_lot::Mutex<Vec<usize>>,
+        /// Publishing roles callers' futures took (tracker, token), for the driver's lease.
+        leases: parking_lot::Mutex<Vec<(usize, u64)>>,
+    }
+
+    /// How long a caller's future may hold a key's publishing role before the driver takes it
+    /// over and publishes the newest status itself: an `Ack` polled once and then kept (a
+    /// `select!` that awaits it later) must not keep the status from the store. Well above a
+    /// store round trip, so a publish in flight is rarely sent twice; sending it twice is
+    /// harmless (the store orders statuses by sequence).
+    pub(crate) const LEASE: core::time::Duration = core::time::Duration::from_millis(200);
+
+    impl Bell {
+        pub(crate) fn new(trackers: usize) -> Self {
+            Bell {
+                event: Event::new(),
+                queued: (0..trackers).map(|_| AtomicBool::new(false)).collect(),
+                list: parking_lot::Mutex::new(Vec::new()),
+                leases: parking_lot::Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Tells the driver a caller's future holds tracker `index`'s publishing role as
+        /// `token` (see [`LEASE`]).
+        pub(crate) fn lease(&self, index: usize, token: u64) {
+            self.leases.lock().push((index, token));
+            self.event.notify(usize::MAX);
+        }
+
+        pub(crate) fn take_leases(&self) -> Vec<(usize, u64)> {
+            core::mem::take(&mut *self.leases.lock())
+        }
+
+        /// Wakes the driver to look at tracker `index`.
+        pub(crate) fn ring(&self, index: usize) {
+            if let Some(flag) = self.queued.get(index)
+                && !flag.swap(true, Ordering::AcqRel)
+            {
+                self.list.lock().push(index);
+            }
+            self.event.notify(usize::MAX);
+        }
+
+        /// Wakes the driver for no tracker in particular (stop).
+        pub(crate) fn wake(&self) {
+            self.event.notify(usize::MAX);
+        }
+
+        /// The trackers rung since the last call. A flag is cleared with a read-modify-write,
+        /// which reads the ringer's swap: what the ringer did before ringing is visible to the
+        /// driver's look that follows, even when that ring found the tracker still queued.
+        pub(crate) fn take(&self) -> Vec<usize> {
+            let list = core::mem::take(&mut *self.list.lock());
+            for &i in &list {
+                self.queued[i].swap(false, Ordering::AcqRel);
+            }
+            list
+        }
+    }
+
+    /// Publishes a registry's transitions: stamps the wire sequence and the validity.
+    pub(crate) struct RegistryPublisher {
+        pub(crate) instance: String,
+        pub(crate) backend: Arc<dyn DynBackend>,
+        pub(crate) closed: AtomicBool,
+        pub(crate) bell: Arc<Bell>,
+        first_seq: u64,
+        /// Cleared once the backend answers `publish_now` with `None`: it never publishes inline.
+        inline: AtomicBool,
+        /// Each tracker's bound publish ([`Backend::bind_publisher`]), by tracker index, when
+        /// the backend offers one.
+        bound: Vec<Option<Box<dyn BoundPublisher>>>,
+        pub(crate) valid_for: Duration,
+    }
+
+    impl RegistryPublisher {
+        /// A publisher for the trackers of `keys` (in tracker index order).
+        pub(crate) fn new<'k>(
+            instance: String,
+            backend: Arc<dyn DynBackend>,
+            keys: impl IntoIterator<Item = &'k str>,
+            bell: Arc<Bell>,
+            valid_for: Duration,
+        ) -> Self {
+            let bound = keys
+                .into_iter()
+                .map(|key| backend.bind_publisher_dyn(key, &instance))
+                .collect();
+            RegistryPublisher {
+                instance,
+                backend,
+                closed: AtomicBool::new(false),
+                bell,
+                first_seq: StoreTime::now_system().as_unix_nanos(),
+                inline: AtomicBool::new(true),
+                bound,
+                valid_for,
+            }
+        }
+
+        pub(crate) fn status(&self, seq: u64, busy: bool, data: Option<&str>) -> InstanceStatus {
+            if busy {
+                InstanceStatus::busy(data.map(String::from), seq, self.valid_for)
+            } else {
+                InstanceStatus::idle(seq, self.valid_for)
+            }
+        }
+    }
+
+    fn with_key(key: &str, result: core::result::Result<(), crate::BackendError>) -> Result<()> {
+        result.map_err(|source| Error::Backend {
+            key: key.into(),
+            source,
+        })
+    }
+
+    impl Publisher for RegistryPublisher {
+        fn publish<'a>(
+            &'a self,
+            key: &'a str,
+            seq: u64,
+            busy: bool,
+            data: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(Error::Shutdown { key: key.into() });
+                }
+                let status = self.status(seq, busy, data);
+                with_key(
+                    key,
+                    self.backend.publish_dyn(key, &self.instance, &status).await,
+                )
+            })
+        }
+
+        fn publish_now(
+            &self,
+            index: usize,
+            key: &str,
+            seq: u64,
+            busy: bool,
+            data: Option<&str>,
+        ) -> Option<Result<()>> {
+            // After shutdown the asynchronous path reports `Error::Shutdown`.
+            if !self.publishes_inline() {
+                return None;
+            }
+            let status = self.status(seq, busy, data);
+            if let Some(Some(bound)) = self.bound.get(index) {
+                return Some(with_key(key, bound.publish_now(&status)));
+            }
+            let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
+                self.inline.store(false, Ordering::Relaxed);
+                return None;
+            };
+            Some(with_key(key, result))
+        }
+
+        fn publishes_inline(&self) -> bool {
+            self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
+        }
+
+        /// Strictly increasing per key from here, starting from the wall clock in nanoseconds
+        /// at build, so that an instance restarted under the same name still supersedes its old
+        /// statuses: the old process's sequences grew by one per publish, and a publish takes
+        /// far longer than a nanosecond, so they stay below the wall clock at which the new
+        /// process starts.
+        fn first_seq(&self) -> u64 {
+            self.first_seq
+        }
+
+        fn wake_driver(&self, index: usize) {
+            self.bell.ring(index);
+        }
+
+        fn lease(&self, index: usize, token: u64) {
+            self.bell.lease(index, token);
+        }
+    }
+}
