@@ -325,24 +325,39 @@ pub enum BackendEvent {
 ///
 /// Implement three methods; the core does the rest (ordering, expiry, renewal, recovery,
 /// retries) the same way for every backend. Run the conformance suite in
-/// `reactive-lock-backends` against a new implementation.
+/// `reactive-lock-backends` (feature `test-util`) against a new implementation.
 ///
-/// # Contract
+/// # The contract: three required methods
 ///
 /// * [`publish`](Backend::publish) stores `status` as `instance`'s entry for `key`, with
 ///   `valid_until = store clock + status.valid_for` (only a busy entry's is ever judged: an
 ///   idle one's may come from another clock), unless the stored entry has a higher
-///   `seq` (latest wins), and notifies subscribers. It resolves once the store acknowledged.
-/// * [`snapshot`](Backend::snapshot) reads every entry of `key` plus the store's clock.
+///   `seq` (latest wins: answer [`Superseded`](crate::BackendErrorKind::Superseded) then),
+///   and notifies subscribers. It resolves once the store acknowledged.
+/// * [`snapshot`](Backend::snapshot) reads every entry of `key` plus the store's clock, in
+///   one atomic read.
 /// * [`subscribe`](Backend::subscribe) yields [`BackendEvent`]s for all `keys` on one
 ///   stream (one connection for all keys where the transport allows). Changes of the
 ///   subscribing instance's own entry may be left out: the core never reads its own status
 ///   back from the store (it is authoritative locally), so skipping these echoes saves the
 ///   subscriber a wake-up per own transition.
-/// * [`publish_now`](Backend::publish_now) (optional) completes a publish without waiting,
-///   for stores that need no I/O; the default defers to `publish`.
-///   [`bind_publisher`](Backend::bind_publisher) (optional) resolves it once per key and
-///   instance.
+///
+/// # Cancel safety
+///
+/// The core drops `publish` and `snapshot` futures before they resolve (a caller's `Ack`
+/// dropped, a timeout, a shutdown) and publishes the newest status again later. A dropped
+/// `publish` may or may not have reached the store, but must leave nothing half-written
+/// (the store keeps whichever status has the higher `seq`), and a dropped `subscribe` must
+/// leave no subscription behind.
+///
+/// # Optional speed hooks
+///
+/// The defaults are correct; these only save hand-offs or lookups where a backend can:
+/// [`publish_now`](Backend::publish_now) (publish without waiting, for stores that need no
+/// I/O), [`bind_publisher`](Backend::bind_publisher) (resolve that once per key and
+/// instance), [`spawn_driver`](Backend::spawn_driver) (run the registry's driver beside the
+/// backend's own I/O) and [`runs_io_on_this_thread`](Backend::runs_io_on_this_thread) (let
+/// blocking waits refuse a thread that runs the backend's I/O).
 ///
 /// # Examples
 ///
@@ -504,7 +519,10 @@ pub trait Backend: Send + Sync + 'static {
 /// bound.publish_now(&InstanceStatus::busy(None, 2, Duration::from_secs(10))).unwrap();
 /// let older = bound.publish_now(&InstanceStatus::idle(1, Duration::from_secs(10)));
 /// assert_eq!(older.unwrap_err().held_seq(), Some(2));
-/// assert_eq!(backend.publish_count(), 1);
+/// # futures_lite::future::block_on(async {
+/// assert!(backend.snapshot("k").await?.is_blocked()); // the busy status stands
+/// # Ok::<(), reactive_lock::BackendError>(())
+/// # }).unwrap();
 /// ```
 pub trait BoundPublisher: Send + Sync + 'static {
     /// Publishes `status` as the bound instance's status for the bound key, without waiting:

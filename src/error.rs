@@ -61,6 +61,16 @@ pub enum Error {
         key: String,
     },
 
+    /// A thread the library needs could not be started (the operating system refused it:
+    /// a thread limit, memory).
+    #[error("cannot start the thread `{thread}`: {reason}")]
+    Spawn {
+        /// The thread's name, e.g. `reactive-lock-driver-api-1`.
+        thread: String,
+        /// What the operating system said.
+        reason: String,
+    },
+
     /// A wait needed the registry's background [`Driver`](crate::Driver), and it is not
     /// running: the `Driver` from
     /// [`build_with_driver`](crate::ReactiveLockBuilder::build_with_driver) was never

@@ -209,13 +209,16 @@ impl LocalBackend {
         }
     }
 
-    /// How many publishes the store has applied (for tests and benches).
+    /// How many publishes the store has applied (for tests and benches; feature
+    /// `test-util`).
     ///
     /// # Examples
     ///
     /// ```
     /// assert_eq!(reactive_lock::LocalBackend::new().publish_count(), 0);
     /// ```
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn publish_count(&self) -> u64 {
         self.inner.store.lock().publishes
     }

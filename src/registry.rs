@@ -146,8 +146,9 @@ impl ReactiveLockBuilder {
     /// [`Error::InvalidConfig`] naming the field for: an empty instance name, no trackers,
     /// an empty or duplicate tracker key, a busy threshold of 0 or above
     /// [`MAX_IN_FLIGHT`](crate::MAX_IN_FLIGHT), a duration outside
-    /// [`MIN_DURATION`](crate::MIN_DURATION)`..=`[`MAX_DURATION`](crate::MAX_DURATION), renewal not shorter than expiration.
-    /// [`Error::Backend`] if the initial sync fails.
+    /// [`MIN_DURATION`](crate::MIN_DURATION)`..=`[`MAX_DURATION`](crate::MAX_DURATION),
+    /// renewal not shorter than expiration. [`Error::Backend`] if the initial sync fails;
+    /// [`Error::Spawn`] if the driver's thread cannot be started.
     ///
     /// # Cancel safety
     ///
@@ -178,11 +179,11 @@ impl ReactiveLockBuilder {
         };
         let name = format!("reactive-lock-driver-{}", lock.instance_name());
         std::thread::Builder::new()
-            .name(name)
+            .name(name.clone())
             .spawn(move || futures_lite::future::block_on(driver))
-            .map_err(|e| Error::InvalidConfig {
-                field: "driver thread".into(),
-                reason: format!("cannot spawn the driver thread: {e}"),
+            .map_err(|e| Error::Spawn {
+                thread: name,
+                reason: e.to_string(),
             })?;
         Ok(lock)
     }

@@ -1,16 +1,22 @@
-//! Backends for [`reactive_lock`] and the conformance suite every backend passes.
+//! Backends for [`reactive_lock`]: Redis (feature `redis`) and gRPC (features `grpc`, the
+//! client, and `grpc-server`, the hub), each plugging into the same
+//! [`Backend`](reactive_lock::Backend) trait.
 //!
-//! * [`conformance`] — the shared suite: one set of scenarios, parameterised by a
-//!   [`BackendFactory`](conformance::BackendFactory), run against
-//!   [`LocalBackend`](reactive_lock::LocalBackend) here and against every other backend in
-//!   its own tests.
+//! The test kit is behind the `test-util` feature (tokio's convention), for tests of this
+//! crate and of backends written elsewhere, not for production:
 //!
-//! The Redis (feature `redis`) and gRPC (features `grpc`, `grpc-server`) backends plug into
-//! the same [`Backend`](reactive_lock::Backend) trait.
+//! * `conformance` — the shared suite: one set of scenarios, parameterised by a
+//!   `BackendFactory`, run against [`LocalBackend`](reactive_lock::LocalBackend) and every
+//!   backend here; run it against a backend of your own;
+//! * `testing` — a `redis-server` (single or cluster) and a hub on free ports, for tests.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 /// The README's examples, compiled (and, but for `no_run` ones, run) as doctests here, where
@@ -19,8 +25,10 @@ pub mod redis;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-#[cfg(any(feature = "redis", feature = "grpc-server"))]
+#[cfg(all(feature = "test-util", any(feature = "redis", feature = "grpc-server")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
 #[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;

@@ -80,10 +80,12 @@ impl RedisServer {
         server
     }
 
+    /// The server's working directory (its RDB and AOF files).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
 
+    /// `redis://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -198,10 +200,12 @@ impl RedisServer {
         assert!(status.success(), "kill {sig} {pid}");
     }
 
+    /// Freezes the server (SIGSTOP): its sockets stay open, nothing answers.
     pub fn pause(&self) {
         self.signal("-STOP");
     }
 
+    /// Lets a paused server go on (SIGCONT).
     pub fn resume(&self) {
         self.signal("-CONT");
     }
@@ -306,6 +310,7 @@ pub struct RedisCluster {
 
 #[cfg(feature = "redis")]
 impl RedisCluster {
+    /// Starts `masters` servers in cluster mode and joins them into one cluster.
     pub fn start(masters: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..masters)
             .map(|_| {
@@ -355,6 +360,7 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// Every node's URL (seed nodes for a cluster client).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
@@ -414,10 +420,10 @@ impl HubServer {
         Self::start_with(crate::grpc::server::Hub::default(), None, None)
     }
 
-    /// Starts `hub` with optional TLS (PEM cert, key) and token.
+    /// Starts `hub` with optional TLS and token.
     pub fn start_with(
         hub: crate::grpc::server::Hub,
-        tls: Option<(Vec<u8>, Vec<u8>)>,
+        tls: Option<crate::grpc::server::HubTls>,
         token: Option<String>,
     ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -534,4 +540,10 @@ mod tests {
         assert_eq!(pid(&second), second.child.as_ref().unwrap().id());
         assert_eq!(pid(&first), first.child.as_ref().unwrap().id());
     }
+}
+
+/// The wire timestamp `d` from now (capped at a century), for hand-made gRPC requests.
+#[cfg(feature = "grpc-server")]
+pub fn valid_for(d: std::time::Duration) -> prost_types::Timestamp {
+    crate::grpc::timestamp(crate::grpc::valid_until(d))
 }

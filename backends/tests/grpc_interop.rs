@@ -10,7 +10,8 @@ use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually, settles
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
-use reactive_lock_backends::grpc::server::{Hub, HubLimits, valid_for};
+use reactive_lock_backends::grpc::server::{Hub, HubLimits, HubTls};
+use reactive_lock_backends::testing::valid_for;
 use reactive_lock_backends::testing::{GrpcFactory, HubServer, spawn_holder};
 
 const KEY: &str = "payments";
@@ -359,7 +360,7 @@ fn tls_and_token() {
     let key = certified.signing_key.serialize_pem();
     let hub = HubServer::start_with(
         Hub::default(),
-        Some((cert.clone().into_bytes(), key.into_bytes())),
+        Some(HubTls::from_pem(cert.clone(), key)),
         Some("s3cret".into()),
     );
     assert!(hub.url.starts_with("https://"));

@@ -20,8 +20,9 @@ use reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::{
     ReactiveLockGrpc, ReactiveLockGrpcServer,
 };
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
-use reactive_lock_backends::grpc::server::{Hub, HubLimits, valid_for};
+use reactive_lock_backends::grpc::server::{Hub, HubLimits};
 use reactive_lock_backends::testing::HubServer;
+use reactive_lock_backends::testing::valid_for;
 
 const KEY: &str = "payments";
 

@@ -11,8 +11,8 @@ use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
-use reactive_lock_backends::grpc::server::valid_for;
 use reactive_lock_backends::testing::HubServer;
+use reactive_lock_backends::testing::valid_for;
 use reactive_lock_benches::{pair_with_drivers, propagation_pair, transition_ack_pair};
 
 const KEY: &str = "bench";

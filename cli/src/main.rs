@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use reactive_lock_backends::grpc::server::{Hub, HubLimits};
+use reactive_lock_backends::grpc::server::{Hub, HubLimits, HubTls};
 
 #[derive(Parser)]
 #[command(
@@ -118,7 +118,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             keep_alive_timeout_ms,
         } => {
             let tls = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => Some((
+                (Some(cert), Some(key)) => Some(HubTls::from_pem(
                     std::fs::read(&cert)
                         .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?,
                     std::fs::read(&key).map_err(|e| format!("--tls-key {}: {e}", key.display()))?,

@@ -39,7 +39,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::reactive_lock_grpc_server::{ReactiveLockGrpc, ReactiveLockGrpcServer};
 use super::proto::{InstanceLockStatus, LockStatusNotification, LockStatusRequest};
-use super::{system_time, timestamp};
+use super::system_time;
 
 /// Limits and timeouts of a [`Hub`].
 ///
@@ -175,6 +175,42 @@ struct HubInner {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// The hub's TLS identity: a PEM certificate chain and its PEM private key (as read from
+/// the files `reactive-lock hub --tls-cert F --tls-key F` takes).
+///
+/// # Examples
+///
+/// ```
+/// use reactive_lock_backends::grpc::server::HubTls;
+/// let tls = HubTls::from_pem(b"-----BEGIN CERTIFICATE-----...".to_vec(), b"...".to_vec());
+/// # let _ = tls;
+/// ```
+#[derive(Clone)]
+pub struct HubTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl HubTls {
+    /// The identity from a PEM certificate chain and a PEM private key; checked when the
+    /// hub starts serving.
+    pub fn from_pem(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        HubTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for HubTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("HubTls")
+            .field("cert_pem_len", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The hub's state and service. Cheap to clone.
 ///
 /// # Examples
@@ -274,8 +310,7 @@ impl Hub {
     }
 
     /// Serves on `addr` until `shutdown` resolves: TCP_NODELAY on, HTTP/2 keep-alive
-    /// ([`HubLimits::keep_alive_interval`]), optional TLS (`tls` = PEM certificate chain and
-    /// key) and bearer `token`. On `shutdown` it ends every subscription with `UNAVAILABLE`
+    /// ([`HubLimits::keep_alive_interval`]), optional TLS ([`HubTls`]) and bearer `token`. On `shutdown` it ends every subscription with `UNAVAILABLE`
     /// ([`end_subscriptions`](Self::end_subscriptions)), lets calls in flight finish and
     /// returns.
     ///
@@ -285,7 +320,7 @@ impl Hub {
     pub async fn serve(
         &self,
         addr: SocketAddr,
-        tls: Option<(Vec<u8>, Vec<u8>)>,
+        tls: Option<HubTls>,
         token: Option<String>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -301,7 +336,7 @@ impl Hub {
     pub async fn serve_listener(
         &self,
         listener: tokio::net::TcpListener,
-        tls: Option<(Vec<u8>, Vec<u8>)>,
+        tls: Option<HubTls>,
         token: Option<String>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -310,8 +345,8 @@ impl Hub {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(limits.keep_alive_interval))
             .http2_keepalive_timeout(Some(limits.keep_alive_timeout));
-        if let Some((cert, key)) = tls {
-            let identity = tonic::transport::Identity::from_pem(cert, key);
+        if let Some(HubTls { cert_pem, key_pem }) = tls {
+            let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
             builder =
                 builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
         }
@@ -615,11 +650,6 @@ impl ReactiveLockGrpc for Hub {
     }
 }
 
-/// The timestamp `d` from now, capped at a century (for tests and tools).
-pub fn valid_for(d: Duration) -> prost_types::Timestamp {
-    timestamp(super::valid_until(d))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,7 +675,9 @@ mod tests {
                 InstanceLockStatus {
                     is_busy: i % 2 == 0,
                     lock_data: data,
-                    valid_until: Some(valid_for(Duration::from_secs(10))),
+                    valid_until: Some(crate::grpc::timestamp(crate::grpc::valid_until(
+                        Duration::from_secs(10),
+                    ))),
                 },
             );
             let notification = LockStatusNotification {
