@@ -38,6 +38,7 @@ use crate::backend::{BackendEvent, Driver, DynBackend, EventStream};
 use crate::config::Resilience;
 use crate::controller::TrackerShared;
 use crate::error::{Error, Result};
+use crate::handlers::HandlerThread;
 use crate::publish::{Bell, Claim, LEASE, PublishMode, RegistryPublisher};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
@@ -93,6 +94,12 @@ pub(crate) struct DriverShared {
     resilience: Resilience,
     bell: Arc<Bell>,
     publisher: Arc<RegistryPublisher>,
+    /// The registry's handler thread: it outlives the registry until the driver has ended,
+    /// so that the handlers of the driver's last changes run there too, not on the driver.
+    handlers: Arc<HandlerThread>,
+    /// Whether the states were marked driven before the driver's first poll (`build`
+    /// spawns it at once); a driver the caller spawns later first catches up.
+    driven: AtomicBool,
     stop: AtomicBool,
     running: AtomicBool,
     done: AtomicBool,
@@ -107,6 +114,7 @@ impl DriverShared {
         resilience: Resilience,
         bell: Arc<Bell>,
         publisher: Arc<RegistryPublisher>,
+        handlers: Arc<HandlerThread>,
     ) -> Self {
         let keys = trackers.iter().map(|t| String::from(t.key())).collect();
         let index = trackers
@@ -122,6 +130,8 @@ impl DriverShared {
             resilience,
             bell,
             publisher,
+            handlers,
+            driven: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             running: AtomicBool::new(false),
             done: AtomicBool::new(false),
@@ -168,6 +178,7 @@ impl DriverShared {
 
     /// Marks every state driven or not (Unknown while not).
     pub(crate) fn set_driven(&self, driven: bool) {
+        self.driven.store(driven, Ordering::SeqCst);
         for tracker in &self.trackers {
             tracker.state().set_driven(driven);
         }
@@ -220,7 +231,7 @@ impl DriverShared {
                 key: self.keys.join(","),
                 source,
             })?;
-        self.read_all(false).await?;
+        self.read_all().await?;
         // This instance's idle status for every key, before anything else: it replaces at
         // once what a previous run under the same name left (a crash while busy), rather than
         // leaving the others blocked until that entry expires.
@@ -232,9 +243,8 @@ impl DriverShared {
         Ok(events)
     }
 
-    /// Reads every key; `recovery` keeps busy entries a restarted store forgot (see
-    /// `TrackerState::apply_recovery_snapshot`).
-    async fn read_all(&self, recovery: bool) -> Result<()> {
+    /// Reads every key.
+    async fn read_all(&self) -> Result<()> {
         for tracker in &self.trackers {
             let snapshot = self
                 .backend
@@ -244,11 +254,7 @@ impl DriverShared {
                     key: tracker.key().into(),
                     source,
                 })?;
-            if recovery {
-                tracker.state().apply_recovery_snapshot(&snapshot);
-            } else {
-                tracker.state().apply_snapshot(&snapshot);
-            }
+            tracker.state().apply_snapshot(&snapshot);
             bump(&self.counters.snapshots_applied);
         }
         Ok(())
@@ -287,7 +293,7 @@ impl DriverShared {
     /// Recovery: re-read every key, re-publish every own status — idle ones too: a store
     /// restarted from a persisted snapshot may hold an old busy status of this instance.
     async fn resync(&self) -> Result<()> {
-        self.read_all(true).await?;
+        self.read_all().await?;
         for tracker in &self.trackers {
             self.publish(tracker, PublishMode::Recover, Claim::Driver)
                 .await?;
@@ -434,6 +440,7 @@ struct DoneOnDrop(Arc<DriverShared>);
 impl Drop for DoneOnDrop {
     fn drop(&mut self) {
         self.0.end();
+        self.0.handlers.close();
         self.0.done.store(true, Ordering::SeqCst);
         self.0.done_event.notify(usize::MAX);
     }
@@ -450,7 +457,6 @@ fn new_backoff() -> backon::ExponentialBackoff {
 
 async fn run(shared: Arc<DriverShared>, events: EventStream) {
     shared.running.store(true, Ordering::SeqCst);
-    shared.set_driven(true);
     let mut st = Loop {
         events: Some(events),
         resync_since: None,
@@ -465,6 +471,17 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         scheduled: vec![None; shared.trackers.len()],
         rescan: true,
     };
+    if !shared.driven.load(Ordering::SeqCst) {
+        // Spawned by the caller some time after build: what the subscription delivered
+        // meanwhile is queued behind, and the states still hold the build's read. Read
+        // every key before answering as driven, so the first known answer is current.
+        if let Err(error) = shared.read_all().await {
+            tracing::warn!(%error, "reactive-lock: the driver's first read failed; recovering");
+            shared.set_all_connected(false);
+            st.resync_since = Some(Instant::now());
+        }
+    }
+    shared.set_driven(true);
     let mut touched: Vec<usize> = Vec::new();
     // One timer for the driver's life, re-armed only when the deadline moves: registering
     // a timer with async-io's reactor wakes its thread, which a new timer per event (per
@@ -622,7 +639,8 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
         }
     }
 
-    // Roles held past their lease by callers' futures that stopped being polled.
+    // Transitions still not acknowledged a lease after they were made: their `Ack` was
+    // never polled, or stopped being polled with the role in hand.
     let now = Instant::now();
     let due: Vec<_> = st
         .leases
@@ -630,19 +648,25 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
         .collect();
     for (_, i, token) in due {
         let tracker = &shared.trackers[i];
-        if tracker.role_token() == Some(token) {
-            tracing::debug!(
-                key = tracker.key(),
-                "reactive-lock: a publish outlived its lease; the driver takes it over"
-            );
-            if shared
-                .publish(tracker, PublishMode::Renew, Claim::TakeOver(token))
-                .await
-                .is_err()
-            {
-                failed = true;
-                st.add_pending(i);
-            }
+        if !tracker.has_pending() {
+            continue;
+        }
+        let claim = match tracker.role_token() {
+            Some(holder) if token == 0 || token == holder => Claim::TakeOver(holder),
+            Some(_) => continue,
+            None => Claim::Driver,
+        };
+        tracing::debug!(
+            key = tracker.key(),
+            "reactive-lock: a transition outlived its lease unacknowledged; the driver publishes it"
+        );
+        if shared
+            .publish(tracker, PublishMode::Pending, claim)
+            .await
+            .is_err()
+        {
+            failed = true;
+            st.add_pending(i);
         }
     }
 

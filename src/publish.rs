@@ -66,9 +66,10 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Asks the background driver to publish what is pending for tracker `index` (sync
     /// transitions, cancelled or failed publishes).
     fn wake_driver(&self, index: usize);
-    /// Tells the driver that a caller's future took the publishing role of tracker `index`
-    /// with `token`: should that future stop being polled (an `Ack` polled once and kept),
-    /// the driver takes the role over after a lease, so the status still reaches the store.
+    /// Asks the driver to look at tracker `index` after a lease: if its newest status is
+    /// still not acknowledged then (the `Ack` that was to publish it was never polled, or
+    /// polled once and kept), the driver publishes it, taking the role over from its holder.
+    /// `token` names a role holder to take over (0: whoever holds it then).
     fn lease(&self, index: usize, token: u64);
 }
 
@@ -312,8 +313,16 @@ impl PublishPoint {
                 Some(epoch)
             }
             // Someone else is publishing, or the backend cannot publish inline: an `Ack`
-            // or the driver takes over.
-            None => Some(epoch),
+            // or the driver takes over. The driver looks again after a lease, so that an
+            // `Ack` never polled, or polled once and kept (a `select!` that took another
+            // branch), cannot keep the status from the store: it then publishes the status
+            // itself, taking the role over from whoever still holds it.
+            None => {
+                if let Some(publisher) = &self.publisher {
+                    publisher.lease(self.index, 0);
+                }
+                Some(epoch)
+            }
         }
     }
 
@@ -388,18 +397,11 @@ impl PublishPoint {
         let mut tries = 0;
         let result = loop {
             let result = {
-                let mut publish = publisher.publish(&self.key, seq, busy, data.as_deref());
-                match futures_lite::future::poll_once(&mut publish).await {
-                    Some(result) => result,
-                    None => {
-                        // In flight: should this future stop being polled, the driver takes
-                        // over.
-                        if claim == Claim::Caller {
-                            publisher.lease(self.index, token);
-                        }
-                        publish.await
-                    }
-                }
+                // Should this future stop being polled, the driver takes over after the
+                // lease the transition started (see `transition_outcome`).
+                publisher
+                    .publish(&self.key, seq, busy, data.as_deref())
+                    .await
             };
             match superseded(&result) {
                 Some(held) if tries < SUPERSEDED_RETRIES => {
@@ -545,7 +547,7 @@ impl PublishPoint {
 /// Who asks for the publishing role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
-    /// A caller's future (an `Ack`): the driver is told of its lease.
+    /// A caller's future (an `Ack`).
     Caller,
     /// The driver's own round (pending publishes, renewal, recovery).
     Driver,

@@ -275,16 +275,13 @@ impl ReactiveLockBuilder {
             self.resilience,
             bell,
             publisher.clone(),
+            handlers,
         ));
         // Initial sync: subscribe first, then read, so no change falls between the two.
         let events = shared.initial_sync().await?;
         let driver = crate::driver::driver(shared.clone(), events);
         let lock = ReactiveLock {
-            inner: Arc::new(Handle {
-                shared,
-                publisher,
-                handlers,
-            }),
+            inner: Arc::new(Handle { shared, publisher }),
         };
         Ok((lock, driver))
     }
@@ -340,16 +337,14 @@ pub struct ReactiveLock {
 struct Handle {
     shared: Arc<DriverShared>,
     publisher: Arc<RegistryPublisher>,
-    handlers: Arc<HandlerThread>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // No goodbye: like a crash to the others. Stop publishing, the driver and the
-        // handler thread (once it has run what is queued).
+        // No goodbye: like a crash to the others. Stop publishing and the driver (whose end
+        // lets the handler thread go, once it has run what is queued).
         self.publisher.closed.store(true, Ordering::Release);
         self.shared.stop();
-        self.handlers.close();
     }
 }
 

@@ -373,8 +373,33 @@ impl TrackerState {
     pub async fn wait_if_blocked_consistent(&self) -> crate::Result<bool> {
         self.refresh().await?;
         #[cfg(feature = "std")]
-        self.driver_for_wait().await?;
+        if let Some(link) = &self.inner.link {
+            self.driver_for_wait().await?;
+            return self.wait_while_driven(link).await;
+        }
         Ok(self.wait_if_blocked().await)
+    }
+
+    /// [`wait_if_blocked`](Self::wait_if_blocked) for a registry's state, ending with
+    /// [`Error::NoDriver`](crate::Error::NoDriver) should the driver end meanwhile (nothing
+    /// would tell the wait that the key unblocked).
+    #[cfg(feature = "std")]
+    async fn wait_while_driven(&self, link: &Link) -> crate::Result<bool> {
+        if !self.is_blocked() {
+            return Ok(false);
+        }
+        loop {
+            let listener = self.listen_changed();
+            if !self.is_blocked() {
+                return Ok(true);
+            }
+            if self.inner.flags.load(Ordering::Acquire) & ENDED != 0 {
+                return Err(crate::Error::NoDriver {
+                    key: String::from(&*link.key),
+                });
+            }
+            listener.await;
+        }
     }
 
     /// Whether this state, if it must wait, has a driver to wake it: a registry's driver
@@ -683,17 +708,15 @@ impl TrackerState {
     /// Replaces the remote entries with a snapshot the subscription delivered (a newer
     /// per-instance `seq` already held wins over an older one in the snapshot) and marks the
     /// backend reachable: the subscription is delivering again.
+    ///
+    /// Busy, unexpired entries missing from the snapshot are kept — from any snapshot, not
+    /// only the recovery's re-read: the store may have restarted empty or lost the key, and
+    /// every read until the busy instance re-publishes (a re-read, a read-through, a full
+    /// notification another instance's write caused) lacks its entry. An entry known valid
+    /// until T stays valid until T unless its owner says otherwise; else a waiter would be
+    /// released by the store's amnesia, not by an idle instance.
     pub(crate) fn apply_snapshot(&self, snapshot: &Snapshot) {
-        self.apply_snapshot_with(snapshot, false, None);
-    }
-
-    /// Like [`apply_snapshot`](Self::apply_snapshot), for the recovery after a reconnect:
-    /// busy, unexpired entries missing from the snapshot are kept. The store may have
-    /// restarted empty, and readers often re-read before the busy instances re-published;
-    /// an entry known valid until T stays valid until T unless its owner says otherwise
-    /// (else waiters would be released by the store's amnesia, not by an idle instance).
-    pub(crate) fn apply_recovery_snapshot(&self, snapshot: &Snapshot) {
-        self.apply_snapshot_with(snapshot, true, None);
+        self.apply_snapshot_with(snapshot, None);
     }
 
     /// Applies a read-through ([`refresh`](Self::refresh)) issued when the state had applied
@@ -702,15 +725,10 @@ impl TrackerState {
     /// have been served before that change was written), and the read's clock is not taken
     /// over a newer one. A read-through is not a subscription: it leaves Unknown as it is.
     fn apply_read(&self, snapshot: &Snapshot, issued: u64) {
-        self.apply_snapshot_with(snapshot, false, Some(issued));
+        self.apply_snapshot_with(snapshot, Some(issued));
     }
 
-    fn apply_snapshot_with(
-        &self,
-        snapshot: &Snapshot,
-        keep_missing_busy: bool,
-        issued: Option<u64>,
-    ) {
+    fn apply_snapshot_with(&self, snapshot: &Snapshot, issued: Option<u64>) {
         let own = self.inner.link.as_ref().map(|l| &*l.own_instance);
         self.update_remote(|d| {
             // Entries applied after the read was issued (only for a read-through).
@@ -739,10 +757,7 @@ impl TrackerState {
                     .entries
                     .iter()
                     .any(|e| e.instance == held.entry.instance);
-                if missing
-                    && (raced(held)
-                        || (keep_missing_busy && held.entry.is_busy_at(snapshot.store_now)))
-                {
+                if missing && (raced(held) || held.entry.is_busy_at(snapshot.store_now)) {
                     remote.push(held.clone());
                 }
             }
@@ -1333,20 +1348,27 @@ mod tests {
     }
 
     #[test]
-    fn recovery_snapshot_keeps_busy_entries_the_store_forgot() {
+    fn snapshots_keep_busy_entries_the_store_forgot() {
         let state = TrackerState::new();
         let now = StoreTime::from_unix_nanos(1_000);
         state.apply_update(&entry("b", true, Some("x"), 5_000, 1), now);
         state.apply_update(&entry("c", true, None, 1_500, 1), now);
         let empty = Snapshot::new("k", alloc::vec![], StoreTime::from_unix_nanos(2_000));
-        state.apply_recovery_snapshot(&empty);
+        state.apply_snapshot(&empty);
         assert_eq!(
             state.lock_data().as_deref(),
             Some("x"),
-            "b kept until its valid_until"
+            "b kept until its valid_until; c expired"
         );
-        state.apply_snapshot(&empty);
-        assert!(!state.is_blocked(), "a plain snapshot replaces");
+        let later = Snapshot::new("k", alloc::vec![], StoreTime::from_unix_nanos(5_001));
+        state.apply_snapshot(&later);
+        assert!(!state.is_blocked(), "b's own expiry ends it");
+        state.apply_update(&entry("b", true, None, 9_000, 2), now);
+        state.apply_update(&entry("b", false, None, 9_000, 3), now);
+        assert!(
+            !state.is_blocked(),
+            "its owner's idle status ends it at once"
+        );
     }
 
     #[test]
