@@ -188,12 +188,13 @@ fn malformed_entries_are_ignored_counted_and_do_not_hide_good_ones() {
         );
 
         // Malformed notifications: ignored and counted, the subscription keeps working.
-        let _: () = raw.publish(channel_name(KEY), "RLv1\nbroken").unwrap();
+        let _: () = raw.publish(channel_name(KEY), "RLv2\nbroken").unwrap();
         let _: () = raw
-            .publish(channel_name(KEY), b"RLv1\n\xff".as_slice())
+            .publish(channel_name(KEY), b"RLv2\n\xff".as_slice())
             .unwrap();
-        let _: () = raw.hdel(&h, "good").unwrap();
-        let _: () = raw.publish(channel_name(KEY), "0;0").unwrap(); // a .NET-style notification
+        // The good entry's owner goes idle, the .NET way: a bare value, then a re-read.
+        let _: () = raw.hset(&h, "good", format!("0;{future}")).unwrap();
+        let _: () = raw.publish(channel_name(KEY), "0;0").unwrap();
         eventually(
             &state,
             PROPAGATION_LIMIT,
