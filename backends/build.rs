@@ -7,8 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let descriptors = protox::compile(["reactive_lock.proto"], ["../proto"])?;
+    // The server stubs only for the hub: a client build carries no server code.
+    let server = std::env::var_os("CARGO_FEATURE_GRPC_SERVER").is_some();
     tonic_prost_build::configure()
-        .build_server(true)
+        .build_server(server)
         .build_client(true)
         .compile_fds(descriptors)?;
     Ok(())

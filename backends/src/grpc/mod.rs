@@ -38,18 +38,27 @@
 //! application can hand it its own runtime instead ([`GrpcBackendBuilder::runtime`]): no extra
 //! thread, and no thread hand-off per call when the caller runs on that runtime.
 
+#[cfg(feature = "grpc-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc-server")))]
 pub mod server;
+
+mod auth;
+mod subscription;
+
+use auth::AddToken;
+#[cfg(feature = "grpc-server")]
+pub(crate) use auth::TokenCheck;
+use subscription::{merge, read_once};
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::{Stream, StreamExt};
+use futures_lite::Stream;
 use parking_lot::Mutex;
 use reactive_lock::{
-    Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
-    StoreTime,
+    Backend, BackendError, BackendErrorKind, BackendEvent, InstanceStatus, Snapshot, StoreTime,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -94,62 +103,6 @@ fn store_time(t: &prost_types::Timestamp) -> StoreTime {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     StoreTime::from_unix_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// Checks `authorization: Bearer <token>` when a token is configured.
-#[derive(Clone)]
-pub(crate) struct TokenCheck {
-    expected: Option<Arc<str>>,
-}
-
-impl TokenCheck {
-    pub(crate) fn new(token: Option<String>) -> Self {
-        TokenCheck {
-            expected: token.map(|t| Arc::from(format!("Bearer {t}"))),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let Some(expected) = &self.expected else {
-            return Ok(request);
-        };
-        // Constant-time: the time a wrong token takes to refuse says nothing about how many
-        // of its leading bytes were right (only its length may show).
-        let given = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
-        match given {
-            Some(given)
-                if bool::from(subtle::ConstantTimeEq::ct_eq(given, expected.as_bytes())) =>
-            {
-                Ok(request)
-            }
-            _ => Err(tonic::Status::unauthenticated(
-                "missing or wrong bearer token",
-            )),
-        }
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone)]
-struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for AddToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
 }
 
 /// Request metadata on `SubscribeLockStatus`: the hub sends the subscription no change made
@@ -855,40 +808,6 @@ fn retry_in_background(
     });
 }
 
-/// Merges the hubs' states of one key per instance (newest `validUntil` wins).
-fn merge(key: &str, per_hub: &[Option<LockStatusNotification>]) -> Snapshot {
-    let mut merged: HashMap<&str, &proto::InstanceLockStatus> = HashMap::new();
-    for notification in per_hub.iter().flatten() {
-        for (instance, status) in &notification.instances_status {
-            let newer = match merged.get(instance.as_str()) {
-                None => true,
-                Some(held) => {
-                    held.valid_until.as_ref().map(store_time)
-                        < status.valid_until.as_ref().map(store_time)
-                }
-            };
-            if newer {
-                merged.insert(instance, status);
-            }
-        }
-    }
-    let entries = merged
-        .into_iter()
-        .map(|(instance, status)| {
-            let valid_until = status
-                .valid_until
-                .as_ref()
-                .map(store_time)
-                .unwrap_or(StoreTime::UNIX_EPOCH);
-            // Empty lock data reads as none, as the .NET client reads it (`IsNullOrEmpty`).
-            let data = status.lock_data.clone().filter(|data| !data.is_empty());
-            Entry::new(instance, status.is_busy, data, valid_until)
-                .with_seq(valid_until.as_unix_nanos())
-        })
-        .collect();
-    Snapshot::new(key, entries, StoreTime::now_system())
-}
-
 /// A transport failure under the call (the channel reconnects), not an answer of the hub.
 fn is_connection_error(status: &tonic::Status) -> bool {
     let text = status.message();
@@ -911,74 +830,6 @@ fn failed_everywhere(what: &str, errors: &[(tonic::Code, String)]) -> BackendErr
         kind,
         format!("{what} failed on every hub: {}", messages.join("; ")),
     )
-}
-
-/// Opens a subscription stream for `key` on one hub (first message: key and instance),
-/// asking the hub not to send this instance's own changes back.
-async fn open_stream(
-    client: Client,
-    key: String,
-    instance: String,
-) -> Result<HubStream, tonic::Status> {
-    // The request stream stays open while the `HubStream` lives, so the hub keeps the
-    // subscription; it ends when the `HubStream` is dropped.
-    let (open, closed) = tokio::sync::oneshot::channel::<()>();
-    let until_dropped = futures_lite::stream::once_future(async move {
-        let _ = closed.await;
-    })
-    .filter_map(|()| None::<LockStatusRequest>);
-    let requests = futures_lite::stream::once(first_message(key, instance)).chain(until_dropped);
-    Ok(HubStream {
-        messages: subscribe_with(client, requests).await?,
-        _open: open,
-    })
-}
-
-/// One hub's subscription stream for one key. Dropping it ends the request stream as well
-/// as the response: with both halves gone the h2 stream closes (RST_STREAM) and the hub
-/// drops the subscriber. A request stream left pending would keep the h2 stream, and the
-/// hub's sending to it, alive after the response is gone.
-struct HubStream {
-    messages: tonic::Streaming<LockStatusNotification>,
-    _open: tokio::sync::oneshot::Sender<()>,
-}
-
-/// Reads `key`'s current state from one hub: the first message of a subscription whose
-/// request stream ends after naming the key, so that dropping the response once it is read
-/// closes the h2 stream (see [`HubStream`]).
-async fn read_once(
-    client: Client,
-    key: String,
-    instance: String,
-) -> Result<LockStatusNotification, tonic::Status> {
-    let requests = futures_lite::stream::once(first_message(key, instance));
-    let mut stream = subscribe_with(client, requests).await?;
-    stream
-        .message()
-        .await?
-        .ok_or_else(|| tonic::Status::unavailable("stream closed"))
-}
-
-fn first_message(key: String, instance: String) -> LockStatusRequest {
-    LockStatusRequest {
-        lock_key: key,
-        instance_id: instance,
-        is_busy: false,
-        lock_data: None,
-        valid_until: None,
-    }
-}
-
-async fn subscribe_with(
-    mut client: Client,
-    requests: impl Stream<Item = LockStatusRequest> + Send + 'static,
-) -> Result<tonic::Streaming<LockStatusNotification>, tonic::Status> {
-    let mut request = tonic::Request::new(requests);
-    request.metadata_mut().insert(
-        SKIP_OWN_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    Ok(client.subscribe_lock_status(request).await?.into_inner())
 }
 
 impl Backend for GrpcBackend {
@@ -1034,190 +885,24 @@ impl Backend for GrpcBackend {
         instance: &str,
         keys: &[String],
     ) -> Result<Self::Events, BackendError> {
-        let (tx, rx) = async_channel::unbounded::<BackendEvent>();
-        let hubs: Vec<(String, Endpoint)> = self
+        let hubs = self
             .inner
             .hubs
             .iter()
             .map(|h| (h.url.clone(), h.endpoint.clone()))
             .collect();
-        let (per_connection, token) = (self.inner.streams_per_connection, self.inner.token.clone());
-        let open_timeout = self.inner.response_timeout;
-        let keys = keys.to_vec();
-        // Subscribe under the instance's own name, as the .NET client does.
-        let instance = instance.to_string();
-        let hub_count = hubs.len();
-        // One stream per hub and key (a .NET-style hub reads only a stream's first message),
-        // all feeding one merge task.
-        let (updates_tx, mut updates_rx) = tokio::sync::mpsc::unbounded_channel::<(
-            usize,
-            String,
-            Option<LockStatusNotification>,
-        )>();
-        let merge = self.inner.runtime().spawn(async move {
-            // Dropped with this task (the subscriber's stream dropped: see `Subscription`),
-            // the set aborts the per-key tasks, whose `HubStream`s then close.
-            let mut tasks = tokio::task::JoinSet::new();
-            for (hub_index, (url, endpoint)) in hubs.into_iter().enumerate() {
-                // The keys' streams spread over connections of `per_connection` streams each,
-                // so a server's cap on one connection's streams never leaves a key waiting
-                // for a slot that a never-ending stream holds. The connections close with
-                // the tasks' last clients.
-                let mut client = None;
-                for (index, key) in keys.iter().enumerate() {
-                    if index % per_connection == 0 {
-                        client = Some(ReactiveLockGrpcClient::with_interceptor(
-                            endpoint.connect_lazy(),
-                            AddToken(token.clone()),
-                        ));
-                    }
-                    let Some(client) = client.clone() else { continue };
-                    let (key, instance, url, updates) =
-                        (key.clone(), instance.clone(), url.clone(), updates_tx.clone());
-                    tasks.spawn(async move {
-                        let mut delay = Duration::from_millis(50);
-                        loop {
-                            // Opening is bounded up to the first message: a hub that accepts
-                            // the connection but never answers is retried, not waited on.
-                            let opened = tokio::time::timeout(open_timeout, async {
-                                let mut stream = open_stream(client.clone(), key.clone(), instance.clone()).await?;
-                                let first = stream.messages.message().await?;
-                                Ok::<_, tonic::Status>((stream, first))
-                            })
-                            .await
-                            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(format!("no first message within {open_timeout:?}"))));
-                            match opened {
-                                Ok((mut stream, Some(first))) => {
-                                    // Only a stream that delivered its first message resets
-                                    // the backoff: one that opens and then fails (a key the
-                                    // hub cannot send) must not be retried in a tight loop.
-                                    delay = Duration::from_millis(50);
-                                    let mut next = Some(first);
-                                    while let Some(n) = next {
-                                        if updates.send((hub_index, key.clone(), Some(n))).is_err() {
-                                            return;
-                                        }
-                                        next = match stream.messages.message().await {
-                                            Ok(n) => n,
-                                            Err(status) => {
-                                                tracing::warn!(hub = %url, key, %status, "reactive-lock: hub stream failed; reconnecting");
-                                                None
-                                            }
-                                        };
-                                    }
-                                    tracing::warn!(hub = %url, key, "reactive-lock: hub stream ended; reconnecting");
-                                }
-                                Ok((_, None)) => {
-                                    tracing::warn!(hub = %url, key, "reactive-lock: hub stream ended before its first message; reconnecting");
-                                }
-                                Err(status) => {
-                                    tracing::debug!(hub = %url, key, %status, "reactive-lock: hub unreachable");
-                                }
-                            }
-                            if updates.send((hub_index, key.clone(), None)).is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
-                        }
-                    });
-                }
-            }
-            drop(updates_tx);
-            // Merge: per key, the latest state of every hub; per hub, whether it is up.
-            let mut states: HashMap<String, Vec<Option<LockStatusNotification>>> = HashMap::new();
-            let mut up: HashMap<(usize, String), bool> = HashMap::new();
-            let mut connected = true;
-            // Per key, the other instances' entries last sent: a notification that changed
-            // only this instance's own entry (the echo of its publish) is not passed on.
-            let mut last_sent: HashMap<String, Vec<Entry>> = HashMap::new();
-            while let Some((hub, key, update)) = updates_rx.recv().await {
-                let per_hub = states.entry(key.clone()).or_insert_with(|| vec![None; hub_count]);
-                let was_up = up.get(&(hub, key.clone())).copied();
-                match update {
-                    Some(n) => {
-                        per_hub[hub] = Some(n);
-                        up.insert((hub, key.clone()), true);
-                        if was_up == Some(false) && tx.send(BackendEvent::Reconnected).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => {
-                        // A hub that dropped out no longer speaks for anyone.
-                        per_hub[hub] = None;
-                        up.insert((hub, key.clone()), false);
-                    }
-                }
-                let any_up = up.values().any(|&u| u);
-                if connected && !any_up {
-                    connected = false;
-                    last_sent.clear();
-                    if tx.send(BackendEvent::Disconnected).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                connected = any_up;
-                if per_hub.iter().all(Option::is_none) {
-                    // No hub serves this key while others still work: this key alone is
-                    // Unknown, and its next snapshot (after a reconnect) goes through.
-                    if last_sent.remove(&key).is_some()
-                        && tx.send(BackendEvent::KeyDisconnected(key.clone())).await.is_err()
-                    {
-                        break;
-                    }
-                    continue;
-                }
-                if per_hub.iter().any(Option::is_some) {
-                    let snapshot = merge(&key, per_hub);
-                    let mut others: Vec<Entry> = snapshot
-                        .entries
-                        .iter()
-                        .filter(|e| e.instance != instance)
-                        .cloned()
-                        .collect();
-                    others.sort_by(|a, b| a.instance.cmp(&b.instance));
-                    if last_sent.get(&key) == Some(&others) {
-                        continue;
-                    }
-                    last_sent.insert(key.clone(), others);
-                    if tx.send(BackendEvent::Snapshot(snapshot)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            drop(tasks);
-        });
-        Ok(Box::pin(Subscription {
-            events: Box::pin(rx),
-            merge: merge.abort_handle(),
-        }))
-    }
-}
-
-/// The event stream of [`GrpcBackend::subscribe`](Backend::subscribe). Dropping it (the
-/// registry's driver ended: shutdown, or the registry dropped) aborts the merge task and with
-/// it every hub stream, so the hubs stop sending — also while the backend itself lives on in
-/// controller handles.
-struct Subscription {
-    /// Boxed: the receiver is `!Unpin`.
-    events: Pin<Box<async_channel::Receiver<BackendEvent>>>,
-    merge: tokio::task::AbortHandle,
-}
-
-impl Stream for Subscription {
-    type Item = BackendEvent;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<BackendEvent>> {
-        self.events.as_mut().poll_next(cx)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.merge.abort();
+        let plan = subscription::Plan {
+            hubs,
+            keys: keys.to_vec(),
+            // Subscribe under the instance's own name, as the .NET client does.
+            instance: instance.to_string(),
+            per_connection: self.inner.streams_per_connection,
+            token: self.inner.token.clone(),
+            open_timeout: self.inner.response_timeout,
+        };
+        Ok(Box::pin(subscription::Subscription::start(
+            self.inner.runtime(),
+            plan,
+        )))
     }
 }
