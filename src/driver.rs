@@ -558,89 +558,118 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
     }
 }
 
-/// One round of the driver's work: (re)subscribe, recover, publish what is pending, renew.
+/// One round of the driver's work: (re)subscribe, recover, publish what is pending, take
+/// over what outlived its lease, renew; then schedule the retry of whatever failed.
 async fn step(shared: &DriverShared, st: &mut Loop) {
     let now = Instant::now();
     let may_retry = st.retry_at.is_none_or(|t| now >= t);
     let mut failed = false;
-
-    if st.events.is_none() && may_retry {
-        match shared
-            .backend
-            .subscribe_dyn(&shared.publisher.instance, &shared.keys)
-            .await
-        {
-            Ok(events) => {
-                st.events = Some(events);
-                st.resync_since.get_or_insert(now);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "reactive-lock: subscribe failed; retrying with backoff");
-                shared.set_all_connected(false);
-                failed = true;
-            }
+    if may_retry {
+        failed |= resubscribe(shared, st, now).await;
+        if !failed {
+            failed |= recover(shared, st).await;
+        }
+        if !failed {
+            failed |= publish_pending(shared, st).await;
         }
     }
+    failed |= publish_past_lease(shared, st).await;
+    failed |= renew(shared, st).await;
+    schedule_retry(shared, st, failed, may_retry);
+}
 
-    if let (Some(since), Some(_)) = (st.resync_since, &st.events)
-        && may_retry
-        && !failed
+/// Subscribes again if the stream ended; a new stream makes a recovery due. Whether it
+/// failed.
+async fn resubscribe(shared: &DriverShared, st: &mut Loop, now: Instant) -> bool {
+    if st.events.is_some() {
+        return false;
+    }
+    match shared
+        .backend
+        .subscribe_dyn(&shared.publisher.instance, &shared.keys)
+        .await
     {
-        match shared.resync().await {
-            Ok(()) => {
+        Ok(events) => {
+            st.events = Some(events);
+            st.resync_since.get_or_insert(now);
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reactive-lock: subscribe failed; retrying with backoff");
+            shared.set_all_connected(false);
+            true
+        }
+    }
+}
+
+/// Recovers if one is due (re-read every key, re-publish every own status); past the
+/// recovery window, gives the stream up to subscribe afresh. Whether it failed.
+async fn recover(shared: &DriverShared, st: &mut Loop) -> bool {
+    let (Some(since), Some(_)) = (st.resync_since, &st.events) else {
+        return false;
+    };
+    match shared.resync().await {
+        Ok(()) => {
+            st.resync_since = None;
+            st.rescan = true;
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reactive-lock: recovery failed; retrying");
+            if since.elapsed() > shared.resilience.recovery {
+                tracing::warn!("reactive-lock: recovery window exceeded; resubscribing");
+                st.events = None;
                 st.resync_since = None;
-                st.rescan = true;
+                shared.set_all_connected(false);
             }
-            Err(error) => {
-                tracing::warn!(%error, "reactive-lock: recovery failed; retrying");
-                failed = true;
-                if since.elapsed() > shared.resilience.recovery {
-                    tracing::warn!("reactive-lock: recovery window exceeded; resubscribing");
-                    st.events = None;
-                    st.resync_since = None;
-                    shared.set_all_connected(false);
-                }
-            }
+            true
         }
     }
+}
 
-    if may_retry && !failed {
-        let pending = core::mem::take(&mut st.pending);
-        for &i in &pending {
-            st.in_pending[i] = false;
-        }
-        for i in pending {
-            let tracker = &shared.trackers[i];
-            if tracker.has_pending()
-                && shared
-                    .publish(tracker, PublishMode::Pending, Claim::Driver)
-                    .await
-                    .is_err()
-            {
-                failed = true;
-                // Retried after the backoff.
-                st.add_pending(i);
-            }
-        }
-        // A failed renewal is not pending (its status was acknowledged before), so it is
-        // retried here until it succeeds: one refused write must not let the entry expire
-        // at the others while this instance is busy.
-        for i in core::mem::take(&mut st.renew_failed) {
-            let tracker = &shared.trackers[i];
-            if tracker.newest_is_busy()
-                && shared
-                    .publish(tracker, PublishMode::Renew, Claim::Driver)
-                    .await
-                    .is_err()
-            {
-                failed = true;
-                st.renew_failed.push(i);
-            }
+/// Publishes what was rung as pending, and retries failed renewals. Whether any failed.
+async fn publish_pending(shared: &DriverShared, st: &mut Loop) -> bool {
+    let mut failed = false;
+    let pending = core::mem::take(&mut st.pending);
+    for &i in &pending {
+        st.in_pending[i] = false;
+    }
+    for i in pending {
+        let tracker = &shared.trackers[i];
+        if tracker.has_pending()
+            && shared
+                .publish(tracker, PublishMode::Pending, Claim::Driver)
+                .await
+                .is_err()
+        {
+            failed = true;
+            // Retried after the backoff.
+            st.add_pending(i);
         }
     }
+    // A failed renewal is not pending (its status was acknowledged before), so it is
+    // retried here until it succeeds: one refused write must not let the entry expire at
+    // the others while this instance is busy.
+    for i in core::mem::take(&mut st.renew_failed) {
+        let tracker = &shared.trackers[i];
+        if tracker.newest_is_busy()
+            && shared
+                .publish(tracker, PublishMode::Renew, Claim::Driver)
+                .await
+                .is_err()
+        {
+            failed = true;
+            st.renew_failed.push(i);
+        }
+    }
+    failed
+}
 
-    // Transitions still not acknowledged a lease after they were made: their `Ack` was
-    // never polled, or stopped being polled with the role in hand.
+/// Publishes the transitions still not acknowledged a lease after they were made: their
+/// `Ack` was never polled, or stopped being polled with the role in hand. Whether any
+/// failed.
+async fn publish_past_lease(shared: &DriverShared, st: &mut Loop) -> bool {
+    let mut failed = false;
     let now = Instant::now();
     let due: Vec<_> = st
         .leases
@@ -669,25 +698,36 @@ async fn step(shared: &DriverShared, st: &mut Loop) {
             st.add_pending(i);
         }
     }
+    failed
+}
 
-    if Instant::now() >= st.next_renewal {
-        bump(&shared.counters.renewals);
-        for (i, tracker) in shared.trackers.iter().enumerate() {
-            if tracker.newest_is_busy()
-                && shared
-                    .publish(tracker, PublishMode::Renew, Claim::Driver)
-                    .await
-                    .is_err()
-            {
-                failed = true;
-                if !st.renew_failed.contains(&i) {
-                    st.renew_failed.push(i);
-                }
+/// Re-publishes every own busy status when the renewal period is up. Whether any failed.
+async fn renew(shared: &DriverShared, st: &mut Loop) -> bool {
+    if Instant::now() < st.next_renewal {
+        return false;
+    }
+    let mut failed = false;
+    bump(&shared.counters.renewals);
+    for (i, tracker) in shared.trackers.iter().enumerate() {
+        if tracker.newest_is_busy()
+            && shared
+                .publish(tracker, PublishMode::Renew, Claim::Driver)
+                .await
+                .is_err()
+        {
+            failed = true;
+            if !st.renew_failed.contains(&i) {
+                st.renew_failed.push(i);
             }
         }
-        st.next_renewal = Instant::now() + shared.resilience.renewal;
     }
+    st.next_renewal = Instant::now() + shared.resilience.renewal;
+    failed
+}
 
+/// After a failure, the next retry: exponential backoff with jitter, and within a fifth
+/// of the renewal period while a renewal is failing.
+fn schedule_retry(shared: &DriverShared, st: &mut Loop, failed: bool, may_retry: bool) {
     if failed {
         let mut delay = st
             .backoff
