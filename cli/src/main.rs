@@ -1,7 +1,14 @@
 //! `reactive-lock`: the command line of reactive-lock.
 //!
-//! `reactive-lock hub --listen 127.0.0.1:50051` runs the gRPC hub that instances using
-//! `GrpcBackend` (or the .NET ReactiveLockGrpc client) share state through.
+//! * `reactive-lock hub --listen 127.0.0.1:50051` runs the gRPC hub that instances using
+//!   `GrpcBackend` (or the .NET ReactiveLockGrpc client) share state through;
+//! * `watch`, `inspect`, `wait` read keys (and write nothing); `hold` holds one busy.
+//!
+//! Exit codes: 0 success (for `inspect`: every key unblocked); 1 `inspect`: a key blocked,
+//! `wait`: the timeout passed; 2 an error (a bad argument, an unreachable backend) or, for
+//! `inspect`, a key unknown. Errors are one line on stderr.
+
+mod keys;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use keys::{BackendArgs, Output};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits, HubTls};
 
 #[derive(Parser)]
@@ -24,6 +32,60 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print every key's state, then every change (status, busy instances with lock data
+    /// and valid-until), until SIGINT or SIGTERM. Backend loss shows as `unknown`.
+    Watch {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// One JSON object per line: {"at","key","status","instances":[{"instance","busy",
+        /// "lock_data","valid_until"}]}.
+        #[arg(long)]
+        json: bool,
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Read every key once (through to the store) and print it. Exit code: 0 all
+    /// unblocked, 1 one blocked, 2 one unknown or the backend unreachable.
+    Inspect {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// One JSON object per line (as `watch --json`).
+        #[arg(long)]
+        json: bool,
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Return when every key is unblocked everywhere (exit 0), or when the timeout passes
+    /// (exit 1). For example, a deploy step that waits until no batch is in flight.
+    Wait {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// How long to wait at most (`30s`, `5m`, `1h 30m`); default: as long as it takes.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Hold KEY busy (renewed) until --for passes or SIGINT/SIGTERM, then publish idle.
+    /// Killed with SIGKILL, its entry expires at the others.
+    Hold {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Lock data to publish with the busy status.
+        #[arg(long)]
+        data: Option<String>,
+        /// This instance's name in the store (default: host-pid-random).
+        #[arg(long)]
+        instance: Option<String>,
+        /// How long to hold (`10s`, `2m`); default: until a signal.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// The key.
+        key: String,
+    },
     /// Run the gRPC hub (wire-compatible with the .NET ReactiveLockGrpc service).
     ///
     /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. Stops cleanly on
@@ -79,8 +141,12 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,16 +158,72 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("reactive-lock: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// `--help` and `--version` print as clap prints them; a usage error is one line on stderr
+/// (exit 2), as every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    eprintln!(
+        "reactive-lock: {}",
+        message.strip_prefix("error: ").unwrap_or(&message)
+    );
+    ExitCode::from(2)
+}
+
+/// A duration as people write it: `30s`, `5m`, `1h 30m`, `250ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e})"))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     match cli.command {
+        Command::Watch {
+            backend,
+            json,
+            keys,
+        } => Ok(keys::watch(backend.connect().await?, keys, Output { json }).await?),
+        Command::Inspect {
+            backend,
+            json,
+            keys,
+        } => Ok(keys::inspect(backend.connect().await?, keys, Output { json }).await?),
+        Command::Wait {
+            backend,
+            timeout,
+            keys,
+        } => Ok(keys::wait(backend.connect().await?, keys, timeout).await?),
+        Command::Hold {
+            backend,
+            data,
+            instance,
+            duration,
+            key,
+        } => Ok(keys::hold(backend.connect().await?, key, data, instance, duration).await?),
         Command::Hub {
             listen,
             tls_cert,
@@ -149,7 +271,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 .serve_listener(listener, tls, token, shutdown)
                 .await?;
             tracing::info!("reactive-lock hub stopped");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -159,7 +281,8 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Registers SIGINT and SIGTERM at once; the returned future resolves on the first.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+#[cfg(unix)]
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};
     let register = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))
@@ -171,5 +294,14 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
+    })
+}
+
+/// Ctrl-C where there are no Unix signals.
+#[cfg(not(unix))]
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C: shutting down");
     })
 }
