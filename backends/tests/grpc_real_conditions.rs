@@ -378,3 +378,51 @@ fn a_subscription_without_a_first_message_times_out() {
         eprintln!("no first message: ended after {:?}", started.elapsed());
     });
 }
+
+/// A status of `key` for instance `i`, valid for `valid`.
+fn status_of(key: &str, busy: bool, valid: Duration) -> tonic::Request<LockStatusRequest> {
+    tonic::Request::new(LockStatusRequest {
+        lock_key: key.into(),
+        instance_id: "i".into(),
+        is_busy: busy,
+        lock_data: None,
+        valid_until: Some(valid_for(valid)),
+    })
+}
+
+#[test]
+fn the_hub_forgets_idle_keys_so_max_keys_bounds_keys_in_use() {
+    let rt = rt();
+    rt.block_on(async {
+        let mut limits = HubLimits::default();
+        limits.forget_idle_keys_after = Duration::from_millis(200);
+        let hub = Hub::new(limits);
+        let max = limits.max_keys;
+        // Twice max_keys distinct keys, each set busy then idle, in four waves: the keys of
+        // a wave are idle and expired by the wave after the next, and make room for it.
+        for wave in 0..4 {
+            for i in 0..max / 2 {
+                let key = format!("key-{wave}-{i}");
+                let valid = Duration::from_millis(100);
+                hub.set_status(status_of(&key, true, valid)).await.unwrap();
+                hub.set_status(status_of(&key, false, valid)).await.unwrap();
+            }
+            assert!(hub.key_count() <= max, "wave {wave}: {}", hub.key_count());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // A key in use (an entry still valid) is never forgotten.
+        let busy = "in-use";
+        hub.set_status(status_of(busy, true, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hub.forget_idle_keys_now();
+        assert_eq!(hub.key_count(), 1, "only the busy key is held");
+        assert_eq!(hub.subscriber_count(busy), 0);
+        // And a new key still works.
+        hub.set_status(status_of("new", true, Duration::from_millis(100)))
+            .await
+            .unwrap();
+        assert_eq!(hub.key_count(), 2);
+    });
+}

@@ -132,6 +132,10 @@ enum Command {
         /// Milliseconds a keep-alive ping may go unanswered before the connection is closed.
         #[arg(long, default_value_t = millis(HubLimits::default().keep_alive_timeout))]
         keep_alive_timeout_ms: u64,
+        /// Milliseconds after which a key with no subscriber and no valid entry is forgotten,
+        /// so --max-keys bounds the keys in use.
+        #[arg(long, default_value_t = millis(HubLimits::default().forget_idle_keys_after))]
+        forget_idle_keys_after_ms: u64,
     },
 }
 
@@ -238,6 +242,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             first_message_timeout_ms,
             keep_alive_interval_ms,
             keep_alive_timeout_ms,
+            forget_idle_keys_after_ms,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(HubTls::from_pem(
@@ -257,6 +262,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             limits.first_message_timeout = Duration::from_millis(first_message_timeout_ms);
             limits.keep_alive_interval = Duration::from_millis(keep_alive_interval_ms);
             limits.keep_alive_timeout = Duration::from_millis(keep_alive_timeout_ms);
+            limits.forget_idle_keys_after = Duration::from_millis(forget_idle_keys_after_ms);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -87,6 +87,12 @@ pub struct HubLimits {
     /// How long a ping may go unanswered before the hub closes the connection and drops its
     /// subscriptions (default 20 s; [`serve`](Hub::serve) only).
     pub keep_alive_timeout: Duration,
+    /// How long a key with no subscriber and no entry still valid stays after its last
+    /// status or subscription before the hub forgets it (default 60 s), so that
+    /// [`max_keys`](Self::max_keys) bounds the keys in use, not every key ever seen. A
+    /// forgotten key reads as it did (no instance busy). Keys are forgotten when the limit is
+    /// reached and, while [serving](Hub::serve), every such period.
+    pub forget_idle_keys_after: Duration,
 }
 
 impl Default for HubLimits {
@@ -101,6 +107,7 @@ impl Default for HubLimits {
             first_message_timeout: Duration::from_secs(10),
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(20),
+            forget_idle_keys_after: Duration::from_secs(60),
         }
     }
 }
@@ -111,6 +118,35 @@ struct KeyState {
     entries: HashMap<String, InstanceLockStatus>,
     subscribers: Vec<Subscriber>,
     expiry: Option<tokio::task::JoinHandle<()>>,
+    /// The last status or subscription (see [`HubLimits::forget_idle_keys_after`]).
+    touched: std::time::Instant,
+}
+
+impl KeyState {
+    fn new() -> Self {
+        KeyState {
+            entries: HashMap::new(),
+            subscribers: Vec::new(),
+            expiry: None,
+            touched: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether the hub may forget the key: untouched for `grace`, nobody subscribed, and no
+    /// entry valid any more — so a delayed older status, whose validity cannot outlast the
+    /// entry that superseded it, arrives already expired and blocks nobody.
+    fn forgettable(&mut self, now: SystemTime, grace: Duration) -> bool {
+        self.subscribers
+            .retain(|subscriber| !subscriber.tx.is_closed());
+        self.subscribers.is_empty()
+            && self.touched.elapsed() >= grace
+            && self.entries.values().all(|entry| {
+                entry
+                    .valid_until
+                    .as_ref()
+                    .is_none_or(|until| system_time(until) <= now)
+            })
+    }
 }
 
 struct Subscriber {
@@ -367,11 +403,74 @@ impl Hub {
             // Graceful shutdown waits for every open stream; subscriptions end only here.
             hub.end_subscriptions();
         };
-        builder
+        // Idle keys go also without pressure on max_keys, so memory follows the keys in use.
+        let sweeper = {
+            let hub = self.clone();
+            let period = limits.forget_idle_keys_after.max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(period);
+                loop {
+                    every.tick().await;
+                    hub.forget_idle_keys_now();
+                }
+            })
+        };
+        let served = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .await;
+        sweeper.abort();
+        served?;
         Ok(())
+    }
+
+    /// Forgets the keys nobody uses any more (see [`HubLimits::forget_idle_keys_after`]);
+    /// returns how many.
+    fn forget_idle_keys(&self, keys: &mut HashMap<String, KeyState>) -> usize {
+        let (now, grace) = (SystemTime::now(), self.inner.limits.forget_idle_keys_after);
+        let before = keys.len();
+        keys.retain(|_, state| {
+            let forget = state.forgettable(now, grace);
+            if forget && let Some(task) = state.expiry.take() {
+                task.abort();
+            }
+            !forget
+        });
+        let forgotten = before - keys.len();
+        if forgotten > 0 {
+            tracing::debug!(
+                forgotten,
+                held = keys.len(),
+                "reactive-lock hub: idle keys forgotten"
+            );
+        }
+        forgotten
+    }
+
+    /// How many keys the hub holds (in use, or idle for less than
+    /// [`forget_idle_keys_after`](HubLimits::forget_idle_keys_after)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(reactive_lock_backends::grpc::server::Hub::default().key_count(), 0);
+    /// ```
+    pub fn key_count(&self) -> usize {
+        self.inner.keys.lock().len()
+    }
+
+    /// Forgets the keys nobody uses any more now, as the hub does by itself when
+    /// [`max_keys`](HubLimits::max_keys) is reached and, while serving, every
+    /// [`forget_idle_keys_after`](HubLimits::forget_idle_keys_after). Returns how many.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(reactive_lock_backends::grpc::server::Hub::default().forget_idle_keys_now(), 0);
+    /// ```
+    pub fn forget_idle_keys_now(&self) -> usize {
+        let mut keys = self.inner.keys.lock();
+        self.forget_idle_keys(&mut keys)
     }
 
     /// Applies one status update, after checking it against the limits.
@@ -389,6 +488,9 @@ impl Hub {
         }
         let mut keys = self.inner.keys.lock();
         if !keys.contains_key(&request.lock_key) && keys.len() >= limits.max_keys {
+            self.forget_idle_keys(&mut keys);
+        }
+        if !keys.contains_key(&request.lock_key) && keys.len() >= limits.max_keys {
             return Err(Status::resource_exhausted(format!(
                 "the hub holds max_keys ({}) keys",
                 limits.max_keys
@@ -396,11 +498,8 @@ impl Hub {
         }
         let state = keys
             .entry(request.lock_key.clone())
-            .or_insert_with(|| KeyState {
-                entries: HashMap::new(),
-                subscribers: Vec::new(),
-                expiry: None,
-            });
+            .or_insert_with(KeyState::new);
+        state.touched = std::time::Instant::now();
         if !state.entries.contains_key(&request.instance_id)
             && state.entries.len() >= limits.max_instances_per_key
         {
@@ -518,16 +617,16 @@ impl Hub {
             return Err(Status::unavailable("the hub is shutting down"));
         }
         if !keys.contains_key(key) && keys.len() >= limits.max_keys {
+            self.forget_idle_keys(&mut keys);
+        }
+        if !keys.contains_key(key) && keys.len() >= limits.max_keys {
             return Err(Status::resource_exhausted(format!(
                 "the hub holds max_keys ({}) keys",
                 limits.max_keys
             )));
         }
-        let state = keys.entry(key.to_string()).or_insert_with(|| KeyState {
-            entries: HashMap::new(),
-            subscribers: Vec::new(),
-            expiry: None,
-        });
+        let state = keys.entry(key.to_string()).or_insert_with(KeyState::new);
+        state.touched = std::time::Instant::now();
         // Subscribers whose streams closed are otherwise dropped on the key's next change;
         // on a quiet key, many short reads would pile them up until then.
         state
