@@ -386,3 +386,59 @@ fn help_documents_every_flag() {
         "bad flag value names the flag"
     );
 }
+
+#[test]
+fn the_health_service_serves_while_the_hub_accepts_work() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut hub = HubProcess::start(free_port());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(hub.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        for service in ["", "ReactiveLockGrpc"] {
+            let answer = client
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("health of `{service}`: {e}"))
+                .into_inner();
+            assert_eq!(answer.status(), ServingStatus::Serving, "`{service}`");
+        }
+        let unknown = client
+            .check(HealthCheckRequest {
+                service: "NoSuchService".into(),
+            })
+            .await;
+        assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+        // A watcher sees the hub stop serving on SIGTERM.
+        let mut watch = client
+            .watch(HealthCheckRequest {
+                service: "ReactiveLockGrpc".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving);
+        hub.signal("TERM");
+        let next = tokio::time::timeout(LIMIT, watch.message()).await;
+        match next {
+            Ok(Ok(Some(update))) => assert_eq!(update.status(), ServingStatus::NotServing),
+            // The stream may also end with the server: then it no longer serves either.
+            Ok(Ok(None)) | Ok(Err(_)) => {}
+            Err(_) => panic!("the health watch saw nothing within {LIMIT:?} of SIGTERM"),
+        }
+    });
+    assert!(hub.exits_within(LIMIT).is_some(), "the hub exits");
+}

@@ -211,6 +211,10 @@ struct HubInner {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// How long a shutting-down hub waits for open streams (beyond the subscriptions, which it
+/// ends itself) before it closes their connections.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// The hub's TLS identity: a PEM certificate chain and its PEM private key (as read from
 /// the files `reactive-lock hub --tls-cert F --tls-key F` takes).
 ///
@@ -397,9 +401,21 @@ impl Hub {
         });
         let check = super::TokenCheck::new(token);
         let service = tonic::service::interceptor::InterceptedService::new(self.service(), check);
+        // `grpc.health.v1.Health`, without the token (load balancers and orchestrators ask):
+        // SERVING for the overall server and for `ReactiveLockGrpc` while the hub accepts work.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ReactiveLockGrpcServer<Hub>>().await;
         let hub = self.clone();
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
+            let _ = stopping.send(());
+            health
+                .set_not_serving::<ReactiveLockGrpcServer<Hub>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             // Graceful shutdown waits for every open stream; subscriptions end only here.
             hub.end_subscriptions();
         };
@@ -415,10 +431,26 @@ impl Hub {
                 }
             })
         };
-        let served = builder
+        let serving = builder
+            .add_service(health_service)
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        // Graceful shutdown waits for every open stream to end; one a client keeps open (a
+        // health watch) must not keep the process: after DRAIN the rest are cut.
+        let drained = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(DRAIN).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = drained => {
+                tracing::warn!("reactive-lock hub: streams still open {DRAIN:?} after shutdown; closing them");
+                Ok(())
+            }
+        };
         sweeper.abort();
         served?;
         Ok(())
