@@ -323,6 +323,7 @@ impl DriverShared {
             }
             BackendEvent::Disconnected => {
                 tracing::warn!("reactive-lock: backend disconnected; status Unknown");
+                state.outage_since.get_or_insert_with(Instant::now);
                 bump(&self.counters.disconnects);
                 self.set_all_connected(false);
                 None
@@ -351,6 +352,8 @@ struct Loop {
     events: Option<EventStream>,
     /// Set while a recovery is due; the instant it became due.
     resync_since: Option<Instant>,
+    /// When the backend was lost, until the recovery that follows (for its log line).
+    outage_since: Option<Instant>,
     /// Earliest instant of the next retry after a failure.
     retry_at: Option<Instant>,
     backoff: backon::ExponentialBackoff,
@@ -460,6 +463,7 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
     let mut st = Loop {
         events: Some(events),
         resync_since: None,
+        outage_since: None,
         retry_at: None,
         backoff: new_backoff(),
         next_renewal: Instant::now() + shared.resilience.renewal,
@@ -549,6 +553,7 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
             Woke::Event(Some(event)) => touched.extend(shared.handle(event, &mut st)),
             Woke::Event(None) => {
                 tracing::warn!("reactive-lock: subscription ended; resubscribing");
+                st.outage_since.get_or_insert_with(Instant::now);
                 bump(&shared.counters.disconnects);
                 st.events = None;
                 shared.set_all_connected(false);
@@ -612,6 +617,15 @@ async fn recover(shared: &DriverShared, st: &mut Loop) -> bool {
         Ok(()) => {
             st.resync_since = None;
             st.rescan = true;
+            match st.outage_since.take() {
+                Some(since) => tracing::info!(
+                    outage = ?since.elapsed(),
+                    "reactive-lock: recovered: every key re-read, own statuses re-published"
+                ),
+                None => tracing::info!(
+                    "reactive-lock: resynced: every key re-read, own statuses re-published"
+                ),
+            }
             false
         }
         Err(error) => {

@@ -82,6 +82,36 @@ const ENDED: u8 = 4;
 
 type Handler = Arc<dyn Fn() + Send + Sync + 'static>;
 
+/// What changed a state, for the debug event on every change of a key's status.
+#[derive(Clone, Copy, Debug)]
+enum Cause<'a> {
+    /// This instance's own transition (or `set_blocked`/`set_unblocked`).
+    Own,
+    /// Another instance's status, by name.
+    Instance(&'a str),
+    /// A read of the key (a subscription's snapshot, a recovery, a read-through).
+    Read,
+    /// An entry expired on the store's clock.
+    Expiry,
+    /// The backend was lost or is back.
+    Connection,
+    /// The registry's driver started or ended.
+    Driver,
+}
+
+impl fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Own => f.write_str("own transition"),
+            Cause::Instance(name) => write!(f, "instance {name}"),
+            Cause::Read => f.write_str("read of the store"),
+            Cause::Expiry => f.write_str("expiry"),
+            Cause::Connection => f.write_str("backend lost or back"),
+            Cause::Driver => f.write_str("driver started or ended"),
+        }
+    }
+}
+
 /// The reactive, aggregate view of one key: blocked or not, lock data, waits and handlers.
 ///
 /// A registry hands one out per tracker ([`ReactiveLock::state`](crate::ReactiveLock::state));
@@ -242,9 +272,16 @@ impl TrackerState {
     }
 
     pub(crate) fn with_parts(policy: UnknownPolicy, link: Option<Link>) -> Self {
+        // A registry's state starts Unknown (no driver yet), and says so from the start:
+        // its first change is then to what the driver finds, with no detour for handlers.
+        let flags = match (&link, policy) {
+            (None, _) => 0,
+            (Some(_), UnknownPolicy::Blocked) => UNKNOWN | BLOCKED,
+            (Some(_), _) => UNKNOWN,
+        };
         TrackerState {
             inner: Arc::new(StateInner {
-                flags: AtomicU8::new(0),
+                flags: AtomicU8::new(flags),
                 version: AtomicU64::new(0),
                 changed: Signal::new(),
                 data: Mutex::new(StateData {
@@ -730,7 +767,7 @@ impl TrackerState {
 
     fn apply_snapshot_with(&self, snapshot: &Snapshot, issued: Option<u64>) {
         let own = self.inner.link.as_ref().map(|l| &*l.own_instance);
-        self.update_remote(|d| {
+        self.update_remote(Cause::Read, |d| {
             // Entries applied after the read was issued (only for a read-through).
             let raced = |held: &Held| issued.is_some_and(|issued| held.applied > issued);
             let applied = d.applied + 1;
@@ -783,7 +820,7 @@ impl TrackerState {
         if Some(entry.instance.as_str()) == own {
             return;
         }
-        self.update_remote(|d| {
+        self.update_remote(Cause::Instance(&entry.instance), |d| {
             d.applied += 1;
             let applied = d.applied;
             match d
@@ -802,7 +839,7 @@ impl TrackerState {
 
     /// Marks the backend reachable or not (Unknown status and policy while not).
     pub(crate) fn set_connected(&self, connected: bool) {
-        self.update_remote(|d| {
+        self.update_remote(Cause::Connection, |d| {
             d.connected = connected;
             false
         });
@@ -811,7 +848,7 @@ impl TrackerState {
     /// Marks whether a driver is applying the subscription to this state (Unknown while
     /// not).
     pub(crate) fn set_driven(&self, driven: bool) {
-        self.update_remote(|d| {
+        self.update_remote(Cause::Driver, |d| {
             d.driven = driven && !d.ended;
             false
         });
@@ -820,7 +857,7 @@ impl TrackerState {
     /// The registry's driver has ended: Unknown from now on, and [`changes`](Self::changes)
     /// streams end.
     pub(crate) fn end(&self) {
-        self.update_remote(|d| {
+        self.update_remote(Cause::Driver, |d| {
             d.driven = false;
             d.ended = true;
             false
@@ -832,7 +869,7 @@ impl TrackerState {
     #[cfg(feature = "std")]
     pub(crate) fn advance_clock(&self, now: std::time::Instant) -> Option<std::time::Instant> {
         let mut next = None;
-        self.update_remote(|d| {
+        self.update_remote(Cause::Expiry, |d| {
             if let Some(base) = d.clock_base {
                 let store_now = d
                     .remote_now
@@ -864,19 +901,20 @@ impl TrackerState {
     /// waiters and runs the handlers for any change on this thread. Returns what `change`
     /// returned.
     fn update<R>(&self, change: impl FnOnce(&mut StateData) -> R) -> R {
-        self.update_with(false, change)
+        self.update_with(Cause::Own, change)
     }
 
     /// Like [`update`](Self::update), for a change this instance did not make (applied by
     /// the driver): a registry's handlers for it run on its handler thread, never on the
     /// driver's.
-    fn update_remote<R>(&self, change: impl FnOnce(&mut StateData) -> R) -> R {
-        self.update_with(true, change)
+    fn update_remote<R>(&self, cause: Cause<'_>, change: impl FnOnce(&mut StateData) -> R) -> R {
+        self.update_with(cause, change)
     }
 
-    fn update_with<R>(&self, remote: bool, change: impl FnOnce(&mut StateData) -> R) -> R {
+    fn update_with<R>(&self, cause: Cause<'_>, change: impl FnOnce(&mut StateData) -> R) -> R {
         let inner = &*self.inner;
-        let (result, notify, queued) = {
+        let remote = !matches!(cause, Cause::Own);
+        let (result, notify, queued, status_changed) = {
             let mut d = inner.data.lock();
             let result = change(&mut d);
             let old = inner.flags.load(Ordering::Relaxed);
@@ -901,10 +939,14 @@ impl TrackerState {
                 result,
                 new != old && inner.changed.has_listeners_locked(),
                 queued,
+                (new ^ old) & (BLOCKED | UNKNOWN) != 0,
             )
         };
         if notify {
             inner.changed.notify_all_unchecked();
+        }
+        if status_changed && tracing::enabled!(tracing::Level::DEBUG) {
+            self.log_status_change(cause);
         }
         if queued {
             #[cfg(feature = "std")]
@@ -919,6 +961,15 @@ impl TrackerState {
             self.dispatch_handlers();
         }
         result
+    }
+
+    /// The debug event on every change of a key's status: out of line, as it is off by
+    /// default and the transition path is short.
+    #[cold]
+    #[inline(never)]
+    fn log_status_change(&self, cause: Cause<'_>) {
+        let key = self.inner.link.as_ref().map_or("", |link| &*link.key);
+        tracing::debug!(key, status = ?self.status(), %cause, "reactive-lock: key status changed");
     }
 
     /// Drains the handler queue unless another thread is already draining it. Handlers run
