@@ -106,6 +106,8 @@ impl TrackerShared {
         publisher: Option<Arc<dyn Publisher>>,
     ) -> Self {
         let point = PublishPoint::new(key, index, publisher);
+        #[cfg(feature = "metrics")]
+        let point = point.with_instruments(state.instruments().cloned());
         state.slot().start_at(point.first_seq());
         TrackerShared {
             word: CachePadded::new(AtomicU64::new(0)),
@@ -213,6 +215,16 @@ impl TrackerShared {
         if !self.point.publishes() {
             self.state.apply_local_transition(epoch, busy, owned);
             return None;
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(instruments) = self.state.instruments() {
+            let direction = if busy {
+                &instruments.busy_transitions
+            } else {
+                &instruments.idle_transitions
+            };
+            direction.increment(1);
+            instruments.in_flight.set(self.count() as f64);
         }
         let newest = owned.clone();
         // Applying, claiming the key, publishing inline and recording the outcome are one

@@ -105,6 +105,8 @@ pub(crate) struct DriverShared {
     done: AtomicBool,
     done_event: Event,
     counters: Counters,
+    #[cfg(feature = "metrics")]
+    instruments: crate::instruments::RegistryInstruments,
 }
 
 impl DriverShared {
@@ -137,6 +139,8 @@ impl DriverShared {
             done: AtomicBool::new(false),
             done_event: Event::new(),
             counters: Counters::default(),
+            #[cfg(feature = "metrics")]
+            instruments: crate::instruments::RegistryInstruments::new(),
         }
     }
 
@@ -299,6 +303,8 @@ impl DriverShared {
                 .await?;
         }
         bump(&self.counters.resyncs);
+        #[cfg(feature = "metrics")]
+        self.instruments.resyncs.increment(1);
         Ok(())
     }
 
@@ -325,6 +331,8 @@ impl DriverShared {
                 tracing::warn!("reactive-lock: backend disconnected; status Unknown");
                 state.outage_since.get_or_insert_with(Instant::now);
                 bump(&self.counters.disconnects);
+                #[cfg(feature = "metrics")]
+                self.instruments.disconnects.increment(1);
                 self.set_all_connected(false);
                 None
             }
@@ -335,6 +343,8 @@ impl DriverShared {
                     "reactive-lock: subscription to the key lost; status Unknown"
                 );
                 bump(&self.counters.disconnects);
+                #[cfg(feature = "metrics")]
+                self.instruments.disconnects.increment(1);
                 self.trackers[i].state().set_connected(false);
                 Some(i)
             }
@@ -555,6 +565,8 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
                 tracing::warn!("reactive-lock: subscription ended; resubscribing");
                 st.outage_since.get_or_insert_with(Instant::now);
                 bump(&shared.counters.disconnects);
+                #[cfg(feature = "metrics")]
+                shared.instruments.disconnects.increment(1);
                 st.events = None;
                 shared.set_all_connected(false);
             }
@@ -722,6 +734,8 @@ async fn renew(shared: &DriverShared, st: &mut Loop) -> bool {
     }
     let mut failed = false;
     bump(&shared.counters.renewals);
+    #[cfg(feature = "metrics")]
+    shared.instruments.renewals.increment(1);
     for (i, tracker) in shared.trackers.iter().enumerate() {
         if tracker.newest_is_busy()
             && shared

@@ -82,6 +82,8 @@ mod sync;
 mod driver;
 #[cfg(all(feature = "std", not(loom)))]
 mod handlers;
+#[cfg(all(feature = "metrics", not(loom)))]
+mod instruments;
 #[cfg(all(feature = "std", not(loom)))]
 mod local;
 #[cfg(all(feature = "std", not(loom)))]

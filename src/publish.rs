@@ -247,6 +247,9 @@ pub(crate) struct PublishPoint {
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
     published: Signal,
     publisher: Option<Arc<dyn Publisher>>,
+    /// The key's metrics (a registry's key).
+    #[cfg(feature = "metrics")]
+    instruments: Option<Arc<crate::instruments::KeyInstruments>>,
 }
 
 impl PublishPoint {
@@ -256,7 +259,30 @@ impl PublishPoint {
             index,
             published: Signal::new(),
             publisher,
+            #[cfg(feature = "metrics")]
+            instruments: None,
         }
+    }
+
+    /// Records this key's publishes in `instruments`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_instruments(
+        mut self,
+        instruments: Option<Arc<crate::instruments::KeyInstruments>>,
+    ) -> Self {
+        self.instruments = instruments;
+        self
+    }
+
+    /// Counts a publish's outcome in the key's metrics.
+    #[inline]
+    fn count_outcome(&self, result: &Result<()>) {
+        #[cfg(feature = "metrics")]
+        if let Some(instruments) = &self.instruments {
+            instruments.publish_outcome(result);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = result;
     }
 
     /// The sequence the key's statuses start from.
@@ -295,6 +321,7 @@ impl PublishPoint {
             return None;
         }
         let result = slot.publish_inline(publisher, self.index, &self.key)?;
+        self.count_outcome(&result);
         Some(result.is_err())
     }
 
@@ -395,6 +422,8 @@ impl PublishPoint {
             done: false,
         };
         let mut tries = 0;
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let result = loop {
             let result = {
                 // Should this future stop being polled, the driver takes over after the
@@ -423,6 +452,12 @@ impl PublishPoint {
             }
         };
         guard.done = true;
+        #[cfg(feature = "metrics")]
+        if let Some(instruments) = &self.instruments {
+            instruments
+                .publish_seconds
+                .record(started.elapsed().as_secs_f64());
+        }
         self.settle(slots, &**publisher, token, epoch, &result);
         result.map(|()| true)
     }
@@ -447,6 +482,7 @@ impl PublishPoint {
         }
         let result = slot.publish_inline(publisher, self.index, &self.key)?;
         drop(slot);
+        self.count_outcome(&result);
         // As for an inline transition: nobody listens for this outcome (waiters listen only
         // while the role is held), so nobody needs waking; a failure goes to the driver.
         if result.is_err() {
@@ -502,6 +538,7 @@ impl PublishPoint {
             slot.give_back(token);
             slot.record_outcome(epoch, result);
         }
+        self.count_outcome(result);
         self.published.notify_all();
         if result.is_err() {
             publisher.wake_driver(self.index);

@@ -251,6 +251,8 @@ impl ReactiveLockBuilder {
                     bell: bell.clone(),
                     index,
                     handlers: handlers.clone(),
+                    #[cfg(feature = "metrics")]
+                    instruments: Arc::new(crate::instruments::KeyInstruments::new(&key)),
                 }),
             );
             for h in config.on_blocked {

@@ -174,6 +174,9 @@ pub(crate) struct Link {
     /// Runs the handlers of changes this instance did not make (see `handlers.rs`).
     #[cfg(feature = "std")]
     pub(crate) handlers: Arc<crate::handlers::HandlerThread>,
+    /// This key's metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) instruments: Arc<crate::instruments::KeyInstruments>,
 }
 
 #[derive(Default)]
@@ -737,6 +740,12 @@ impl TrackerState {
         })
     }
 
+    /// This key's metrics, for a registry's state.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn instruments(&self) -> Option<&Arc<crate::instruments::KeyInstruments>> {
+        self.inner.link.as_ref().map(|link| &link.instruments)
+    }
+
     /// The publish slot, locked (the state's lock).
     pub(crate) fn slot(&self) -> SlotGuard<'_> {
         SlotGuard(self.inner.data.lock())
@@ -917,6 +926,16 @@ impl TrackerState {
         let (result, notify, queued, status_changed) = {
             let mut d = inner.data.lock();
             let result = change(&mut d);
+            #[cfg(feature = "metrics")]
+            if let Some(link) = &inner.link {
+                let busy = d
+                    .remote
+                    .iter()
+                    .filter(|held| held.entry.is_busy_at(d.remote_now))
+                    .count()
+                    + usize::from(d.local_busy);
+                link.instruments.busy_instances.set(busy as f64);
+            }
             let old = inner.flags.load(Ordering::Relaxed);
             let new = d.evaluate(inner.policy, old);
             let mut queued = false;
@@ -945,8 +964,18 @@ impl TrackerState {
         if notify {
             inner.changed.notify_all_unchecked();
         }
-        if status_changed && tracing::enabled!(tracing::Level::DEBUG) {
-            self.log_status_change(cause);
+        if status_changed {
+            #[cfg(feature = "metrics")]
+            if let Some(link) = &inner.link {
+                let flags = inner.flags.load(Ordering::Relaxed);
+                link.instruments.blocked.set(f64::from(flags & BLOCKED));
+                link.instruments
+                    .unknown
+                    .set(f64::from((flags & UNKNOWN) >> 1));
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                self.log_status_change(cause);
+            }
         }
         if queued {
             #[cfg(feature = "std")]
@@ -1021,6 +1050,10 @@ impl TrackerState {
     fn run_handler(&self, handler: &(dyn Fn() + Send + Sync)) {
         if let Err(panic) = std::panic::catch_unwind(core::panic::AssertUnwindSafe(handler)) {
             self.inner.handler_panics.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            if let Some(link) = &self.inner.link {
+                link.instruments.handler_panics.increment(1);
+            }
             let message = panic
                 .downcast_ref::<&str>()
                 .copied()
