@@ -26,8 +26,17 @@ use reactive_lock_backends::grpc::server::{Hub, HubLimits, HubTls};
     about = "reactive-lock: distributed busy/idle state, reactively"
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object per line (stderr; RUST_LOG filters them).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +141,10 @@ enum Command {
         /// Milliseconds a keep-alive ping may go unanswered before the connection is closed.
         #[arg(long, default_value_t = millis(HubLimits::default().keep_alive_timeout))]
         keep_alive_timeout_ms: u64,
+        /// Serve Prometheus metrics over HTTP on this address (GET /metrics): keys,
+        /// subscribers, statuses received, rejections by limit, entries expired.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
         /// Milliseconds after which a key with no subscriber and no valid entry is forgotten,
         /// so --max-keys bounds the keys in use.
         #[arg(long, default_value_t = millis(HubLimits::default().forget_idle_keys_after))]
@@ -140,17 +153,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -243,7 +259,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             keep_alive_interval_ms,
             keep_alive_timeout_ms,
             forget_idle_keys_after_ms,
+            metrics_listen,
         } => {
+            if let Some(addr) = metrics_listen {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+            }
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(HubTls::from_pem(
                     std::fs::read(&cert)

@@ -442,3 +442,97 @@ fn the_health_service_serves_while_the_hub_accepts_work() {
     });
     assert!(hub.exits_within(LIMIT).is_some(), "the hub exits");
 }
+
+/// `GET /metrics` on `port`, the body as text.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics port");
+    stream
+        .set_read_timeout(Some(LIMIT))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample `name` (with any labels) in a Prometheus text body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[test]
+fn the_hub_serves_prometheus_metrics_and_json_logs() {
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
+        .args([
+            "--log-format",
+            "json",
+            "hub",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--max-lock-data-len",
+            "8",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reactive-lock hub");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut log = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut log)
+        .unwrap();
+    let log: serde_json::Value = serde_json::from_str(&log).expect("a JSON log line");
+    assert_eq!(log["level"], "INFO", "{log}");
+    assert!(log["fields"]["message"].is_string(), "{log}");
+    block_on(async {
+        let a = instance(&[format!("http://127.0.0.1:{port}")], "a").await;
+        a.controller(KEY)
+            .unwrap()
+            .increment(Some("ok"))
+            .await
+            .unwrap();
+        let refused = a.controller("other");
+        assert!(refused.is_err(), "only the registered key");
+        // Lock data over --max-lock-data-len is refused, and counted by limit.
+        let b = instance(&[format!("http://127.0.0.1:{port}")], "b").await;
+        assert!(
+            b.controller(KEY)
+                .unwrap()
+                .increment(Some("far too long"))
+                .await
+                .is_err()
+        );
+        // The gauges are sampled every second.
+        async_io::Timer::after(Duration::from_millis(1500)).await;
+        let body = scrape(metrics_port);
+        assert!(
+            sample(&body, "reactive_lock_hub_statuses_total").unwrap_or(0.0) >= 3.0,
+            "{body}"
+        );
+        assert!(
+            body.contains("reactive_lock_hub_rejections_total{limit=\"max_lock_data_len\"}"),
+            "{body}"
+        );
+        assert_eq!(sample(&body, "reactive_lock_hub_keys"), Some(1.0), "{body}");
+        assert!(
+            sample(&body, "reactive_lock_hub_subscribers").unwrap_or(0.0) >= 2.0,
+            "{body}"
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -211,6 +211,11 @@ struct HubInner {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// Counts a request or subscriber the hub refused, by the limit that refused it.
+fn rejected(limit: &'static str) {
+    metrics::counter!("reactive_lock_hub_rejections_total", "limit" => limit).increment(1);
+}
+
 /// How long a shutting-down hub waits for open streams (beyond the subscriptions, which it
 /// ends itself) before it closes their connections.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -431,6 +436,23 @@ impl Hub {
                 }
             })
         };
+        // The gauges, sampled every second: the hub's maps are not watched per change.
+        let gauges = {
+            let hub = self.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let (keys, subscribers) = {
+                        let keys = hub.inner.keys.lock();
+                        let subscribers: usize = keys.values().map(|k| k.subscribers.len()).sum();
+                        (keys.len(), subscribers)
+                    };
+                    metrics::gauge!("reactive_lock_hub_keys").set(keys as f64);
+                    metrics::gauge!("reactive_lock_hub_subscribers").set(subscribers as f64);
+                }
+            })
+        };
         let serving = builder
             .add_service(health_service)
             .add_service(service)
@@ -452,6 +474,7 @@ impl Hub {
             }
         };
         sweeper.abort();
+        gauges.abort();
         served?;
         Ok(())
     }
@@ -512,6 +535,7 @@ impl Hub {
         if let Some(data) = &request.lock_data
             && data.len() > limits.max_lock_data_len
         {
+            rejected("max_lock_data_len");
             return Err(Status::invalid_argument(format!(
                 "lockData of {} bytes exceeds the hub's max_lock_data_len ({})",
                 data.len(),
@@ -523,6 +547,7 @@ impl Hub {
             self.forget_idle_keys(&mut keys);
         }
         if !keys.contains_key(&request.lock_key) && keys.len() >= limits.max_keys {
+            rejected("max_keys");
             return Err(Status::resource_exhausted(format!(
                 "the hub holds max_keys ({}) keys",
                 limits.max_keys
@@ -535,6 +560,7 @@ impl Hub {
         if !state.entries.contains_key(&request.instance_id)
             && state.entries.len() >= limits.max_instances_per_key
         {
+            rejected("max_instances_per_key");
             return Err(Status::resource_exhausted(format!(
                 "key `{}` holds max_instances_per_key ({}) instances",
                 request.lock_key, limits.max_instances_per_key
@@ -569,6 +595,7 @@ impl Hub {
                 Some(previous) => state.entries.insert(source, previous),
                 None => state.entries.remove(&source),
             };
+            rejected("max_notification_size");
             return Err(Status::resource_exhausted(format!(
                 "key `{}` would hold {size} bytes of statuses, over the hub's \
                  max_notification_size ({}): less lock data, or fewer instances per key",
@@ -576,6 +603,7 @@ impl Hub {
             )));
         }
         self.changed(&request.lock_key, state, Some(&source));
+        metrics::counter!("reactive_lock_hub_statuses_total").increment(1);
         Ok(())
     }
 
@@ -588,7 +616,10 @@ impl Hub {
         for entry in state.entries.values_mut() {
             let until = entry.valid_until.as_ref().map(system_time);
             match until {
-                Some(until) if entry.is_busy && until <= now => entry.is_busy = false,
+                Some(until) if entry.is_busy && until <= now => {
+                    entry.is_busy = false;
+                    metrics::counter!("reactive_lock_hub_entries_expired_total").increment(1);
+                }
                 Some(until) if entry.is_busy => next = Some(next.map_or(until, |n| n.min(until))),
                 _ => {}
             }
@@ -608,6 +639,7 @@ impl Hub {
             match subscriber.tx.try_send(notification.clone()) {
                 Ok(()) => state.subscribers.push(subscriber),
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    rejected("subscriber_buffer");
                     tracing::warn!(
                         key,
                         subscriber = subscriber.id,
@@ -652,6 +684,7 @@ impl Hub {
             self.forget_idle_keys(&mut keys);
         }
         if !keys.contains_key(key) && keys.len() >= limits.max_keys {
+            rejected("max_keys");
             return Err(Status::resource_exhausted(format!(
                 "the hub holds max_keys ({}) keys",
                 limits.max_keys
