@@ -433,12 +433,21 @@ impl PublishPoint {
                     .await
             };
             match superseded(&result) {
-                Some(held) if tries < SUPERSEDED_RETRIES => {
-                    tries += 1;
+                Some(held) => {
                     let mut slot = slots.slot();
                     if slot.role != token {
+                        // A newer publish of this instance holds the role now (a newer
+                        // status, or the driver after the lease) and wrote above this one:
+                        // the outcome is its to record, and waiters wait for it.
+                        drop(slot);
+                        guard.done = true;
+                        self.published.notify_all();
+                        return Ok(false);
+                    }
+                    if tries == SUPERSEDED_RETRIES {
                         break result;
                     }
+                    tries += 1;
                     slot.raise_seq(held);
                     (epoch, seq, busy, data) = (
                         slot.newest_epoch,
@@ -448,7 +457,7 @@ impl PublishPoint {
                     );
                     slot.role_epoch = epoch;
                 }
-                _ => break result,
+                None => break result,
             }
         };
         guard.done = true;

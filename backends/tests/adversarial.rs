@@ -818,3 +818,83 @@ mod grpc {
         });
     }
 }
+
+/// A Redis backend that, once armed, holds its first publish back before sending it (a
+/// caller's publish still on its way when the driver's lease runs out) and its second
+/// publish's reply after the write (the driver's, answered after the caller's).
+struct SlowPublish {
+    inner: RedisBackend,
+    armed: Arc<AtomicBool>,
+    calls: AtomicUsize,
+}
+
+impl reactive_lock::Backend for SlowPublish {
+    type Events = <RedisBackend as reactive_lock::Backend>::Events;
+
+    async fn publish(
+        &self,
+        key: &str,
+        instance: &str,
+        status: &reactive_lock::InstanceStatus,
+    ) -> Result<(), reactive_lock::BackendError> {
+        if !self.armed.load(Ordering::SeqCst) {
+            return self.inner.publish(key, instance, status).await;
+        }
+        match self.calls.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                sleep(Duration::from_millis(600)).await;
+                self.inner.publish(key, instance, status).await
+            }
+            1 => {
+                let result = self.inner.publish(key, instance, status).await;
+                sleep(Duration::from_millis(800)).await;
+                result
+            }
+            _ => self.inner.publish(key, instance, status).await,
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        key: &str,
+    ) -> Result<reactive_lock::Snapshot, reactive_lock::BackendError> {
+        self.inner.snapshot(key).await
+    }
+
+    async fn subscribe(
+        &self,
+        instance: &str,
+        keys: &[String],
+    ) -> Result<Self::Events, reactive_lock::BackendError> {
+        self.inner.subscribe(instance, keys).await
+    }
+}
+
+/// The driver takes a transition over after its lease while the caller's own publish is
+/// still on its way; the caller's publish then arrives below the driver's sequence, and its
+/// refusal is answered before the driver's write is. The caller's `Ack` must resolve with
+/// the status stored, not report the store's refusal of its own older copy as a failure.
+#[test]
+fn an_ack_whose_publish_the_driver_overtook_resolves_ok() {
+    let server = RedisServer::start();
+    block_on(async {
+        let armed = Arc::new(AtomicBool::new(false));
+        let lock = ReactiveLock::builder()
+            .instance_name("slow")
+            .tracker(KEY, TrackerConfig::new())
+            .build(SlowPublish {
+                inner: backend(&server.url()).await,
+                armed: armed.clone(),
+                calls: AtomicUsize::new(0),
+            })
+            .await
+            .unwrap();
+        let ctrl = lock.controller(KEY).unwrap();
+        armed.store(true, Ordering::SeqCst);
+        let outcome = ctrl.increment(Some("late")).await;
+        assert!(outcome.is_ok(), "the caller's Ack: {outcome:?}");
+        let mut raw = server.client();
+        assert!(busy_in_store(&mut raw, "slow"), "the busy status is stored");
+        lock.shutdown().await;
+    });
+}
