@@ -8,6 +8,7 @@
 //! `wait`: the timeout passed; 2 an error (a bad argument, an unreachable backend) or, for
 //! `inspect`, a key unknown. Errors are one line on stderr.
 
+mod bench;
 mod keys;
 
 use std::net::SocketAddr;
@@ -77,6 +78,28 @@ enum Command {
         /// The keys.
         #[arg(required = true)]
         keys: Vec<String>,
+    },
+    /// Load in one process: --instances registries on the backend, --tasks tasks each
+    /// entering and leaving --keys keys, for --duration; then transitions/s and the
+    /// acknowledged-transition and propagation latency percentiles (a progress bar meanwhile).
+    Bench {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Instances (registries, each with its own connection); at least 2.
+        #[arg(long, default_value_t = 4)]
+        instances: usize,
+        /// Tasks per instance.
+        #[arg(long, default_value_t = 8)]
+        tasks: usize,
+        /// Keys the tasks share.
+        #[arg(long, default_value_t = 16)]
+        keys: usize,
+        /// How long to run (`10s`, `1m`).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// The figures as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Hold KEY busy (renewed) until --for passes or SIGINT/SIGTERM, then publish idle.
     /// Killed with SIGKILL, its entry expires at the others.
@@ -237,6 +260,27 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             timeout,
             keys,
         } => Ok(keys::wait(backend.connect().await?, keys, timeout).await?),
+        Command::Bench {
+            backend,
+            instances,
+            tasks,
+            keys,
+            duration,
+            json,
+        } => {
+            let mut backends = Vec::with_capacity(instances);
+            for _ in 0..instances {
+                backends.push(backend.connect().await?);
+            }
+            let args = bench::BenchArgs {
+                instances,
+                tasks,
+                keys,
+                duration,
+                json,
+            };
+            Ok(bench::bench(backends, args).await?)
+        }
         Command::Hold {
             backend,
             data,

@@ -236,3 +236,41 @@ fn errors_are_one_line_and_exit_2() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_reports_its_figures_as_json() {
+    let redis = RedisServer::start();
+    let out = run(&[
+        "bench",
+        "--redis",
+        &redis.url(),
+        "--instances",
+        "2",
+        "--tasks",
+        "2",
+        "--keys",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(report["transitions"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["transitions_per_second"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    for figures in ["acknowledged_transition", "propagation"] {
+        let f = &report[figures];
+        assert!(f["count"].as_u64().unwrap() > 0, "{figures}: {report}");
+        let (p50, p99, max) = (
+            f["p50_us"].as_u64().unwrap(),
+            f["p99_us"].as_u64().unwrap(),
+            f["max_us"].as_u64().unwrap(),
+        );
+        assert!(p50 <= p99 && p99 <= max, "{figures}: {report}");
+    }
+    let out = run(&["bench", "--redis", &redis.url(), "--instances", "1"]);
+    assert_eq!(out.status.code(), Some(2), "one instance is refused");
+}
