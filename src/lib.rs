@@ -36,6 +36,8 @@
 //! * `std` (default): the registry ([`ReactiveLock`]), the background driver, the
 //!   [`LocalBackend`], blocking and timeout waits. Without it the crate is `no_std` +
 //!   `alloc`: [`TrackerState`], standalone [`TrackerController`]s and the [`Backend`] types.
+//! * `tower`: [`tower::InFlightLayer`], which keeps a tracker incremented while HTTP requests
+//!   are in flight through any `tower::Service` (axum/hyper servers, hyper-util clients).
 #![no_std]
 // Without `std` the driver that uses the feed-in half of the core is not built.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
@@ -63,6 +65,9 @@ mod driver;
 mod local;
 #[cfg(all(feature = "std", not(loom)))]
 mod registry;
+#[cfg(all(feature = "tower", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 pub use backend::{
     Backend, BackendEvent, BoundPublisher, Entry, InstanceStatus, Snapshot, StoreTime,
