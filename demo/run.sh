@@ -38,9 +38,13 @@ for tool in redis-server taskset python3; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool not found on PATH" >&2; exit 2; }
 done
 
-build=(cargo build --locked -q -p reactive-lock-demo -p reactive-lock-cli --bins)
-[ "$profile" = release ] && build+=(--release)
-"${build[@]}"
+if [ "$profile" = release ]; then
+    cargo build --release --locked -q -p reactive-lock-demo -p reactive-lock-cli --bins
+else
+    # The workspace's feature set, as `cargo test --workspace --all-features` builds it: after
+    # the tests (CI), this only links the binaries.
+    cargo build --locked -q --workspace --all-features --bins
+fi
 bin="${CARGO_TARGET_DIR:-target}/$profile"
 
 work=$(mktemp -d)

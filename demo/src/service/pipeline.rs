@@ -27,8 +27,8 @@ pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// Persist at once when the buffer holds this many payments.
 pub const BATCH_SIZE: usize = 500;
 
-/// Pause when both processors are failing and neither is due for a probe.
-const BOTH_FAILING_PAUSE: Duration = Duration::from_millis(20);
+/// Pause before sending again a payment whose outcome is unknown.
+const UNKNOWN_OUTCOME_PAUSE: Duration = Duration::from_millis(20);
 
 /// A payment waiting for a worker.
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ async fn forward(service: &Service, queued: Queued) {
             None => match service.processors.choose() {
                 Some(name) => (name, now_ms()),
                 None => {
-                    tokio::time::sleep(BOTH_FAILING_PAUSE).await;
+                    service.processors.wait_for_recovery().await;
                     continue;
                 }
             },
@@ -160,7 +160,7 @@ async fn forward(service: &Service, queued: Queued) {
             Outcome::Failed => pinned = None,
             Outcome::Unknown => {
                 pinned = Some((name, requested_at_ms));
-                tokio::time::sleep(BOTH_FAILING_PAUSE).await;
+                tokio::time::sleep(UNKNOWN_OUTCOME_PAUSE).await;
             }
             Outcome::Invalid(status) => {
                 tracing::error!(%status, id = %queued.correlation_id, "processor refused the payment as invalid; dropped");

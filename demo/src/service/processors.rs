@@ -106,6 +106,7 @@ pub struct Processors {
     states: [ProcessorState; 2],
     client: InFlight<Client<HttpConnector, Full<Bytes>>, RequestedInWindow>,
     plain: Client<HttpConnector, Full<Bytes>>,
+    recovered: tokio::sync::Notify,
 }
 
 impl Processors {
@@ -131,6 +132,7 @@ impl Processors {
             states: [state(default_url), state(fallback_url)],
             client: layer.layer(plain.clone()),
             plain,
+            recovered: tokio::sync::Notify::new(),
         }
     }
 
@@ -149,6 +151,23 @@ impl Processors {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
         })
+    }
+
+    /// Waits until a processor marked failing is seen healthy again, or until the next
+    /// probe is due: workers with nowhere to send park here instead of spinning.
+    pub async fn wait_for_recovery(&self) {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(PROBE_EVERY_MS as u64),
+            self.recovered.notified(),
+        )
+        .await;
+    }
+
+    fn mark(&self, state: &ProcessorState, failing: bool) {
+        let was_failing = state.failing.swap(failing, Ordering::Relaxed);
+        if was_failing && !failing {
+            self.recovered.notify_waiters();
+        }
     }
 
     /// Sends `payment` to `name` and records what the answer says about its health.
@@ -190,8 +209,8 @@ impl Processors {
             Ok(None) | Err(_) => Outcome::Unknown,
         };
         match outcome {
-            Outcome::Accepted => state.failing.store(false, Ordering::Relaxed),
-            Outcome::Failed | Outcome::Unknown => state.failing.store(true, Ordering::Relaxed),
+            Outcome::Accepted => self.mark(state, false),
+            Outcome::Failed | Outcome::Unknown => self.mark(state, true),
             Outcome::Invalid(_) => {}
         }
         outcome
@@ -218,7 +237,7 @@ impl Processors {
                 };
                 if let Ok(Some(health)) = tokio::time::timeout(Duration::from_secs(2), answer).await
                 {
-                    state.failing.store(health.failing, Ordering::Relaxed);
+                    self.mark(state, health.failing);
                 }
             }
         }
