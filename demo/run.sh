@@ -75,8 +75,11 @@ listening() {
     exit 2
 }
 
+# Everything but the instances runs on the other CPUs: the instances' CPU is theirs alone.
+others=$(python3 -c 'import os; c = sorted(os.sched_getaffinity(0) - {0}); print(",".join(map(str, c)) or "0")')
+
 redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save '' --appendonly no \
+taskset -c "$others" redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save '' --appendonly no \
     >"$work/redis.out" 2>"$work/redis.err" &
 pids+=($!)
 redis_pid=$!
@@ -94,14 +97,14 @@ start() {
     eval "${name//-/_}_pid=$!"
 }
 
-start processor-default "$bin/processor" --listen 127.0.0.1:0 --fee 0.05
-start processor-fallback "$bin/processor" --listen 127.0.0.1:0 --fee 0.15
+start processor-default taskset -c "$others" "$bin/processor" --listen 127.0.0.1:0 --fee 0.05
+start processor-fallback taskset -c "$others" "$bin/processor" --listen 127.0.0.1:0 --fee 0.15
 default_url=$(listening "$work/processor-default.out" "$processor_default_pid" processor-default)
 fallback_url=$(listening "$work/processor-fallback.out" "$processor_fallback_pid" processor-fallback)
 
 lock_args=(--backend redis --redis-url "$redis_url")
 if [ "$backend" = grpc ]; then
-    start hub "$bin/reactive-lock" hub --listen 127.0.0.1:0
+    start hub taskset -c "$others" "$bin/reactive-lock" hub --listen 127.0.0.1:0
     hub_url=$(listening "$work/hub.out" "$hub_pid" hub)
     lock_args=(--backend grpc --grpc-url "$hub_url" --redis-url "$redis_url")
 fi
@@ -118,7 +121,7 @@ api2_url=$(listening "$work/api-2.out" "$api_2_pid" api-2)
 targets=(--target "$api1_url" --target "$api2_url")
 
 set +e
-"$bin/load" "${targets[@]}" --processor-default "$default_url" --processor-fallback "$fallback_url" \
+taskset -c "$others" "$bin/load" "${targets[@]}" --processor-default "$default_url" --processor-fallback "$fallback_url" \
     --max-requests "$max_requests" --duration "$duration" --check-every "$check_every" \
     >"$work/report.json"
 load_rc=$?

@@ -50,6 +50,10 @@ struct Args {
     /// Longest a summary waits for payments in flight before answering 503, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     summary_wait_ms: u64,
+    /// Runtime worker threads (the demo's instances share one CPU: one thread each avoids
+    /// hand-offs between threads that cannot run at the same time anyway).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Answer summaries without waiting for payments in flight (the control run).
     #[arg(long)]
     no_lock: bool,
