@@ -13,7 +13,7 @@
 /// assert_eq!(decimal_from_cents(1990), 19.9);
 /// ```
 pub fn cents_from_decimal(amount: f64) -> Option<i64> {
-    if !amount.is_finite() || amount < 0.0 || amount > 1e12 {
+    if !amount.is_finite() || !(0.0..=1e12).contains(&amount) {
         return None;
     }
     let cents = (amount * 100.0).round();

@@ -273,9 +273,13 @@ struct FailureBody {
     failure: bool,
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| message(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(message(
+            StatusCode::BAD_REQUEST,
+            format!("invalid body: {e}"),
+        ))
+    })
 }
 
 async fn set_token(State(p): State<Arc<Processor>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -287,7 +291,7 @@ async fn set_token(State(p): State<Arc<Processor>>, headers: HeaderMap, body: By
             *p.token.lock() = b.token;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -300,7 +304,7 @@ async fn set_delay(State(p): State<Arc<Processor>>, headers: HeaderMap, body: By
             p.delay_ms.store(b.delay, Ordering::Relaxed);
             message(StatusCode::OK, format!("delay set to {} ms", b.delay))
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -313,7 +317,7 @@ async fn set_failure(State(p): State<Arc<Processor>>, headers: HeaderMap, body: 
             p.failure.store(b.failure, Ordering::Relaxed);
             message(StatusCode::OK, format!("failure set to {}", b.failure))
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
