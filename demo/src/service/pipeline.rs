@@ -10,6 +10,9 @@
 //!   from the moment it is buffered until its batch is persisted. The window check and the
 //!   push happen under one lock with window registration, so a payment is either buffered
 //!   before a window is registered (and flushed by the registration) or counted.
+//!
+//! Lock order: the call registry before the buffer; nothing takes the registry while holding
+//! the buffer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,10 +95,10 @@ async fn forward(service: &Service, queued: Queued) {
     // that the first attempt was stored, under that `requestedAt`.
     let mut pinned: Option<(ProcessorName, i64)> = None;
     loop {
-        let (name, requested_at_ms) = match pinned {
-            Some(p) => p,
+        let (name, pinned_at) = match pinned {
+            Some((name, at)) => (name, Some(at)),
             None => match service.processors.choose() {
-                Some(name) => (name, now_ms()),
+                Some(name) => (name, None),
                 None => {
                     service.processors.wait_for_recovery().await;
                     continue;
@@ -105,13 +108,32 @@ async fn forward(service: &Service, queued: Queued) {
         let call_id = service
             .next_call
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock_calls(&service.calls).insert(
-            call_id,
-            Call {
+        // `requestedAt` is taken and the call registered under the registry's lock, the one
+        // a new window's catch-up takes after registering the window: either the catch-up
+        // sees this call, or the call starts after the window was registered, so its
+        // `requestedAt` is later than any window that existed then. A resent call keeps its
+        // earlier `requestedAt` and is counted here if a window holds it.
+        let (requested_at_ms, counted) = {
+            let mut calls = lock_calls(&service.calls);
+            let requested_at_ms = pinned_at.unwrap_or_else(now_ms);
+            let caught = Pending::lock(&service.pending).in_window(requested_at_ms);
+            calls.insert(
+                call_id,
+                Call {
+                    requested_at_ms,
+                    caught,
+                },
+            );
+            (
                 requested_at_ms,
-                caught: false,
-            },
-        );
+                caught.then(|| service.http.increment(None)),
+            )
+        };
+        if let Some(ack) = counted
+            && let Err(e) = ack.await
+        {
+            tracing::warn!(error = %e, "publishing a counted call failed; the driver retries");
+        }
         let payment = ProcessorPayment {
             correlation_id: queued.correlation_id,
             amount: crate::money::decimal_from_cents(queued.amount_cents),

@@ -119,11 +119,13 @@ pub async fn payments_summary(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let data = format!("{id};{};{}", window.from_ms, window.to_ms);
-        if let Err(e) = service.summary.increment(Some(&data)).await {
-            drop(service.summary.decrement(1));
+        // The count changes when `increment` is called: the release is armed before the
+        // await, so a request dropped while announcing gives the count back too.
+        let announced = service.summary.increment(Some(&data));
+        let _release = Release(service.summary.clone());
+        if let Err(e) = announced.await {
             return unavailable(format!("cannot announce the summary: {e}"));
         }
-        let _release = Release(service.summary.clone());
         let settled =
             tokio::time::timeout(service.config.summary_wait, settle(&service, &id)).await;
         match settled {
