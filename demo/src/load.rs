@@ -104,6 +104,10 @@ pub struct Report {
     pub post_payments_p99_ms: f64,
     /// Slowest accepted `POST /payments`, ms.
     pub post_payments_max_ms: f64,
+    /// p50 of `GET /payments-summary` during the run, ms.
+    pub summary_p50_ms: f64,
+    /// Slowest `GET /payments-summary` during the run, ms.
+    pub summary_max_ms: f64,
     /// Instance summaries compared with the processors'.
     pub summaries_checked: u64,
     /// Summaries that did not answer 200 in time (not compared).
@@ -153,6 +157,7 @@ struct Counters {
     failed: AtomicU64,
     vus: AtomicUsize,
     latencies: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    summary_latencies: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
     checks: std::sync::Mutex<Checks>,
 }
 
@@ -308,7 +313,17 @@ impl Load {
             None,
             serde_json::Value::Null,
         );
+        let started = Instant::now();
         let (status, body) = call(&self.client, request, self.config.summary_timeout).await?;
+        let micros = u64::try_from(started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self
+            .counters
+            .summary_latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(micros);
         if status != http::StatusCode::OK {
             return Err(format!(
                 "{url} answered {status}: {}",
@@ -432,6 +447,9 @@ pub async fn run(config: LoadConfig) -> Result<Report, String> {
             failed: AtomicU64::new(0),
             vus: AtomicUsize::new(0),
             latencies: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ),
+            summary_latencies: std::sync::Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             ),
             checks: Default::default(),
@@ -569,6 +587,12 @@ pub async fn run(config: LoadConfig) -> Result<Report, String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let summary_latencies = load
+        .counters
+        .summary_latencies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let checks = load.checks();
     let accepted = load.counters.accepted.load(Ordering::Relaxed);
     let reported = summaries.first().copied().unwrap_or_default();
@@ -594,6 +618,8 @@ pub async fn run(config: LoadConfig) -> Result<Report, String> {
         post_payments_p50_ms: ms(0.5),
         post_payments_p99_ms: ms(0.99),
         post_payments_max_ms: latencies.max() as f64 / 1000.0,
+        summary_p50_ms: summary_latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        summary_max_ms: summary_latencies.max() as f64 / 1000.0,
         summaries_checked: checks.checked,
         summaries_failed: checks.failed,
         inconsistent_checks: checks.inconsistent,

@@ -19,7 +19,7 @@
 //!    registers W: from then on its accepted payments inside W count on `payments` and its
 //!    calls inside W on `http` (the tower layer's predicate); calls already in flight inside
 //!    W are counted on `http` (acknowledged) until handled; its buffer is persisted; then it
-//!    acknowledges W in `summary-seen`;
+//!    acknowledges W in `summary-seen`; payments counted for W are persisted as they come;
 //! 3. S waits until every name in `instances` has acknowledged W, then reads `http` and then
 //!    `payments` through to the store and waits until both are unblocked;
 //! 4. reads the store, answers, and releases `payments-summary`.
@@ -196,7 +196,8 @@ async fn settle(service: &Service, id: &str) -> Result<(), String> {
 }
 
 /// Step 2, on every instance: registers the active windows, catches up calls in flight,
-/// flushes, acknowledges; keeps flushing while a summary runs anywhere.
+/// flushes, acknowledges; while a summary runs anywhere, keeps flushing the payments that
+/// count for one.
 pub async fn watch(service: Arc<Service>) {
     let mut acknowledged: Vec<String> = Vec::new();
     let mut seen_busy = false;
@@ -257,7 +258,12 @@ pub async fn watch(service: Arc<Service>) {
             }
         } else {
             acknowledged.retain(|id| windows.iter().any(|(w, _)| w == id));
-            if !Pending::lock(&service.pending).buffer.is_empty() {
+            // Only payments inside a window hold a summary up; the rest wait for their batch.
+            let counted = Pending::lock(&service.pending)
+                .buffer
+                .iter()
+                .any(|(_, counted)| *counted);
+            if counted {
                 flush(&service).await;
             }
         }
