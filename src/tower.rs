@@ -286,7 +286,25 @@ impl<B> InFlightBody<B> {
     ///
     /// # Examples
     ///
-    /// Every response of an `InFlight` service carries one; see the [module docs](self).
+    /// ```
+    /// use reactive_lock::tower::InFlightLayer;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # futures_lite::future::block_on(async {
+    /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// let service = InFlightLayer::new(ctrl)
+    ///     .with_predicate(|r: &http::Request<()>| r.uri().path() != "/health")
+    ///     .layer(tower::service_fn(|_: http::Request<()>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    ///     }));
+    /// let counted = service.clone().oneshot(http::Request::new(())).await.unwrap();
+    /// assert!(counted.body().is_counted());
+    /// let health = http::Request::builder().uri("/health").body(()).unwrap();
+    /// let uncounted = service.oneshot(health).await.unwrap();
+    /// assert!(!uncounted.body().is_counted());
+    /// # Ok::<(), reactive_lock::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn is_counted(&self) -> bool {
         self.guard.is_some()
     }
