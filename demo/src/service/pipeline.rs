@@ -24,7 +24,7 @@ use crate::service::store::Processed;
 use crate::timestamp::{Window, format_ms, now_ms};
 use crate::wire::ProcessorPayment;
 
-/// Persist the buffer at least this often outside summaries.
+/// Persist the buffer about this often outside summaries.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Persist at once when the buffer holds this many payments.
@@ -218,10 +218,13 @@ pub async fn flush(service: &Service) {
     }
 }
 
-/// Persists the buffer every [`BATCH_INTERVAL`], or at once when it fills up.
+/// Persists the buffer about every [`BATCH_INTERVAL`] (each wait drawn between half and
+/// one and a half of it, so instances started together do not write in lockstep), or at once
+/// when it fills up.
 pub async fn batcher(service: Arc<Service>) {
     loop {
-        let _ = tokio::time::timeout(BATCH_INTERVAL, service.batch_full.notified()).await;
+        let wait = BATCH_INTERVAL.mul_f64(0.5 + fastrand::f64());
+        let _ = tokio::time::timeout(wait, service.batch_full.notified()).await;
         flush(&service).await;
     }
 }
