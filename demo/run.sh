@@ -120,12 +120,17 @@ api1_url=$(listening "$work/api-1.out" "$api_1_pid" api-1)
 api2_url=$(listening "$work/api-2.out" "$api_2_pid" api-2)
 targets=(--target "$api1_url" --target "$api2_url")
 
+# Time the hypervisor gave to other guests during the load (the `steal` column of
+# /proc/stat): latency figures from a run with much of it say more about the host than the demo.
+cpu_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+read -r steal_before total_before < <(cpu_ticks)
 set +e
 taskset -c "$others" "$bin/load" "${targets[@]}" --processor-default "$default_url" --processor-fallback "$fallback_url" \
     --max-requests "$max_requests" --duration "$duration" --check-every "$check_every" \
     >"$work/report.json"
 load_rc=$?
 set -e
+read -r steal_after total_after < <(cpu_ticks)
 if [ "$load_rc" -ge 2 ] || [ ! -s "$work/report.json" ]; then
     echo "run.sh: the load could not run (exit $load_rc)" >&2
     tail -n 5 "$work"/*.err >&2 || true
@@ -144,12 +149,14 @@ read -r api1_ticks clk api1_hwm < <(usage "$api_1_pid")
 read -r api2_ticks _ api2_hwm < <(usage "$api_2_pid")
 
 python3 - "$work/report.json" "$backend" "${#no_lock[@]}" "$clk" \
-    "$api1_ticks" "$api1_hwm" "$api2_ticks" "$api2_hwm" <<'EOF'
+    "$api1_ticks" "$api1_hwm" "$api2_ticks" "$api2_hwm" \
+    "$((steal_after - steal_before))" "$((total_after - total_before))" <<'EOF'
 import json, sys
 path, backend, no_lock, clk = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 report = json.load(open(path))
 report["backend"] = backend
 report["no_lock"] = no_lock
+report["host_steal_pct"] = round(100 * int(sys.argv[9]) / max(int(sys.argv[10]), 1), 1)
 report["instances_usage"] = [
     {"instance": name, "cpu_s": round(int(ticks) / clk, 2), "peak_rss_mb": round(int(hwm) / 1024, 1)}
     for name, ticks, hwm in (("api-1", sys.argv[5], sys.argv[6]), ("api-2", sys.argv[7], sys.argv[8]))
