@@ -173,8 +173,11 @@ if [ "${#no_lock[@]}" -eq 1 ]; then
     exit 1
 fi
 if [ "$load_rc" -ne 0 ]; then
-    echo "run.sh: the run was not clean (see the report)" >&2
-    grep -h -m5 "inconsistent\|failed" "$work"/*.err >&2 || true
+    echo "run.sh: the run was not clean (see the report); the end of each process's log:" >&2
+    for log in "$work"/*.err; do
+        echo "--- $(basename "$log")" >&2
+        tail -n 15 "$log" >&2
+    done
     exit 1
 fi
 echo "run.sh: clean run on $backend: no failed payment, every summary consistent" >&2

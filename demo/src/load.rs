@@ -341,7 +341,7 @@ impl Load {
             match self.service_summary(target, from_ms, to_ms).await {
                 Ok(s) => summaries.push(s),
                 Err(e) => {
-                    tracing::warn!(error = %e, "summary failed");
+                    tracing::error!(error = %e, "summary failed");
                     self.checks().failed += 1;
                 }
             }
@@ -354,7 +354,7 @@ impl Load {
         let (default, fallback) = match admin {
             (Ok(d), Ok(f)) => (d, f),
             (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "processor summary failed");
+                tracing::error!(error = %e, "processor summary failed");
                 self.checks().failed += summaries.len() as u64;
                 return summaries;
             }
