@@ -36,6 +36,11 @@
 //! * `std` (default): the registry ([`ReactiveLock`]), the background driver, the
 //!   [`LocalBackend`], blocking and timeout waits. Without it the crate is `no_std` +
 //!   `alloc`: [`TrackerState`], standalone [`TrackerController`]s and the [`Backend`] types.
+//! * `tower`: [`tower::InFlightLayer`], which keeps a tracker incremented while HTTP requests
+//!   are in flight through any `tower::Service` (axum/hyper servers, hyper-util clients).
+//! * `metrics`: per-key counters, gauges and histograms through the `metrics` facade.
+//! * `log`: the `tracing` events also as `log` records.
+//! * `test-util`: counters for tests and benches (`LocalBackend::publish_count`).
 //!
 //! ## Modules, bottom to top
 //!
@@ -54,6 +59,7 @@
 //!   `local` — [`LocalBackend`].
 //! * `driver` — renewal, expiry, delivery, retries and recovery; [`Metrics`].
 //! * `registry` — [`ReactiveLock`] and its builder: wires the layers together.
+//! * `tower` (feature) — the in-flight layer, over a controller.
 #![no_std]
 // Without `std` the driver that uses the feed-in half of the core is not built.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
@@ -88,6 +94,9 @@ mod instruments;
 mod local;
 #[cfg(all(feature = "std", not(loom)))]
 mod registry;
+#[cfg(all(feature = "tower", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 #[cfg(all(feature = "std", not(loom)))]
 pub use backend::Driver;
