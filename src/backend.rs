@@ -589,7 +589,10 @@ pub(crate) type EventStream = Pin<Box<dyn Stream<Item = BackendEvent> + Send + '
 /// Object-safe mirror of [`Backend`], so that the registry, controllers and states are not
 /// generic over the backend type (users name `ReactiveLock`, not `ReactiveLock<B>`). The
 /// boxing costs one allocation per backend call that has to wait (never on the hot path;
-/// a backend with [`Backend::publish_now`] needs none per transition).
+/// a backend with [`Backend::publish_now`] needs none per transition). Every call the core
+/// makes to a backend passes here, so each waiting call runs in a `debug` span
+/// (`reactive_lock.publish`, `.snapshot`, `.subscribe`) naming the key, the instance and the
+/// backend type.
 pub(crate) trait DynBackend: Send + Sync + 'static {
     fn publish_dyn<'a>(
         &'a self,
@@ -623,7 +626,18 @@ impl<B: Backend> DynBackend for B {
         instance: &'a str,
         status: &'a InstanceStatus,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(self.publish(key, instance, status))
+        let span = tracing::debug_span!(
+            "reactive_lock.publish",
+            key,
+            instance,
+            backend = core::any::type_name::<B>(),
+            seq = status.seq,
+            busy = status.busy
+        );
+        Box::pin(tracing::Instrument::instrument(
+            self.publish(key, instance, status),
+            span,
+        ))
     }
 
     fn publish_now_dyn(
@@ -636,7 +650,12 @@ impl<B: Backend> DynBackend for B {
     }
 
     fn snapshot_dyn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Snapshot, BackendError>> {
-        Box::pin(self.snapshot(key))
+        let span = tracing::debug_span!(
+            "reactive_lock.snapshot",
+            key,
+            backend = core::any::type_name::<B>()
+        );
+        Box::pin(tracing::Instrument::instrument(self.snapshot(key), span))
     }
 
     #[cfg(feature = "std")]
@@ -658,9 +677,18 @@ impl<B: Backend> DynBackend for B {
         instance: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<EventStream, BackendError>> {
-        Box::pin(async move {
-            let events = self.subscribe(instance, keys).await?;
-            Ok(Box::pin(events) as EventStream)
-        })
+        let span = tracing::debug_span!(
+            "reactive_lock.subscribe",
+            instance,
+            keys = keys.len(),
+            backend = core::any::type_name::<B>()
+        );
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let events = self.subscribe(instance, keys).await?;
+                Ok(Box::pin(events) as EventStream)
+            },
+            span,
+        ))
     }
 }

@@ -1,5 +1,6 @@
-//! The events an operator reads: a debug event on every change of a key's status with its
-//! cause, and an info event when a recovery ends with how long the backend was out.
+//! The events an operator reads: a debug span around every backend call, a debug event on
+//! every change of a key's status with its cause, and an info event when a recovery ends
+//! with how long the backend was out.
 
 mod common;
 
@@ -58,6 +59,7 @@ fn status_changes_and_recoveries_are_logged_with_their_cause() {
     let writer = log.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
@@ -70,6 +72,14 @@ fn status_changes_and_recoveries_are_logged_with_their_cause() {
                 .build(backend.clone())
         };
         let (a, b) = (build("a").await.unwrap(), build("b").await.unwrap());
+        // Every backend call in a span naming key and backend (here the build's reads).
+        log.wait_for(&[
+            "reactive_lock.snapshot",
+            "key=\"payments\"",
+            "LocalBackend",
+            "close",
+        ]);
+        log.wait_for(&["reactive_lock.subscribe", "instance=\"b\"", "close"]);
         a.controller(KEY).unwrap().increment(None).await.unwrap();
         log.wait_for(&[
             "key status changed",
