@@ -370,8 +370,12 @@ struct Loop {
     next_renewal: Instant,
     /// Trackers whose renewal failed: renewed again at every retry until it succeeds.
     renew_failed: Vec<usize>,
-    /// Publishing roles held by callers' futures: (when to take over, tracker, token).
-    leases: Vec<(Instant, usize, u64)>,
+    /// Per tracker, when its newest transition's lease runs out (one lease per tracker: a
+    /// later transition moves it, so flapping keeps one entry, not one per transition).
+    lease_due: Vec<Option<Instant>>,
+    /// The trackers with a lease, by due time; an entry whose tracker's lease moved later is
+    /// filed again when it comes up.
+    lease_heap: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Trackers with a publish to look at (rung, or failed and waiting for the retry).
     pending: Vec<usize>,
     in_pending: Vec<bool>,
@@ -478,7 +482,8 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         backoff: new_backoff(),
         next_renewal: Instant::now() + shared.resilience.renewal,
         renew_failed: Vec::new(),
-        leases: Vec::new(),
+        lease_due: vec![None; shared.trackers.len()],
+        lease_heap: BinaryHeap::new(),
         pending: Vec::new(),
         in_pending: vec![false; shared.trackers.len()],
         expiry: BinaryHeap::new(),
@@ -513,8 +518,10 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
             touched.push(i);
         }
         let leased_at = Instant::now();
-        for (i, token) in shared.bell.take_leases() {
-            st.leases.push((leased_at + LEASE, i, token));
+        for (i, _) in shared.bell.take_leases() {
+            if st.lease_due[i].replace(leased_at + LEASE).is_none() {
+                st.lease_heap.push(Reverse((leased_at + LEASE, i)));
+            }
         }
         step(&shared, &mut st).await;
         if shared.stopping() {
@@ -525,7 +532,7 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         if let Some(t) = st.retry_at {
             deadline = deadline.min(t);
         }
-        if let Some(&(t, _, _)) = st.leases.iter().min_by_key(|(t, _, _)| *t) {
+        if let Some(&Reverse((t, _))) = st.lease_heap.peek() {
             deadline = deadline.min(t);
         }
         if let Some(t) = st.next_expiry(&shared, &touched) {
@@ -697,18 +704,28 @@ async fn publish_pending(shared: &DriverShared, st: &mut Loop) -> bool {
 async fn publish_past_lease(shared: &DriverShared, st: &mut Loop) -> bool {
     let mut failed = false;
     let now = Instant::now();
-    let due: Vec<_> = st
-        .leases
-        .extract_if(.., |(due, _, _)| *due <= now)
-        .collect();
-    for (_, i, token) in due {
+    let mut due = Vec::new();
+    while let Some(&Reverse((at, i))) = st.lease_heap.peek()
+        && at <= now
+    {
+        st.lease_heap.pop();
+        match st.lease_due[i] {
+            // A later transition moved the lease: file it again for then.
+            Some(later) if later > now => st.lease_heap.push(Reverse((later, i))),
+            Some(_) => {
+                st.lease_due[i] = None;
+                due.push(i);
+            }
+            None => {}
+        }
+    }
+    for i in due {
         let tracker = &shared.trackers[i];
         if !tracker.has_pending() {
             continue;
         }
         let claim = match tracker.role_token() {
-            Some(holder) if token == 0 || token == holder => Claim::TakeOver(holder),
-            Some(_) => continue,
+            Some(holder) => Claim::TakeOver(holder),
             None => Claim::Driver,
         };
         tracing::debug!(
