@@ -288,6 +288,8 @@ fn rfc3339(t: StoreTime) -> String {
 /// The keys, read once and then followed through a subscription.
 struct Keys {
     backend: AnyBackend,
+    /// The name it subscribes under, again after a lost subscription.
+    observer: String,
     names: Vec<String>,
     views: HashMap<String, KeyView>,
     events: Option<<AnyBackend as Backend>::Events>,
@@ -301,12 +303,14 @@ fn observer_name(what: &str) -> String {
 
 impl Keys {
     async fn open(backend: AnyBackend, names: Vec<String>, what: &str) -> Result<Self, String> {
+        let observer = observer_name(what);
         let events = backend
-            .subscribe(&observer_name(what), &names)
+            .subscribe(&observer, &names)
             .await
             .map_err(one_line)?;
         let mut keys = Keys {
             backend,
+            observer,
             names,
             views: HashMap::new(),
             events: Some(events),
@@ -384,10 +388,7 @@ impl Keys {
     async fn resubscribe(&mut self) {
         let mut delay = Duration::from_millis(100);
         loop {
-            if let Ok(events) = self
-                .backend
-                .subscribe(&observer_name("watch"), &self.names)
-                .await
+            if let Ok(events) = self.backend.subscribe(&self.observer, &self.names).await
                 && self.read_all().await.is_ok()
             {
                 self.events = Some(events);
