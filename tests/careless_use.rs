@@ -13,7 +13,7 @@ use common::until;
 use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::{
-    Error, LocalBackend, ReactiveLock, ReactiveLockBuilder, Status, TrackerConfig,
+    Driver, Error, LocalBackend, ReactiveLock, ReactiveLockBuilder, Status, TrackerConfig,
 };
 
 const KEY: &str = "payments";
@@ -25,6 +25,16 @@ async fn instance(backend: &LocalBackend, name: &str, config: TrackerConfig) -> 
         .tracker(KEY, config)
         .tracker(OTHER, TrackerConfig::new())
         .build(backend.clone())
+        .await
+        .expect("build")
+}
+
+/// An instance whose `Driver` is handed to the test, to spawn late, drop or never poll.
+async fn instance_with_driver(backend: &LocalBackend, name: &str) -> (ReactiveLock, Driver) {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .tracker(KEY, TrackerConfig::new())
+        .build_with_driver(backend.clone())
         .await
         .expect("build")
 }
@@ -148,12 +158,7 @@ fn a_driver_never_spawned_answers_unknown_not_unblocked() {
         let backend = LocalBackend::new();
         let a = instance(&backend, "a", TrackerConfig::new()).await;
         // The careless binding: the driver lives, but nothing polls it.
-        let (b, _driver) = ReactiveLock::builder()
-            .instance_name("b")
-            .tracker(KEY, TrackerConfig::new())
-            .build_with_driver(backend.clone())
-            .await
-            .unwrap();
+        let (b, _driver) = instance_with_driver(&backend, "b").await;
         a.controller(KEY).unwrap().increment(None).await.unwrap();
 
         let state = b.state(KEY).unwrap();
@@ -171,12 +176,7 @@ fn a_driver_dropped_turns_every_key_unknown_and_ends_changes() {
     block_on(async {
         let backend = LocalBackend::new();
         let a = instance(&backend, "a", TrackerConfig::new()).await;
-        let (b, driver) = ReactiveLock::builder()
-            .instance_name("b")
-            .tracker(KEY, TrackerConfig::new())
-            .build_with_driver(backend.clone())
-            .await
-            .unwrap();
+        let (b, driver) = instance_with_driver(&backend, "b").await;
         let state = b.state(KEY).unwrap();
         let mut driver = Box::pin(driver);
         // Polled once: it runs, and the state is known.
@@ -205,12 +205,7 @@ fn a_driver_handed_to_an_executor_is_given_time_to_start() {
     block_on(async {
         let backend = LocalBackend::new();
         let a = instance(&backend, "a", TrackerConfig::new()).await;
-        let (b, driver) = ReactiveLock::builder()
-            .instance_name("b")
-            .tracker(KEY, TrackerConfig::new())
-            .build_with_driver(backend.clone())
-            .await
-            .unwrap();
+        let (b, driver) = instance_with_driver(&backend, "b").await;
         let ctrl = a.controller(KEY).unwrap();
         ctrl.increment(None).await.unwrap();
         let state = b.state(KEY).unwrap();
