@@ -19,6 +19,7 @@ pub(crate) struct KeyInstruments {
     pub(crate) unknown: Gauge,
     pub(crate) busy_instances: Gauge,
     pub(crate) in_flight: Gauge,
+    pub(crate) waiting: Gauge,
     pub(crate) handler_panics: Counter,
 }
 
@@ -35,6 +36,7 @@ impl KeyInstruments {
             unknown: metrics::gauge!("reactive_lock_unknown", "key" => key.clone()),
             busy_instances: metrics::gauge!("reactive_lock_busy_instances", "key" => key.clone()),
             in_flight: metrics::gauge!("reactive_lock_in_flight", "key" => key.clone()),
+            waiting: metrics::gauge!("reactive_lock_waiting", "key" => key.clone()),
             handler_panics: metrics::counter!("reactive_lock_handler_panics_total", "key" => key),
         }
     }

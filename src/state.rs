@@ -19,7 +19,9 @@ use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
 use crate::publish::{PublishSlot, SlotLock, epoch_is_newer};
-use crate::sync::{AtomicU8, AtomicU64, Mutex, MutexGuard, Ordering, Signal, SignalListener};
+use crate::sync::{
+    AtomicU8, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, Signal, SignalListener,
+};
 
 /// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
 /// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
@@ -156,6 +158,8 @@ struct StateInner {
     handlers: Mutex<Handlers>,
     /// Handler calls that panicked (caught, logged and counted).
     handler_panics: AtomicU64,
+    /// Tasks and threads inside a `wait_if_blocked*` call on a blocked key.
+    waiting: AtomicUsize,
     policy: UnknownPolicy,
     link: Option<Link>,
 }
@@ -306,6 +310,7 @@ impl TrackerState {
                 }),
                 handlers: Mutex::new(Handlers::default()),
                 handler_panics: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
                 policy,
                 link,
             }),
@@ -365,6 +370,7 @@ impl TrackerState {
         if !self.is_blocked() {
             return false;
         }
+        let _waiting = Waiting::enter(self);
         loop {
             // Register first, then re-check: a change between the check and the await
             // notifies this listener, so no wake-up is lost.
@@ -1092,6 +1098,57 @@ impl TrackerState {
     pub fn handler_panics(&self) -> u64 {
         self.inner.handler_panics.load(Ordering::Relaxed)
     }
+
+    /// How many tasks and threads are waiting for this key to unblock right now (inside a
+    /// `wait_if_blocked*` call that found it blocked). A reading for monitoring: it may be
+    /// stale by the time it is returned. With the `metrics` feature the same count is the
+    /// `reactive_lock_waiting` gauge.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let state = reactive_lock::TrackerState::new();
+    /// state.set_blocked(None);
+    /// let waiter = {
+    ///     let state = state.clone();
+    ///     std::thread::spawn(move || state.wait_if_blocked_blocking())
+    /// };
+    /// while state.waiting() == 0 {
+    ///     std::thread::yield_now();
+    /// }
+    /// state.set_unblocked();
+    /// assert!(waiter.join().unwrap(), "it waited");
+    /// assert_eq!(state.waiting(), 0);
+    /// ```
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one waiter of a state for as long as it waits ([`TrackerState::waiting`]); off
+/// the transition path, which never reads it.
+struct Waiting<'a>(&'a TrackerState);
+
+impl<'a> Waiting<'a> {
+    fn enter(state: &'a TrackerState) -> Self {
+        state.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(link) = &state.inner.link {
+            link.instruments.waiting.increment(1.0);
+        }
+        Waiting(state)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(link) = &self.0.inner.link {
+            link.instruments.waiting.decrement(1.0);
+        }
+    }
 }
 
 /// Gives the dispatching role up when a handler panics, so later changes still run their
@@ -1294,6 +1351,7 @@ impl TrackerState {
         if !self.is_blocked() {
             return false;
         }
+        let _waiting = Waiting::enter(self);
         loop {
             let listener = self.listen_changed();
             if !self.is_blocked() {
@@ -1336,6 +1394,7 @@ impl TrackerState {
         }
         // A deadline past what an `Instant` can hold is no deadline.
         let deadline = std::time::Instant::now().checked_add(timeout);
+        let _waiting = Waiting::enter(self);
         loop {
             let listener = self.listen_changed();
             if !self.is_blocked() {
@@ -1561,6 +1620,16 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 
+    /// Until some task or thread waits on `state` (bounded, so a waiter that never comes
+    /// fails the test instead of hanging it).
+    fn wait_for_a_waiter(state: &TrackerState) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while state.waiting() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no waiter registered");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn blocking_timeout_and_release() {
         let state = TrackerState::new();
@@ -1574,7 +1643,7 @@ mod tests {
         let s = state.clone();
         let t =
             std::thread::spawn(move || s.wait_if_blocked_blocking_timeout(Duration::from_secs(30)));
-        std::thread::sleep(Duration::from_millis(20));
+        wait_for_a_waiter(&state);
         state.set_unblocked();
         assert_eq!(t.join().unwrap(), Ok(true));
     }
@@ -1590,7 +1659,7 @@ mod tests {
             assert!(r.is_err());
             let s = state.clone();
             let t = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
+                wait_for_a_waiter(&s);
                 s.set_unblocked();
             });
             assert_eq!(

@@ -246,11 +246,19 @@ fn a_blocking_wait_with_an_endless_timeout_waits() {
     let a = block_on(instance(&backend, "a", TrackerConfig::new()));
     let ctrl = a.controller(KEY).unwrap();
     let guard = ctrl.enter_owned(None);
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        drop(guard);
-    });
     let state = a.state(KEY).unwrap();
+    let releaser = {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            // Released only once the wait below waits, so it must have waited.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while state.waiting() == 0 {
+                assert!(std::time::Instant::now() < deadline, "the wait never began");
+                std::thread::yield_now();
+            }
+            drop(guard);
+        })
+    };
     assert_eq!(
         state.wait_if_blocked_blocking_timeout(Duration::MAX),
         Ok(true)

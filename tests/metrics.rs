@@ -13,11 +13,13 @@ use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
 const KEY: &str = "payments";
 
 /// What the recorder saw. A snapshot drains the recorder (counters and gauges read 0 until
-/// recorded again), so counters are summed over snapshots and gauges hold the last one's.
+/// recorded again), so counters are summed over snapshots and gauges hold the last one's;
+/// a gauge moved by increments and decrements is summed too (`gauge_sum`).
 #[derive(Default)]
 struct Seen {
     counters: HashMap<String, u64>,
     gauges: HashMap<String, f64>,
+    gauge_sums: HashMap<String, f64>,
 }
 
 fn id(name: &str, labels: &[(&str, &str)]) -> String {
@@ -38,6 +40,7 @@ impl Seen {
                     *self.counters.entry(id).or_default() += n
                 }
                 (MetricKind::Gauge, DebugValue::Gauge(v)) => {
+                    *self.gauge_sums.entry(id.clone()).or_default() += v.into_inner();
                     self.gauges.insert(id, v.into_inner());
                 }
                 _ => {}
@@ -51,6 +54,10 @@ impl Seen {
 
     fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.gauges.get(&id(name, labels)).copied().unwrap_or(0.0)
+    }
+
+    fn gauge_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.gauge_sums.get(&id(name, labels)).copied().unwrap_or(0.0)
     }
 }
 
@@ -107,6 +114,16 @@ fn metrics_follow_transitions_statuses_and_the_driver() {
             async_io::Timer::after(Duration::from_millis(5)).await;
             seen.take(&snapshotter);
         }
+        // A reader waits on the key b keeps blocked: counted while it waits.
+        let waiter = {
+            let state = a.state(KEY).unwrap();
+            std::thread::spawn(move || state.wait_if_blocked_blocking())
+        };
+        while seen.gauge_sum("reactive_lock_waiting", &key) < 1.0 {
+            assert!(Instant::now() < deadline, "the waiter never counted");
+            async_io::Timer::after(Duration::from_millis(5)).await;
+            seen.take(&snapshotter);
+        }
         ctrl.decrement(2).await.unwrap();
         seen.take(&snapshotter);
         let idle = [("key", KEY), ("direction", "idle")];
@@ -124,6 +141,9 @@ fn metrics_follow_transitions_statuses_and_the_driver() {
             seen.take(&snapshotter);
         }
         drop(_guards);
+        assert!(waiter.join().unwrap(), "the waiter waited until b was idle");
+        seen.take(&snapshotter);
+        assert_eq!(seen.gauge_sum("reactive_lock_waiting", &key), 0.0);
         a.shutdown().await;
         b.shutdown().await;
     });

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use reactive_lock::{TrackerController, TrackerState};
 
@@ -31,9 +32,23 @@ fn thousand_waiting_tasks_released_by_one_unblock() {
             "nobody passes while blocked"
         );
         assert!(state.set_unblocked());
-        for task in tasks {
-            assert!(task.await, "every task had to wait");
-        }
+        // A lost wake-up leaves a task pending forever: fail, naming it, instead of hanging.
+        let all = async {
+            for task in tasks {
+                assert!(task.await, "every task had to wait");
+            }
+            true
+        };
+        let in_time = futures_lite::future::or(all, async {
+            async_io::Timer::after(Duration::from_secs(30)).await;
+            false
+        })
+        .await;
+        assert!(
+            in_time,
+            "lost wake-up: {} of 1000 tasks resumed within 30 s of the unblock",
+            resumed.load(Ordering::SeqCst)
+        );
     }));
     assert_eq!(resumed.load(Ordering::SeqCst), 1000);
 }
@@ -44,21 +59,34 @@ fn thousand_waiting_threads_released_by_one_unblock() {
     let guard = ctrl.enter_owned(None);
     let state = ctrl.state().clone();
     let barrier = Arc::new(std::sync::Barrier::new(1001));
+    let (released, resumed) = std::sync::mpsc::channel();
     let threads: Vec<_> = (0..1000)
         .map(|_| {
             let state = state.clone();
             let barrier = barrier.clone();
+            let released = released.clone();
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     barrier.wait();
                     state.wait_if_blocked_blocking();
+                    let _ = released.send(());
                 })
                 .unwrap()
         })
         .collect();
     barrier.wait();
     drop(guard);
+    // A lost wake-up leaves a thread parked forever: fail, counting them, instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 0..1000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            resumed.recv_timeout(left).is_ok(),
+            "lost wake-up: {} of 1000 threads still waiting 30 s after the unblock",
+            1000 - n
+        );
+    }
     for t in threads {
         t.join().unwrap();
     }
@@ -72,7 +100,6 @@ fn thousand_waiting_threads_released_by_one_unblock() {
 #[test]
 fn local_transitions_stay_immediate_while_the_driver_renews() {
     use reactive_lock::{LocalBackend, ReactiveLock, TrackerConfig};
-    use std::time::{Duration, Instant};
 
     let lock = futures_lite::future::block_on(
         ReactiveLock::builder()

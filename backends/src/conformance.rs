@@ -253,6 +253,11 @@ pub async fn all_idle_releases_waiters<F: BackendFactory>(factory: &F) {
     // status through a read-through.
     c.refresh().await.expect("read-through");
     assert!(c.is_blocked(), "B is still busy");
+    assert_eq!(
+        released.load(Ordering::SeqCst),
+        0,
+        "a waiter was released while B is busy"
+    );
     b.decrement(1).await.unwrap();
     for w in waiters {
         w.join().expect("waiter thread");

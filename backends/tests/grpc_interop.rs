@@ -442,13 +442,16 @@ fn a_stalled_subscriber_does_not_block_the_hub_or_others() {
     let rt = rt();
     // Subscribes and never reads again.
     let url = hub.url.clone();
-    let _stalled = rt.block_on(async move { raw_subscribe(&url, KEY).await });
+    let mut stalled = rt.block_on(async move { raw_subscribe(&url, KEY).await });
     block_on(async {
         let a = instance(&hub.url, "a").await;
         let b = instance(&hub.url, "b").await;
         let ctrl = a.controller(KEY).unwrap();
-        for i in 0..200 {
-            ctrl.increment(Some(&format!("v{i}"))).await.unwrap();
+        // Large lock data, so the unread notifications fill the HTTP/2 windows and the
+        // hub's send buffer (a few MiB), and then the subscriber's own buffer.
+        let padding = "x".repeat(15_000);
+        for i in 0..400 {
+            ctrl.increment(Some(&format!("v{i}{padding}"))).await.unwrap();
             ctrl.decrement(1).await.unwrap();
         }
         ctrl.increment(Some("last")).await.unwrap();
@@ -462,6 +465,24 @@ fn a_stalled_subscriber_does_not_block_the_hub_or_others() {
         a.shutdown().await;
         b.shutdown().await;
     });
+    // The stalled subscriber was dropped: what it finally reads is what the windows and
+    // buffers held, then the hub's resource-exhausted end, not all 800 changes.
+    let (read, end) = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut read = 0;
+            loop {
+                match stalled.message().await {
+                    Ok(Some(_)) => read += 1,
+                    Ok(None) => return (read, None),
+                    Err(status) => return (read, Some(status.code())),
+                }
+            }
+        })
+        .await
+        .expect("the stalled stream ends")
+    });
+    assert_eq!(end, Some(tonic::Code::ResourceExhausted), "read {read}");
+    assert!(read < 800, "read {read}");
 }
 
 #[test]
@@ -699,6 +720,26 @@ fn runs_on_the_applications_runtime() {
 /// that runtime from one of its own workers — which must not panic.
 #[test]
 fn a_dropped_registry_ends_its_driver_on_the_backends_runtime_without_panicking() {
+    // The panic hook is process-wide: the check runs alone in a child process of this test
+    // binary, so other tests' panics can neither fail nor pass it.
+    const CHILD: &str = "REACTIVE_LOCK_TEST_PANIC_CHILD";
+    const NAME: &str =
+        "a_dropped_registry_ends_its_driver_on_the_backends_runtime_without_panicking";
+    if std::env::var_os(CHILD).is_none() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "the check in its own process: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return;
+    }
     static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

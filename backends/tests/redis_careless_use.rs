@@ -157,6 +157,80 @@ fn a_panicking_handler_never_stops_the_redis_driver() {
     });
 }
 
+/// A handler that blocks (here until the test lets it go) holds up neither Redis I/O nor
+/// any other key: while it blocks, b still hears a's other key flap, and b's own transitions
+/// are acknowledged by Redis and heard by a.
+#[test]
+fn a_blocking_handler_stalls_no_redis_io_and_no_other_key() {
+    let redis = RedisServer::start();
+    block_on(async {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = parking_lot::Mutex::new(released);
+        let blocking = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let blocking = blocking.clone();
+            move || {
+                blocking.store(1, Ordering::SeqCst);
+                let _ = released.lock().recv_timeout(Duration::from_secs(60));
+                blocking.store(2, Ordering::SeqCst);
+            }
+        };
+        let a = instance(&redis.url(), "a", TrackerConfig::new()).await;
+        let b = instance(&redis.url(), "b", TrackerConfig::new().on_blocked(handler)).await;
+        a.controller(KEY).unwrap().increment(None).await.unwrap();
+        settles_to_some("b's handler blocks", || {
+            (blocking.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        let (a_other, b_other) = (a.controller(OTHER).unwrap(), b.controller(OTHER).unwrap());
+        let (a_sees, b_sees) = (a.state(OTHER).unwrap(), b.state(OTHER).unwrap());
+        for round in 0..3 {
+            a_other.increment(None).await.unwrap();
+            eventually(
+                &b_sees,
+                PROPAGATION_LIMIT,
+                "b hears a's other key busy",
+                |s| s.is_blocked(),
+            )
+            .await;
+            a_other.decrement(1).await.unwrap();
+            eventually(
+                &b_sees,
+                PROPAGATION_LIMIT,
+                "b hears a's other key idle",
+                |s| !s.is_blocked(),
+            )
+            .await;
+            within("b's acknowledged increment", b_other.increment(None))
+                .await
+                .unwrap();
+            eventually(&a_sees, PROPAGATION_LIMIT, "a hears b busy", |s| {
+                s.is_blocked()
+            })
+            .await;
+            within("b's acknowledged decrement", b_other.decrement(1))
+                .await
+                .unwrap();
+            eventually(&a_sees, PROPAGATION_LIMIT, "a hears b idle", |s| {
+                !s.is_blocked()
+            })
+            .await;
+            assert_eq!(
+                blocking.load(Ordering::SeqCst),
+                1,
+                "round {round}: the handler was still blocking"
+            );
+        }
+        release.send(()).unwrap();
+        settles_to_some("the handler returns", || {
+            (blocking.load(Ordering::SeqCst) == 2).then_some(())
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
 /// Polls `probe` every 10 ms until it yields something; fails naming `what` after
 /// [`PROPAGATION_LIMIT`].
 async fn settles_to_some<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
