@@ -388,6 +388,42 @@ struct Loop {
 }
 
 impl Loop {
+    fn new(shared: &DriverShared, events: EventStream) -> Self {
+        let keys = shared.trackers.len();
+        Loop {
+            events: Some(events),
+            resync_since: None,
+            outage_since: None,
+            retry_at: None,
+            backoff: new_backoff(),
+            next_renewal: Instant::now() + shared.resilience.renewal,
+            renew_failed: Vec::new(),
+            lease_due: vec![None; keys],
+            lease_heap: BinaryHeap::new(),
+            pending: Vec::new(),
+            in_pending: vec![false; keys],
+            expiry: BinaryHeap::new(),
+            scheduled: vec![None; keys],
+            rescan: true,
+        }
+    }
+
+    /// When the driver must run next with no event: the next renewal, retry, lease or
+    /// expiry (`touched`: the keys whose expiry may have moved).
+    fn deadline(&mut self, shared: &DriverShared, touched: &[usize]) -> Instant {
+        let mut deadline = self.next_renewal;
+        if let Some(t) = self.retry_at {
+            deadline = deadline.min(t);
+        }
+        if let Some(&Reverse((t, _))) = self.lease_heap.peek() {
+            deadline = deadline.min(t);
+        }
+        if let Some(t) = self.next_expiry(shared, touched) {
+            deadline = deadline.min(t);
+        }
+        deadline
+    }
+
     fn add_pending(&mut self, i: usize) {
         if !self.in_pending[i] {
             self.in_pending[i] = true;
@@ -474,70 +510,25 @@ fn new_backoff() -> backon::ExponentialBackoff {
 
 async fn run(shared: Arc<DriverShared>, events: EventStream) {
     shared.running.store(true, Ordering::SeqCst);
-    let mut st = Loop {
-        events: Some(events),
-        resync_since: None,
-        outage_since: None,
-        retry_at: None,
-        backoff: new_backoff(),
-        next_renewal: Instant::now() + shared.resilience.renewal,
-        renew_failed: Vec::new(),
-        lease_due: vec![None; shared.trackers.len()],
-        lease_heap: BinaryHeap::new(),
-        pending: Vec::new(),
-        in_pending: vec![false; shared.trackers.len()],
-        expiry: BinaryHeap::new(),
-        scheduled: vec![None; shared.trackers.len()],
-        rescan: true,
-    };
+    let mut st = Loop::new(&shared, events);
     if !shared.driven.load(Ordering::SeqCst) {
-        // Spawned by the caller some time after build: what the subscription delivered
-        // meanwhile is queued behind, and the states still hold the build's read. Read
-        // every key before answering as driven, so the first known answer is current.
-        if let Err(error) = shared.read_all().await {
-            tracing::warn!(%error, "reactive-lock: the driver's first read failed; recovering");
-            shared.set_all_connected(false);
-            st.resync_since = Some(Instant::now());
-        }
+        first_read(&shared, &mut st).await;
     }
     shared.set_driven(true);
     let mut touched: Vec<usize> = Vec::new();
-    // One timer for the driver's life, re-armed only when the deadline moves: registering
-    // a timer with async-io's reactor wakes its thread, which a new timer per event (per
-    // notification received) made a thread hand-off per event.
-    let mut timer = async_io::Timer::never();
-    let mut armed_for: Option<Instant> = None;
+    let mut timer = WakeTimer::new();
     loop {
         // Register for wake-ups before doing the work, so a wake during the work is kept.
         let signal = shared.bell.event.listen();
         if shared.stopping() {
             return;
         }
-        for i in shared.bell.take() {
-            st.add_pending(i);
-            touched.push(i);
-        }
-        let leased_at = Instant::now();
-        for (i, _) in shared.bell.take_leases() {
-            if st.lease_due[i].replace(leased_at + LEASE).is_none() {
-                st.lease_heap.push(Reverse((leased_at + LEASE, i)));
-            }
-        }
+        take_rung(&shared, &mut st, &mut touched);
         step(&shared, &mut st).await;
         if shared.stopping() {
             return;
         }
-
-        let mut deadline = st.next_renewal;
-        if let Some(t) = st.retry_at {
-            deadline = deadline.min(t);
-        }
-        if let Some(&Reverse((t, _))) = st.lease_heap.peek() {
-            deadline = deadline.min(t);
-        }
-        if let Some(t) = st.next_expiry(&shared, &touched) {
-            deadline = deadline.min(t);
-        }
+        let deadline = st.deadline(&shared, &touched);
         touched.clear();
         // Events first: under a flood the loop body still runs after every event, so
         // renewals and expiry never starve.
@@ -555,12 +546,7 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
                     Woke::Signal
                 },
                 async {
-                    if armed_for != Some(deadline) {
-                        timer.set_at(deadline);
-                        armed_for = Some(deadline);
-                    }
-                    (&mut timer).await;
-                    armed_for = None;
+                    timer.at(deadline).await;
                     Woke::Timer
                 },
             ),
@@ -568,17 +554,73 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
         .await;
         match woke {
             Woke::Event(Some(event)) => touched.extend(shared.handle(event, &mut st)),
-            Woke::Event(None) => {
-                tracing::warn!("reactive-lock: subscription ended; resubscribing");
-                st.outage_since.get_or_insert_with(Instant::now);
-                bump(&shared.counters.disconnects);
-                #[cfg(feature = "metrics")]
-                shared.instruments.disconnects.increment(1);
-                st.events = None;
-                shared.set_all_connected(false);
-            }
+            Woke::Event(None) => subscription_ended(&shared, &mut st),
             Woke::Signal | Woke::Timer => {}
         }
+    }
+}
+
+/// A driver spawned by the caller some time after build: what the subscription delivered
+/// meanwhile is queued behind, and the states still hold the build's read. Every key is
+/// read before the registry answers as driven, so the first known answer is current.
+async fn first_read(shared: &DriverShared, st: &mut Loop) {
+    if let Err(error) = shared.read_all().await {
+        tracing::warn!(%error, "reactive-lock: the driver's first read failed; recovering");
+        shared.set_all_connected(false);
+        st.resync_since = Some(Instant::now());
+    }
+}
+
+/// Takes what the bell rang for: transitions to publish (pending) and publishes whose
+/// callers hold the role (a lease each, taken over by the driver when it runs out).
+fn take_rung(shared: &DriverShared, st: &mut Loop, touched: &mut Vec<usize>) {
+    for i in shared.bell.take() {
+        st.add_pending(i);
+        touched.push(i);
+    }
+    let leased_at = Instant::now();
+    for (i, _) in shared.bell.take_leases() {
+        if st.lease_due[i].replace(leased_at + LEASE).is_none() {
+            st.lease_heap.push(Reverse((leased_at + LEASE, i)));
+        }
+    }
+}
+
+/// The subscription's stream ended: every key is unknown until a new one is read.
+fn subscription_ended(shared: &DriverShared, st: &mut Loop) {
+    tracing::warn!("reactive-lock: subscription ended; resubscribing");
+    st.outage_since.get_or_insert_with(Instant::now);
+    bump(&shared.counters.disconnects);
+    #[cfg(feature = "metrics")]
+    shared.instruments.disconnects.increment(1);
+    st.events = None;
+    shared.set_all_connected(false);
+}
+
+/// One timer for the driver's life, re-armed only when the deadline moves: registering a
+/// timer with async-io's reactor wakes its thread, which a new timer per event (per
+/// notification received) would make a thread hand-off per event.
+struct WakeTimer {
+    timer: async_io::Timer,
+    armed_for: Option<Instant>,
+}
+
+impl WakeTimer {
+    fn new() -> Self {
+        WakeTimer {
+            timer: async_io::Timer::never(),
+            armed_for: None,
+        }
+    }
+
+    /// Fires at `deadline`.
+    async fn at(&mut self, deadline: Instant) {
+        if self.armed_for != Some(deadline) {
+            self.timer.set_at(deadline);
+            self.armed_for = Some(deadline);
+        }
+        (&mut self.timer).await;
+        self.armed_for = None;
     }
 }
 

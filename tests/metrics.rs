@@ -57,7 +57,10 @@ impl Seen {
     }
 
     fn gauge_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.gauge_sums.get(&id(name, labels)).copied().unwrap_or(0.0)
+        self.gauge_sums
+            .get(&id(name, labels))
+            .copied()
+            .unwrap_or(0.0)
     }
 }
 

@@ -257,7 +257,9 @@ async fn panicking_handler_gives_the_count_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_hyper_util_client_counts_its_calls_with_a_predicate() {
     let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
-    let release = std::sync::Arc::new(Notify::new());
+    // Permits, not a `Notify`: two releases given before either handler waits must release
+    // both (a `Notify` keeps one).
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let handler_release = release.clone();
     // A plain server: the layer is on the client this time.
     let router = Router::new().route(
@@ -267,7 +269,7 @@ async fn outbound_hyper_util_client_counts_its_calls_with_a_predicate() {
             let release = handler_release.clone();
             async move {
                 entered_tx.send(()).unwrap();
-                release.notified().await;
+                release.acquire().await.unwrap().forget();
                 "processed"
             }
         }),
@@ -303,10 +305,15 @@ async fn outbound_hyper_util_client_counts_its_calls_with_a_predicate() {
     entered(&mut entered_rx).await;
     assert_eq!(ctrl.count(), 1, "the predicate excludes the second call");
 
-    release.notify_one();
-    release.notify_one();
-    assert_eq!(&counted.await.unwrap()[..], b"processed");
-    assert_eq!(&uncounted.await.unwrap()[..], b"processed");
+    release.add_permits(2);
+    let done = |call: tokio::task::JoinHandle<Bytes>| async move {
+        tokio::time::timeout(BOUND, call)
+            .await
+            .expect("the call never completed")
+            .unwrap()
+    };
+    assert_eq!(&done(counted).await[..], b"processed");
+    assert_eq!(&done(uncounted).await[..], b"processed");
     unblocked(ctrl.state()).await;
     assert_eq!(ctrl.count(), 0);
 

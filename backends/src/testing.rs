@@ -411,6 +411,8 @@ pub struct HubServer {
     pub hub: crate::grpc::server::Hub,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    tls: Option<crate::grpc::server::HubTls>,
+    token: Option<String>,
 }
 
 #[cfg(feature = "grpc-server")]
@@ -426,7 +428,39 @@ impl HubServer {
         tls: Option<crate::grpc::server::HubTls>,
         token: Option<String>,
     ) -> Self {
+        Self::start_on(hub, tls, token, 0)
+    }
+
+    /// Stops the hub (its connections close, its state is gone) and serves `hub` on the
+    /// same address, with the same TLS and token: a hub process restarted.
+    pub fn restart(&mut self, hub: crate::grpc::server::Hub) {
+        self.stop();
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the hub's URL ends with its port");
+        *self = Self::start_on(hub, self.tls.clone(), self.token.clone(), port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn start_on(
+        hub: crate::grpc::server::Hub,
+        tls: Option<crate::grpc::server::HubTls>,
+        token: Option<String>,
+        port: u16,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (serve_tls, serve_token) = (tls.clone(), token.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let serving = hub.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -437,14 +471,14 @@ impl HubServer {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                     .await
                     .expect("bind");
                 ready_tx
                     .send(listener.local_addr().unwrap().port())
                     .unwrap();
                 serving
-                    .serve_listener(listener, tls, token, async {
+                    .serve_listener(listener, serve_tls, serve_token, async {
                         let _ = stopped.await;
                     })
                     .await
@@ -457,6 +491,8 @@ impl HubServer {
             hub,
             stop: Some(stop),
             thread: Some(thread),
+            tls,
+            token,
         }
     }
 }
@@ -464,12 +500,7 @@ impl HubServer {
 #[cfg(feature = "grpc-server")]
 impl Drop for HubServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 

@@ -451,7 +451,9 @@ fn a_stalled_subscriber_does_not_block_the_hub_or_others() {
         // hub's send buffer (a few MiB), and then the subscriber's own buffer.
         let padding = "x".repeat(15_000);
         for i in 0..400 {
-            ctrl.increment(Some(&format!("v{i}{padding}"))).await.unwrap();
+            ctrl.increment(Some(&format!("v{i}{padding}")))
+                .await
+                .unwrap();
             ctrl.decrement(1).await.unwrap();
         }
         ctrl.increment(Some("last")).await.unwrap();
