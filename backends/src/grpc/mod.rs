@@ -95,8 +95,18 @@ pub(crate) fn system_time(t: &prost_types::Timestamp) -> SystemTime {
     if t.seconds < 0 {
         return UNIX_EPOCH;
     }
-    UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos.clamp(0, 999_999_999) as u32)
+    // A peer's seconds can be anything up to `i64::MAX`, past what a `SystemTime` holds:
+    // saturated at .NET's `DateTime.MaxValue` (9999-12-31T23:59:59Z), never a panic.
+    UNIX_EPOCH
+        .checked_add(Duration::new(
+            t.seconds as u64,
+            t.nanos.clamp(0, 999_999_999) as u32,
+        ))
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(DOTNET_MAX_SECONDS))
 }
+
+/// .NET's `DateTime.MaxValue` in Unix seconds.
+const DOTNET_MAX_SECONDS: u64 = 253_402_300_799;
 
 fn store_time(t: &prost_types::Timestamp) -> StoreTime {
     let d = system_time(t)

@@ -1,0 +1,204 @@
+//! The hub and the gRPC client against hostile or faulty input: validities far ahead of the
+//! hub's clock, statuses after a client clock step, lock data with the separator, a burst
+//! of changes through the client's bounded queues, streams per connection, reconnects after
+//! a hub restart. Real hubs on real sockets; every wait bounded.
+#![cfg(feature = "grpc-server")]
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use futures_lite::future::block_on;
+use reactive_lock::Backend;
+use reactive_lock_backends::grpc::server::{Hub, HubLimits};
+use reactive_lock_backends::grpc::GrpcBackend;
+use reactive_lock_backends::grpc::proto::LockStatusRequest;
+use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+use reactive_lock_backends::testing::{HubServer, valid_for};
+
+const KEY: &str = "payments";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn status(instance: &str, busy: bool, valid_until: prost_types::Timestamp) -> LockStatusRequest {
+    LockStatusRequest {
+        lock_key: KEY.into(),
+        instance_id: instance.into(),
+        is_busy: busy,
+        lock_data: busy.then(|| "batch".to_string()),
+        valid_until: Some(valid_until),
+    }
+}
+
+/// Whether the hub reports `KEY` blocked, read through a fresh client.
+fn blocked_at(url: &str) -> bool {
+    block_on(async {
+        let backend = GrpcBackend::connect([url.to_string()]).await.unwrap();
+        backend.snapshot(KEY).await.unwrap().is_blocked()
+    })
+}
+
+/// Sends `statuses` in order with `pause` between them, each acknowledged.
+fn send(url: &str, statuses: Vec<LockStatusRequest>, pause: Duration) {
+    rt().block_on(async {
+        let mut client = ReactiveLockGrpcClient::connect(url.to_string())
+            .await
+            .unwrap();
+        for (i, s) in statuses.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            client.set_status(s).await.unwrap();
+        }
+    });
+}
+
+/// Issue 21 part 9: a client whose clock ran an hour ahead publishes busy; its clock steps
+/// back and it publishes idle, valid for 10 s on its clock. The idle status must release
+/// the key, not wait an hour behind the busy one.
+#[test]
+fn idle_after_a_client_clock_step_back_unblocks() {
+    let hub = HubServer::start();
+    let hour_ahead = valid_for(Duration::from_secs(3600 + 10));
+    send(
+        &hub.url,
+        vec![
+            status("stepped", true, hour_ahead),
+            status("stepped", false, valid_for(Duration::from_secs(10))),
+        ],
+        Duration::from_millis(1500),
+    );
+    assert!(
+        !blocked_at(&hub.url),
+        "the idle status after the clock step must supersede the busy one"
+    );
+}
+
+/// Issue 21 part 9: a step smaller than the hub's maximum validity (30 s ahead), so the
+/// busy status is stored as sent; the idle status after the step still releases the key
+/// once it cannot be a reordered older message.
+#[test]
+fn idle_after_a_small_client_clock_step_back_unblocks() {
+    let hub = HubServer::start();
+    send(
+        &hub.url,
+        vec![
+            status("stepped", true, valid_for(Duration::from_secs(40))),
+            status("stepped", false, valid_for(Duration::from_secs(10))),
+        ],
+        // Past the hub's reorder window: the idle status cannot be an older message still
+        // in transit.
+        Duration::from_millis(2500),
+    );
+    assert!(!blocked_at(&hub.url), "idle supersedes busy after the step");
+}
+
+/// Issue 21 part 9: a busy status valid until the year 10000 (a hostile peer) followed by
+/// the same instance's idle status: the key must not stay blocked.
+#[test]
+fn a_year_10000_validity_does_not_wedge_the_key() {
+    let hub = HubServer::start();
+    // 10000-01-01T00:00:00Z.
+    let year_10000 = prost_types::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    };
+    send(
+        &hub.url,
+        vec![
+            status("hostile", true, year_10000),
+            status("hostile", false, valid_for(Duration::from_secs(10))),
+        ],
+        Duration::from_millis(1500),
+    );
+    assert!(!blocked_at(&hub.url), "idle after the year-10000 busy status");
+}
+
+/// Polls `check` until it holds, or panics naming `what` after `limit`.
+fn until(limit: Duration, what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn hub_with(configure: impl FnOnce(&mut HubLimits)) -> HubServer {
+    let mut limits = HubLimits::default();
+    configure(&mut limits);
+    HubServer::start_with(Hub::new(limits), None, None)
+}
+
+/// Issue 21 part 9: a validity beyond the hub's `max_validity` is capped on the hub's clock,
+/// so even with no later status from its instance the key unblocks at the cap.
+#[test]
+fn a_far_validity_is_capped_on_the_hubs_clock() {
+    let hub = hub_with(|l| l.max_validity = Duration::from_millis(800));
+    let far = prost_types::Timestamp {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    };
+    send(
+        &hub.url,
+        vec![status("hostile", true, far)],
+        Duration::ZERO,
+    );
+    assert!(blocked_at(&hub.url), "busy until the cap");
+    until(Duration::from_secs(10), "the capped busy status expires", || {
+        !blocked_at(&hub.url)
+    });
+}
+
+/// Issue 21 part 2: a subscriber whose connection stopped reading is dropped after the
+/// hub's `stall_timeout`, with fewer notifications waiting than its buffer holds.
+#[test]
+fn a_peer_that_never_reads_is_dropped_after_the_stall_timeout() {
+    let hub = hub_with(|l| {
+        l.subscriber_buffer = 100_000;
+        l.stall_timeout = Duration::from_millis(300);
+    });
+    rt().block_on(async {
+        let mut client = ReactiveLockGrpcClient::connect(hub.url.clone())
+            .await
+            .unwrap();
+        let first = status("reader", false, valid_for(Duration::from_secs(10)));
+        let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+        let mut stalled = client
+            .subscribe_lock_status(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        stalled.message().await.unwrap().expect("the current state");
+        // More than the HTTP/2 windows hold, far fewer than `subscriber_buffer`: only the
+        // stall timeout can end the stream.
+        let mut writer = ReactiveLockGrpcClient::connect(hub.url.clone())
+            .await
+            .unwrap();
+        for i in 0..400 {
+            let mut s = status("writer", i % 2 == 0, valid_for(Duration::from_secs(60)));
+            s.lock_data = Some(format!("v{i}-{}", "x".repeat(15_000)));
+            writer.set_status(s).await.unwrap();
+        }
+        // The periodic check runs every second; give it a few.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stalled.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        })
+        .await
+        .expect("the stalled stream ends");
+        let status = end.expect("ended with an error status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+        assert!(status.message().contains("stall_timeout"), "{status}");
+    });
+}
