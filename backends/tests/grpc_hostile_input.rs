@@ -202,3 +202,50 @@ fn a_peer_that_never_reads_is_dropped_after_the_stall_timeout() {
         assert!(status.message().contains("stall_timeout"), "{status}");
     });
 }
+
+/// Issue 21 part 8: lock data with `;`, newlines and non-ASCII reaches another instance
+/// through a hub unchanged; lock data holding the separator is refused naming the key.
+#[test]
+fn lock_data_round_trips_through_a_hub_and_the_separator_is_refused() {
+    use reactive_lock::{Error, ReactiveLock, TrackerConfig};
+    let hub = HubServer::start();
+    let data = "a;b;;c\nline two\r\n ünïcødé — 🚀 ;";
+    block_on(async {
+        let connect = || async {
+            GrpcBackend::connect([hub.url.clone()]).await.unwrap()
+        };
+        let writer = ReactiveLock::builder()
+            .instance_name("writer")
+            .tracker(KEY, TrackerConfig::new())
+            .build(connect().await)
+            .await
+            .unwrap();
+        let reader = ReactiveLock::builder()
+            .instance_name("reader")
+            .tracker(KEY, TrackerConfig::new())
+            .build(connect().await)
+            .await
+            .unwrap();
+        let ctrl = writer.controller(KEY).unwrap();
+        let refused = ctrl.increment(Some("x#REACTIVELOCK#y")).await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidLockData { key }) if key == KEY),
+            "{refused:?}"
+        );
+        assert_eq!(ctrl.count(), 0);
+        ctrl.increment(Some(data)).await.unwrap();
+        let state = reader.state(KEY).unwrap();
+        reactive_lock_backends::conformance::eventually(
+            &state,
+            reactive_lock_backends::conformance::PROPAGATION_LIMIT,
+            "the reader sees the data",
+            |s| s.is_blocked(),
+        )
+        .await;
+        assert_eq!(state.lock_data_entries(), [data]);
+        let snapshot = connect().await.snapshot(KEY).await.unwrap();
+        assert_eq!(snapshot.lock_data_entries(), [data]);
+        writer.shutdown().await;
+        reader.shutdown().await;
+    });
+}
