@@ -70,7 +70,9 @@ mod subscription;
 mod wire;
 
 use connection::{ClusterParams, Commands, Target, is_broken_connection, is_transient, redact};
-use subscription::{OwnConnection, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter};
+use subscription::{
+    OwnConnection, Overflow, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter,
+};
 use wire::{
     CHANNEL_PREFIX, Payload, READ_SCRIPT, ReadReply, parse_payload, parse_value, seq_hash_name,
     store_time_of,
@@ -101,6 +103,7 @@ pub struct RedisBackendBuilder {
     response_timeout: Duration,
     health_check_interval: Duration,
     tls_root_cert: Option<Vec<u8>>,
+    subscription_buffer: usize,
 }
 
 impl RedisBackendBuilder {
@@ -108,6 +111,23 @@ impl RedisBackendBuilder {
     /// trust store — for servers with a private CA or a self-signed certificate.
     pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// Pub/sub messages a subscription buffers for its reader (default 1,024, at least 1).
+    /// The connection's task never waits for a lagging reader: a message that finds the
+    /// buffer full is replaced by a re-read of its key once the reader catches up, so the
+    /// newest state of every key still arrives ([`RedisStats::push_overflows`] counts them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = reactive_lock_backends::redis::RedisBackend::builder("redis://127.0.0.1:6379")
+    ///     .subscription_buffer(4096);
+    /// # let _ = builder;
+    /// ```
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.subscription_buffer = messages.max(1);
         self
     }
 
@@ -220,6 +240,8 @@ impl RedisBackendBuilder {
                 connection: async_lock::Mutex::new(None),
                 script: Script::new(PUBLISH_SCRIPT),
                 read_script: Script::new(READ_SCRIPT),
+                subscription_buffer: self.subscription_buffer,
+                push_overflows: Arc::new(AtomicU64::new(0)),
                 entries_over_limit: AtomicU64::new(0),
                 over_limit_warned: Mutex::new(None),
                 malformed: AtomicU64::new(0),
@@ -274,6 +296,9 @@ struct Inner {
     connection: async_lock::Mutex<Option<Commands>>,
     script: Script,
     read_script: Script,
+    subscription_buffer: usize,
+    /// Pub/sub messages that found a subscription's buffer full (re-read instead).
+    push_overflows: Arc<AtomicU64>,
     /// Entries beyond [`MAX_ENTRIES_PER_KEY`] that reads ignored.
     entries_over_limit: AtomicU64,
     /// When the last over-limit warning was logged.
@@ -321,6 +346,10 @@ pub struct RedisStats {
     /// Entries beyond [`MAX_ENTRIES_PER_KEY`] that reads of a key ignored (summed over
     /// reads): something else filled the key's hash.
     pub entries_over_limit: u64,
+    /// Pub/sub messages that found a subscription's buffer full and were replaced by a
+    /// re-read of their key (see
+    /// [`subscription_buffer`](RedisBackendBuilder::subscription_buffer)).
+    pub push_overflows: u64,
 }
 
 impl RedisBackend {
@@ -412,6 +441,7 @@ impl RedisBackend {
             health_check_interval: Duration::from_secs(1),
             tls_root_cert: None,
             cluster_nodes: Vec::new(),
+            subscription_buffer: 1024,
         }
     }
 
@@ -428,6 +458,7 @@ impl RedisBackend {
             notifications_applied: self.inner.notifications_applied.load(Ordering::Relaxed),
             rereads: self.inner.rereads.load(Ordering::Relaxed),
             entries_over_limit: self.inner.entries_over_limit.load(Ordering::Relaxed),
+            push_overflows: self.inner.push_overflows.load(Ordering::Relaxed),
         }
     }
 
@@ -766,8 +797,10 @@ impl Backend for RedisBackend {
     ) -> Result<EventStream, BackendError> {
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
         // RESP3 pushes through a callback on the connection's task (see `own_echo_filter`).
-        let (tx, pushes) = async_channel::unbounded();
-        let filter = own_echo_filter(instance, tx);
+        // Bounded; what overflows is re-read (see `Overflow`).
+        let (tx, pushes) = async_channel::bounded(self.inner.subscription_buffer);
+        let overflow = Arc::new(Overflow::new(self.inner.push_overflows.clone()));
+        let filter = own_echo_filter(instance, tx, overflow.clone());
         let mut connection = match &self.inner.target {
             Target::Single { subscriber, .. } => Commands::Single(
                 subscriber
@@ -820,7 +853,11 @@ impl Backend for RedisBackend {
         let state = Subscription {
             backend: self.clone(),
             own,
-            source: Source { connection, pushes },
+            source: Source {
+                connection,
+                pushes,
+                overflow,
+            },
             done: false,
             health_check: async_io::Timer::interval(self.inner.health_check_interval),
             last_message: std::time::Instant::now(),
