@@ -342,3 +342,186 @@ fn a_burst_on_many_keys_still_delivers_every_keys_final_state() {
         }
     });
 }
+
+/// A hub that records when each subscription stream opens.
+#[derive(Clone)]
+struct Recording {
+    hub: Hub,
+    /// When each subscription stream opened.
+    opened: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+}
+
+#[tonic::async_trait]
+impl reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::ReactiveLockGrpc
+    for Recording
+{
+    async fn set_status(
+        &self,
+        request: tonic::Request<LockStatusRequest>,
+    ) -> Result<tonic::Response<()>, tonic::Status> {
+        self.hub.set_status(request).await
+    }
+
+    type SubscribeLockStatusStream = <Hub as reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::ReactiveLockGrpc>::SubscribeLockStatusStream;
+
+    async fn subscribe_lock_status(
+        &self,
+        request: tonic::Request<tonic::Streaming<LockStatusRequest>>,
+    ) -> Result<tonic::Response<Self::SubscribeLockStatusStream>, tonic::Status> {
+        self.opened.lock().unwrap().push(std::time::Instant::now());
+        self.hub.subscribe_lock_status(request).await
+    }
+}
+
+/// A recording hub served at `addr` on its own runtime thread until `crash` fires; then its
+/// runtime is dropped with every connection, as a crashed process's would be.
+fn serve_recording(
+    addr: std::net::SocketAddr,
+    recording: Recording,
+) -> (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    use reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::ReactiveLockGrpcServer;
+    let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = rt();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+            ready_tx.send(()).unwrap();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let server = tonic::transport::Server::builder()
+                .add_service(ReactiveLockGrpcServer::new(recording))
+                .serve_with_incoming(incoming);
+            tokio::select! {
+                _ = server => {}
+                _ = crashed => {}
+            }
+        });
+        rt.shutdown_background();
+    });
+    ready_rx.recv().expect("hub started");
+    (crash, thread)
+}
+
+/// Waits until `opened` holds `n` timestamps, or panics naming `what`.
+fn wait_opened(opened: &std::sync::Mutex<Vec<std::time::Instant>>, n: usize, what: &str) {
+    until(Duration::from_secs(60), what, || opened.lock().unwrap().len() >= n);
+}
+
+/// Accepts every connection at `addr` and closes it at once (a hub that is down but whose
+/// port answers), recording when each arrived, until `stop` is set.
+fn refuse_recording(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<std::time::Instant>> {
+    let listener = std::net::TcpListener::bind(addr).expect("bind");
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut attempts = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    attempts.push(std::time::Instant::now());
+                    drop(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        attempts
+    })
+}
+
+/// The largest share of `times` (ms) inside any window of `window` ms.
+fn peak_share(times: &[f64], window: f64) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..sorted.len() {
+        while sorted[hi] - sorted[lo] > window {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best as f64 / sorted.len().max(1) as f64
+}
+
+/// Issue 21 part 4: after a hub goes down, 100 clients × 10 keys retry spread over time, not
+/// in lockstep, and all come back once it returns. Measured at the hub's address: while
+/// it is down, a listener there accepts and closes every connection, recording when each
+/// reopening attempt arrived (a key's attempt opens a connection unless another key of its
+/// client is connecting at that moment). Past the first backoff steps (which are short
+/// whatever the jitter), lockstep packs each step's attempts into one instant; jitter
+/// spreads them over the step.
+#[test]
+fn reconnects_after_a_hub_restart_are_spread_out() {
+    let clients = 100;
+    let keys: Vec<String> = (0..10).map(|k| format!("spread-{k}")).collect();
+    let streams = clients * keys.len();
+    let addr: std::net::SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let url = format!("http://{addr}");
+    let first = Recording {
+        hub: Hub::default(),
+        opened: Default::default(),
+    };
+    let (crash, thread) = serve_recording(addr, first.clone());
+    let client_rt = rt();
+    let subscriptions: Vec<_> = client_rt.block_on(async {
+        let mut subscriptions = Vec::new();
+        for c in 0..clients {
+            let backend = GrpcBackend::builder([url.clone()])
+                .runtime(tokio::runtime::Handle::current())
+                .connect()
+                .await
+                .unwrap();
+            let events = backend.subscribe(&format!("client-{c}"), &keys).await.unwrap();
+            subscriptions.push((backend, events));
+        }
+        subscriptions
+    });
+    wait_opened(&first.opened, streams, "every stream opens on the first hub");
+    crash.send(()).unwrap();
+    thread.join().unwrap();
+    let crashed = std::time::Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refusing = refuse_recording(addr, stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let attempts = refusing.join().unwrap();
+    let ms: Vec<f64> = attempts
+        .iter()
+        .map(|t| t.saturating_duration_since(crashed).as_secs_f64() * 1_000.0)
+        .filter(|&t| t >= 500.0)
+        .collect();
+    let n = ms.len() as f64;
+    let mean = ms.iter().sum::<f64>() / n;
+    let stddev = (ms.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let peak = peak_share(&ms, 100.0);
+    eprintln!(
+        "reopening attempts while the hub was down: {} in all, {} from 500 ms on: \
+         stddev {stddev:.0} ms, at most {:.1}% of them within any 100 ms",
+        attempts.len(),
+        ms.len(),
+        peak * 100.0
+    );
+    let second = Recording {
+        hub: Hub::default(),
+        opened: Default::default(),
+    };
+    let (crash, thread) = serve_recording(addr, second.clone());
+    wait_opened(&second.opened, streams, "every stream reopens on the restarted hub");
+    assert!(ms.len() >= clients, "every client retried past 500 ms: {}", ms.len());
+    // Jitter leaves about a tenth of the attempts in the busiest 100 ms; lockstep
+    // (the same backoff without jitter) a third.
+    assert!(
+        peak < 0.2,
+        "reopening attempts in lockstep: {:.1}% within 100 ms",
+        peak * 100.0
+    );
+    drop(subscriptions);
+    drop(client_rt);
+    crash.send(()).unwrap();
+    thread.join().unwrap();
+}

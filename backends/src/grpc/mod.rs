@@ -26,7 +26,9 @@
 //! * Unknown is per key: a key whose streams to every hub are down turns Unknown
 //!   ([`BackendEvent::KeyDisconnected`]) while other keys stay known; with every stream down
 //!   the whole subscription is [`BackendEvent::Disconnected`]. A stream is retried with
-//!   backoff (50 ms doubling to 2 s), reset only once a stream delivered its first message;
+//!   jittered backoff (50 ms doubling to 2 s, each delay plus a random part of up to
+//!   itself, so clients that lost a hub together do not return in lockstep), reset only
+//!   once a stream delivered its first message;
 //!   opening one is bounded by the [response timeout](GrpcBackendBuilder::response_timeout).
 //! * A status is stamped with a `validUntil` that grows with its sequence
 //!   ([`InstanceStatus::seq`]); one whose sequence is below one already stamped for the key

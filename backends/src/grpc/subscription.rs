@@ -178,9 +178,24 @@ struct HubKey {
     open_timeout: Duration,
 }
 
+/// The delays between a stream's reopening attempts: 50 ms doubling to 2 s, each plus a
+/// random part of up to itself. The jitter matters after a hub restart: every client's
+/// streams fail at the same instant, and without it they would all come back at the same
+/// instants, each time as one burst against the hub.
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Follows one key on one hub for as long as the subscription lives: opens the stream,
 /// forwards every notification, reports the stream down (`None`) when it fails or ends, and
-/// reopens it with backoff (50 ms doubling to 2 s).
+/// reopens it with jittered backoff ([`reconnect_backoff`]).
 async fn follow_key(at: HubKey, client: Client, latest: std::sync::Arc<Latest>) {
     let HubKey {
         hub,
@@ -189,7 +204,7 @@ async fn follow_key(at: HubKey, client: Client, latest: std::sync::Arc<Latest>) 
         instance,
         open_timeout,
     } = at;
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = reconnect_backoff();
     loop {
         // Opening is bounded up to the first message: a hub that accepts the connection but
         // never answers is retried, not waited on.
@@ -209,7 +224,7 @@ async fn follow_key(at: HubKey, client: Client, latest: std::sync::Arc<Latest>) 
                 // Only a stream that delivered its first message resets the backoff: one
                 // that opens and then fails (a key the hub cannot send) must not be retried
                 // in a tight loop.
-                delay = Duration::from_millis(50);
+                backoff = reconnect_backoff();
                 let mut next = Some(first);
                 while let Some(n) = next {
                     latest.put(hub, &key, Some(n));
@@ -231,8 +246,9 @@ async fn follow_key(at: HubKey, client: Client, latest: std::sync::Arc<Latest>) 
             }
         }
         latest.put(hub, &key, None);
+        // Unbounded attempts: `next` always yields.
+        let delay = backoff.next().unwrap_or(Duration::from_secs(2));
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
