@@ -626,7 +626,8 @@ impl GrpcBackend {
                 Err(error) => Err(failed_everywhere("SetStatus", &[error])),
             };
         }
-        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        // One answer per hub, each sent once: with a slot per hub no send ever waits.
+        let (results_tx, mut results) = tokio::sync::mpsc::channel(self.inner.hubs.len());
         let calls: Vec<_> = self
             .inner
             .hubs
@@ -642,7 +643,7 @@ impl GrpcBackend {
                 );
                 let results_tx = results_tx.clone();
                 async move {
-                    let _ = results_tx.send((index, call.await));
+                    let _ = results_tx.try_send((index, call.await));
                 }
             })
             .collect();
