@@ -598,7 +598,7 @@ mod tests {
             assert_eq!(store.instances[id], alloc::format!("instance-{i}"));
             assert_eq!(store.id(&alloc::format!("instance-{i}")), id, "stable");
         }
-        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        let distinct: alloc::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());
     }
 

@@ -321,10 +321,7 @@ fn a_guard_with_the_separator_in_its_lock_data_panics_naming_the_key() {
         let _guard = ctrl.enter(Some("a#REACTIVELOCK#b"));
     }))
     .expect_err("panics");
-    let message = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("#REACTIVELOCK#"), "{message}");
     assert_eq!(ctrl.count(), 0);
     assert!(!ctrl.state().is_blocked());

@@ -9,10 +9,10 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use reactive_lock::Backend;
-use reactive_lock_backends::grpc::server::{Hub, HubLimits};
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::LockStatusRequest;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+use reactive_lock_backends::grpc::server::{Hub, HubLimits};
 use reactive_lock_backends::testing::{HubServer, valid_for};
 
 const KEY: &str = "payments";
@@ -116,14 +116,20 @@ fn a_year_10000_validity_does_not_wedge_the_key() {
         ],
         Duration::from_millis(1500),
     );
-    assert!(!blocked_at(&hub.url), "idle after the year-10000 busy status");
+    assert!(
+        !blocked_at(&hub.url),
+        "idle after the year-10000 busy status"
+    );
 }
 
 /// Polls `check` until it holds, or panics naming `what` after `limit`.
 fn until(limit: Duration, what: &str, check: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + limit;
     while !check() {
-        assert!(std::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -143,15 +149,13 @@ fn a_far_validity_is_capped_on_the_hubs_clock() {
         seconds: i64::MAX,
         nanos: 999_999_999,
     };
-    send(
-        &hub.url,
-        vec![status("hostile", true, far)],
-        Duration::ZERO,
-    );
+    send(&hub.url, vec![status("hostile", true, far)], Duration::ZERO);
     assert!(blocked_at(&hub.url), "busy until the cap");
-    until(Duration::from_secs(10), "the capped busy status expires", || {
-        !blocked_at(&hub.url)
-    });
+    until(
+        Duration::from_secs(10),
+        "the capped busy status expires",
+        || !blocked_at(&hub.url),
+    );
 }
 
 /// Issue 21 part 2: a subscriber whose connection stopped reading is dropped after the
@@ -211,9 +215,7 @@ fn lock_data_round_trips_through_a_hub_and_the_separator_is_refused() {
     let hub = HubServer::start();
     let data = "a;b;;c\nline two\r\n ünïcødé — 🚀 ;";
     block_on(async {
-        let connect = || async {
-            GrpcBackend::connect([hub.url.clone()]).await.unwrap()
-        };
+        let connect = || async { GrpcBackend::connect([hub.url.clone()]).await.unwrap() };
         let writer = ReactiveLock::builder()
             .instance_name("writer")
             .tracker(KEY, TrackerConfig::new())
@@ -277,7 +279,7 @@ fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
 
 /// The final state the burst leaves on key `k`.
 fn final_state(k: usize) -> (bool, Option<String>) {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         (true, Some(format!("final-{k}")))
     } else {
         (false, None)
@@ -338,7 +340,11 @@ fn a_burst_on_many_keys_still_delivers_every_keys_final_state() {
             fold(&mut seen, event);
         }
         for key in &keys {
-            assert_eq!(hub.hub.subscriber_count(key), 1, "no stream dropped as stalled");
+            assert_eq!(
+                hub.hub.subscriber_count(key),
+                1,
+                "no stream dropped as stalled"
+            );
         }
     });
 }
@@ -378,7 +384,10 @@ impl reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::ReactiveLoc
 fn serve_recording(
     addr: std::net::SocketAddr,
     recording: Recording,
-) -> (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
     use reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::ReactiveLockGrpcServer;
     let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -404,7 +413,9 @@ fn serve_recording(
 
 /// Waits until `opened` holds `n` timestamps, or panics naming `what`.
 fn wait_opened(opened: &std::sync::Mutex<Vec<std::time::Instant>>, n: usize, what: &str) {
-    until(Duration::from_secs(60), what, || opened.lock().unwrap().len() >= n);
+    until(Duration::from_secs(60), what, || {
+        opened.lock().unwrap().len() >= n
+    });
 }
 
 /// Accepts every connection at `addr` and closes it at once (a hub that is down but whose
@@ -476,12 +487,19 @@ fn reconnects_after_a_hub_restart_are_spread_out() {
                 .connect()
                 .await
                 .unwrap();
-            let events = backend.subscribe(&format!("client-{c}"), &keys).await.unwrap();
+            let events = backend
+                .subscribe(&format!("client-{c}"), &keys)
+                .await
+                .unwrap();
             subscriptions.push((backend, events));
         }
         subscriptions
     });
-    wait_opened(&first.opened, streams, "every stream opens on the first hub");
+    wait_opened(
+        &first.opened,
+        streams,
+        "every stream opens on the first hub",
+    );
     crash.send(()).unwrap();
     thread.join().unwrap();
     let crashed = std::time::Instant::now();
@@ -511,8 +529,16 @@ fn reconnects_after_a_hub_restart_are_spread_out() {
         opened: Default::default(),
     };
     let (crash, thread) = serve_recording(addr, second.clone());
-    wait_opened(&second.opened, streams, "every stream reopens on the restarted hub");
-    assert!(ms.len() >= clients, "every client retried past 500 ms: {}", ms.len());
+    wait_opened(
+        &second.opened,
+        streams,
+        "every stream reopens on the restarted hub",
+    );
+    assert!(
+        ms.len() >= clients,
+        "every client retried past 500 ms: {}",
+        ms.len()
+    );
     // Jitter leaves about a tenth of the attempts in the busiest 100 ms; lockstep
     // (the same backoff without jitter) a third.
     assert!(

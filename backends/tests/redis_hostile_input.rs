@@ -35,7 +35,8 @@ fn a_hash_of_100_000_fields_is_read_up_to_the_limit_and_the_rest_counted() {
     for chunk in 0..fields / 1_000 {
         let mut pipe = redis::pipe();
         for i in chunk * 1_000..(chunk + 1) * 1_000 {
-            pipe.hset(hash_name(KEY), format!("junk-{i}"), &idle).ignore();
+            pipe.hset(hash_name(KEY), format!("junk-{i}"), &idle)
+                .ignore();
         }
         pipe.query::<()>(&mut raw).unwrap();
     }
@@ -82,7 +83,10 @@ fn lock_data_with_semicolons_newlines_and_non_ascii_round_trips() {
         assert_eq!(state.lock_data().as_deref(), Some(data));
         // Read through, too (a fresh snapshot, not the notification).
         let fresh = RedisBackend::connect(&server.url()).await.unwrap();
-        assert_eq!(fresh.snapshot(KEY).await.unwrap().lock_data_entries(), [data]);
+        assert_eq!(
+            fresh.snapshot(KEY).await.unwrap().lock_data_entries(),
+            [data]
+        );
         // The .NET value: flag, validUntil, then the data as it is.
         let stored: String = server.client().hget(hash_name(KEY), "writer").unwrap();
         assert!(
@@ -138,7 +142,10 @@ fn lock_data_holding_the_separator_is_refused_naming_the_key() {
         lock.shutdown().await;
     });
     let held: Option<String> = server.client().hget(hash_name(KEY), "writer").unwrap();
-    assert!(held.as_deref().is_none_or(|v| v.starts_with("0;")), "{held:?}");
+    assert!(
+        held.as_deref().is_none_or(|v| v.starts_with("0;")),
+        "{held:?}"
+    );
 }
 
 /// The writer's newest state per key seen in a subscription's events: (busy, lock data).
@@ -168,7 +175,7 @@ fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
 
 /// The final state the burst leaves on key `k`.
 fn final_state(k: usize) -> (bool, Option<String>) {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         (true, Some(format!("final-{k}")))
     } else {
         (false, None)

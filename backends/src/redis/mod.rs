@@ -71,7 +71,7 @@ mod wire;
 
 use connection::{ClusterParams, Commands, Target, is_broken_connection, is_transient, redact};
 use subscription::{
-    OwnConnection, Overflow, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter,
+    Overflow, OwnConnection, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter,
 };
 use wire::{
     CHANNEL_PREFIX, Payload, READ_SCRIPT, ReadReply, parse_payload, parse_value, seq_hash_name,
@@ -581,16 +581,13 @@ impl RedisBackend {
         }
     }
 
-
     /// Reads `key` with the read script: its entries (at most [`MAX_ENTRIES_PER_KEY`]),
     /// their sequences and TIME in one atomic step: a publish script run between two
     /// separate reads would pair one status's value with another's sequence (and the newer
     /// status would then be ignored as old).
     async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
         let mut invocation = self.inner.read_script.key(hash_name(key));
-        invocation
-            .key(seq_hash_name(key))
-            .arg(MAX_ENTRIES_PER_KEY);
+        invocation.key(seq_hash_name(key)).arg(MAX_ENTRIES_PER_KEY);
         let (total, entries, seqs, time): ReadReply = self
             .on_command_connection("read (EVALSHA)", |mut connection| {
                 let invocation = &invocation;
@@ -611,10 +608,10 @@ impl RedisBackend {
             self.over_limit(key, total, ignored);
         }
         let mut out = Vec::with_capacity(entries.len());
-        for ((field, value), seq) in entries.into_iter().zip(
-            seqs.into_iter()
-                .chain(std::iter::repeat(None)),
-        ) {
+        for ((field, value), seq) in entries
+            .into_iter()
+            .zip(seqs.into_iter().chain(std::iter::repeat(None)))
+        {
             let Ok(instance) = String::from_utf8(field.clone()) else {
                 self.malformed(
                     key,

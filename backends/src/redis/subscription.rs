@@ -19,7 +19,6 @@ pub(super) struct Source {
     pub(super) overflow: Arc<Overflow>,
 }
 
-
 /// What a subscription's push callback could not queue because the reader lagged
 /// [`subscription_buffer`](super::RedisBackendBuilder::subscription_buffer) messages behind: the callback runs on the connection's task and must
 /// never wait, so instead of the message it records its channel (at most one entry per
