@@ -551,3 +551,42 @@ fn reconnects_after_a_hub_restart_are_spread_out() {
     crash.send(()).unwrap();
     thread.join().unwrap();
 }
+
+/// Issue 21 part 2: the hub caps the streams one client connection may hold open; a
+/// stream past the cap waits for a slot instead of adding to the hub's load.
+#[test]
+fn streams_per_connection_are_capped() {
+    let hub = hub_with(|l| l.max_streams_per_connection = 2);
+    rt().block_on(async {
+        let client = ReactiveLockGrpcClient::connect(hub.url.clone())
+            .await
+            .unwrap();
+        let open = |instance: &'static str| {
+            let mut client = client.clone();
+            async move {
+                let first = status(instance, false, valid_for(Duration::from_secs(10)));
+                let mut stream = client
+                    .subscribe_lock_status(futures_lite::stream::once(first))
+                    .await?
+                    .into_inner();
+                stream.message().await?;
+                Ok::<_, tonic::Status>(stream)
+            }
+        };
+        let first = open("one").await.unwrap();
+        let _second = open("two").await.unwrap();
+        let mut third = tokio::spawn(open("three"));
+        let waited = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
+        assert!(
+            waited.is_err(),
+            "a third stream on the connection waits for a slot"
+        );
+        assert_eq!(hub.hub.subscriber_count(KEY), 2);
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .expect("the third stream opens once a slot is free")
+            .unwrap()
+            .unwrap();
+    });
+}
