@@ -263,15 +263,30 @@ impl Snapshot {
         next_expiry(&self.entries, self.store_now)
     }
 
-    /// The lock data of busy, unexpired entries, in entry order.
+    /// The lock data of busy, unexpired entries, in entry order, each split on
+    /// [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR) as
+    /// [`TrackerState::lock_data_entries`](crate::TrackerState::lock_data_entries) splits it.
     pub fn lock_data_entries(&self) -> Vec<String> {
-        self.entries
-            .iter()
-            .filter(|e| e.is_busy_at(self.store_now))
-            .filter_map(|e| e.lock_data.clone())
-            .filter(|data| !data.is_empty())
-            .collect()
+        split_lock_data(
+            self.entries
+                .iter()
+                .filter(|e| e.is_busy_at(self.store_now))
+                .filter_map(|e| e.lock_data.as_deref()),
+        )
     }
+}
+
+/// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
+/// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`](crate::TrackerState::lock_data) joins with it too.
+pub const LOCK_DATA_SEPARATOR: &str = "#REACTIVELOCK#";
+
+/// Every non-empty part of `data` split on [`LOCK_DATA_SEPARATOR`], in order.
+pub(crate) fn split_lock_data<'a>(data: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    data.into_iter()
+        .flat_map(|data| data.split(LOCK_DATA_SEPARATOR))
+        .filter(|part| !part.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 pub(crate) fn next_expiry<'a>(

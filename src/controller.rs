@@ -312,6 +312,9 @@ impl TrackerShared {
     /// A guard's increment: what is left to publish goes to the driver.
     #[inline]
     fn enter_sync(&self, data: Option<&str>) {
+        if has_separator(data) {
+            separator_panic(self.key());
+        }
         match self.increment_sync(data) {
             Ok(pending) => self.publish_detached(pending),
             Err(Overflow) => overflow_panic(self.key()),
@@ -445,7 +448,9 @@ impl TrackerController {
     /// The `Ack` fails with [`Error::Backend`] if publishing the transition failed (the
     /// count stays; the driver keeps retrying in the background) or [`Error::Shutdown`]
     /// after the registry was shut down; with [`Error::CountOverflow`] if
-    /// [`MAX_IN_FLIGHT`] operations are in flight already (the count is left as it was).
+    /// [`MAX_IN_FLIGHT`] operations are in flight already (the count is left as it was);
+    /// with [`Error::InvalidLockData`] if `lock_data` contains
+    /// [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR) (the count is left as it was).
     ///
     /// # Cancel safety
     ///
@@ -456,7 +461,12 @@ impl TrackerController {
     ///
     /// ```
     /// # futures_lite::future::block_on(async {
+    /// use reactive_lock::Error;
+    ///
     /// let ctrl = reactive_lock::TrackerController::new(1)?;
+    /// let refused = ctrl.increment(Some("a#REACTIVELOCK#b")).await;
+    /// assert!(matches!(refused, Err(Error::InvalidLockData { .. })));
+    /// assert_eq!(ctrl.count(), 0);
     /// ctrl.increment(Some("batch-7")).await?;
     /// assert_eq!(ctrl.state().lock_data().as_deref(), Some("batch-7"));
     /// # Ok::<(), reactive_lock::Error>(())
@@ -464,6 +474,11 @@ impl TrackerController {
     /// ```
     #[inline]
     pub fn increment(&self, lock_data: Option<&str>) -> Ack {
+        if has_separator(lock_data) {
+            return Ack::refused(Error::InvalidLockData {
+                key: String::from(self.shared.key()),
+            });
+        }
         match self.shared.increment_sync(lock_data) {
             Ok(epoch) => Ack::for_epoch(&self.shared, epoch),
             Err(Overflow) => Ack::overflow(&self.shared),
@@ -508,9 +523,10 @@ impl TrackerController {
     ///
     /// # Panics
     ///
-    /// If [`MAX_IN_FLIGHT`] operations are in flight already (a guard cannot carry an
-    /// error); the count is left as it was. [`increment`](Self::increment) reports it as
-    /// [`Error::CountOverflow`] instead.
+    /// If [`MAX_IN_FLIGHT`] operations are in flight already, or if `lock_data` contains
+    /// [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR) (a guard cannot carry an
+    /// error); the count is left as it was. [`increment`](Self::increment) reports them as
+    /// [`Error::CountOverflow`] and [`Error::InvalidLockData`] instead.
     ///
     /// # Examples
     ///
@@ -536,7 +552,8 @@ impl TrackerController {
     ///
     /// # Panics
     ///
-    /// As [`enter`](Self::enter), at [`MAX_IN_FLIGHT`].
+    /// As [`enter`](Self::enter): at [`MAX_IN_FLIGHT`], and for lock data containing
+    /// [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR).
     ///
     /// # Examples
     ///
@@ -618,6 +635,21 @@ impl TrackerController {
     pub fn key(&self) -> &str {
         self.shared.key()
     }
+}
+
+/// Whether `data` holds the separator that joins the entries of all instances: such data
+/// would read back as several entries, here and in .NET.
+#[inline]
+fn has_separator(data: Option<&str>) -> bool {
+    data.is_some_and(|data| data.contains(crate::state::LOCK_DATA_SEPARATOR))
+}
+
+#[cold]
+#[inline(never)]
+fn separator_panic(key: &str) -> ! {
+    panic!(
+        "reactive-lock: key `{key}`: lock data must not contain the separator `#REACTIVELOCK#`; the count is unchanged (increment reports it as Error::InvalidLockData)"
+    )
 }
 
 #[cold]
@@ -705,9 +737,14 @@ impl Ack {
     /// An increment refused at [`MAX_IN_FLIGHT`].
     #[cold]
     fn overflow(shared: &TrackerShared) -> Ack {
-        let error = Error::CountOverflow {
+        Ack::refused(Error::CountOverflow {
             key: String::from(shared.key()),
-        };
+        })
+    }
+
+    /// An `Ack` for an operation refused before it changed anything.
+    #[cold]
+    fn refused(error: Error) -> Ack {
         Ack {
             pending: Some(Box::pin(async move { Err(error) })),
             tracker: None,

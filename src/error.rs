@@ -92,6 +92,18 @@ pub enum Error {
         /// The tracker key the increment was for.
         key: String,
     },
+
+    /// Lock data contained [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR), which
+    /// joins the entries of all instances: readers (this crate and .NET alike) would split
+    /// it into several entries. The increment was refused and the count left as it was.
+    #[error(
+        "key `{key}`: lock data must not contain the separator `#REACTIVELOCK#` (it joins the \
+         entries of all instances, and readers split on it)"
+    )]
+    InvalidLockData {
+        /// The tracker key the increment was for.
+        key: String,
+    },
 }
 
 /// A wait gave up because its time limit passed while the key was still blocked.

@@ -92,7 +92,7 @@ struct Store {
     slot_of: HashMap<Arc<str>, usize, RandomState>,
     slots: Vec<Slot>,
     /// Each instance's id, assigned on first use (an index into `instances`).
-    id_of: HashMap<String, u32, RandomState>,
+    id_of: HashMap<String, InstanceId, RandomState>,
     instances: Vec<String>,
     /// Every subscriber (for connection events). One whose stream is gone is dropped from
     /// here and from its keys' lists when next seen.
@@ -104,14 +104,14 @@ struct Slot {
     /// Shared with `slot_of`: one allocation per key.
     key: Arc<str>,
     /// Each instance's entry, beside the instance's id.
-    entries: Vec<(u32, Entry)>,
+    entries: Vec<(InstanceId, Entry)>,
     /// The subscribers to this key.
     subscribers: Vec<Arc<Subscriber>>,
 }
 
 struct Subscriber {
     /// The subscribing instance's id: its own publishes are not echoed back to it.
-    instance: u32,
+    instance: InstanceId,
     pending: Mutex<Pending>,
     wake: Event,
     /// Set when its stream is dropped.
@@ -127,11 +127,14 @@ struct Pending {
     dirty: BTreeSet<usize>,
 }
 
+/// An instance's number in a [`Store`]: the index of its name in `instances`.
+type InstanceId = usize;
+
 /// A [`LocalBackend`]'s publish bound to one key slot and instance id.
 struct LocalBound {
     backend: LocalBackend,
     slot: usize,
-    instance: u32,
+    instance: InstanceId,
 }
 
 impl BoundPublisher for LocalBound {
@@ -328,13 +331,13 @@ impl Store {
     }
 
     /// The id of `instance`, made on its first use.
-    fn id(&mut self, instance: &str) -> u32 {
+    fn id(&mut self, instance: &str) -> InstanceId {
         if let Some(&id) = self.id_of.get(instance) {
             return id;
         }
-        // Ids index `instances`; four billion names in one process are not a real case, and
-        // saturating keeps a name that does not fit from panicking (it shares the last id).
-        let id = u32::try_from(self.instances.len()).unwrap_or(u32::MAX);
+        // Ids index `instances`, so each is the position of its name: two names never share
+        // one (a narrower id would have to saturate or wrap, and then alias).
+        let id = self.instances.len();
         self.instances.push(instance.to_string());
         self.id_of.insert(instance.to_string(), id);
         id
@@ -342,7 +345,7 @@ impl Store {
 
     /// The id of `instance`, read from its entry in `slot` when it has one (the common
     /// case: no hashing of the name).
-    fn id_by_entry(&mut self, slot: usize, instance: &str) -> u32 {
+    fn id_by_entry(&mut self, slot: usize, instance: &str) -> InstanceId {
         let held = &self.slots[slot];
         match held.entries.iter().find(|(_, e)| e.instance == instance) {
             Some(&(id, _)) => id,
@@ -356,7 +359,7 @@ impl Store {
     fn publish(
         &mut self,
         slot: usize,
-        id: u32,
+        id: InstanceId,
         status: &InstanceStatus,
         now: StoreTime,
     ) -> Result<(), BackendError> {
@@ -388,7 +391,7 @@ impl Store {
                 held.seq = status.seq;
             }
             None => {
-                let instance = name.get(id as usize).cloned().unwrap_or_default();
+                let instance = name.get(id).cloned().unwrap_or_default();
                 let entry =
                     Entry::new(instance, status.busy, status.lock_data.clone(), valid_until)
                         .with_seq(status.seq);
@@ -580,6 +583,24 @@ mod tests {
     use core::time::Duration;
     use futures_lite::StreamExt;
     use futures_lite::future::block_on;
+
+    /// Issue 21 part 2: instance ids are positions in the name list, as wide as the list
+    /// can be long, so no count of names makes two share an id (a `u32` id saturated at
+    /// four billion names and aliased every later one).
+    #[test]
+    fn instance_ids_never_alias() {
+        const { assert!(core::mem::size_of::<InstanceId>() == core::mem::size_of::<usize>()) };
+        let mut store = Store::default();
+        let ids: alloc::vec::Vec<InstanceId> = (0..1_000)
+            .map(|i| store.id(&alloc::format!("instance-{i}")))
+            .collect();
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(store.instances[id], alloc::format!("instance-{i}"));
+            assert_eq!(store.id(&alloc::format!("instance-{i}")), id, "stable");
+        }
+        let distinct: alloc::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 
     #[test]
     fn own_publishes_are_not_echoed_to_the_subscriber() {

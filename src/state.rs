@@ -23,9 +23,8 @@ use crate::sync::{
     AtomicU8, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, Signal, SignalListener,
 };
 
-/// The separator the .NET ReactiveLock uses to join the lock data of all busy instances
-/// (`LOCK_DATA_SEPARATOR`); [`TrackerState::lock_data`] joins with it too.
-pub const LOCK_DATA_SEPARATOR: &str = "#REACTIVELOCK#";
+pub use crate::backend::LOCK_DATA_SEPARATOR;
+use crate::backend::split_lock_data;
 
 /// A key's aggregate status.
 ///
@@ -591,7 +590,11 @@ impl TrackerState {
         }
     }
 
-    /// The lock data of every busy, unexpired instance, this one first.
+    /// The lock data of every busy, unexpired instance, this one first, each split on
+    /// [`LOCK_DATA_SEPARATOR`] as .NET's `GetLockDataEntriesIfBlockedAsync` splits the
+    /// joined data: an instance (a .NET one, or [`set_blocked`](Self::set_blocked)) whose
+    /// data holds the separator contributes one entry per part. Empty parts are left out,
+    /// as empty lock data reads as none.
     ///
     /// # Examples
     ///
@@ -599,21 +602,19 @@ impl TrackerState {
     /// let state = reactive_lock::TrackerState::new();
     /// state.set_blocked(Some("a"));
     /// assert_eq!(state.lock_data_entries(), vec!["a".to_string()]);
+    /// state.set_blocked(Some("data1#REACTIVELOCK#data2#REACTIVELOCK#data3"));
+    /// assert_eq!(state.lock_data_entries(), ["data1", "data2", "data3"]);
     /// ```
     pub fn lock_data_entries(&self) -> Vec<String> {
         let d = self.inner.data.lock();
-        let mut out = Vec::new();
-        if d.local_busy {
-            out.extend(d.local_data.clone());
-        }
-        out.extend(
-            d.remote
-                .iter()
-                .map(|held| &held.entry)
-                .filter(|e| e.is_busy_at(d.remote_now))
-                .filter_map(|e| e.lock_data.clone()),
-        );
-        out
+        let local = d.local_data.as_deref().filter(|_| d.local_busy);
+        let remote = d
+            .remote
+            .iter()
+            .map(|held| &held.entry)
+            .filter(|e| e.is_busy_at(d.remote_now))
+            .filter_map(|e| e.lock_data.as_deref());
+        split_lock_data(local.into_iter().chain(remote))
     }
 
     /// Runs `handler` each time the key turns blocked: after the change, once per change,

@@ -319,3 +319,18 @@ async fn settles(check: impl Fn() -> bool, what: &str) {
         async_io::Timer::after(Duration::from_millis(10)).await;
     }
 }
+
+/// Issue 21 part 8: a guard cannot carry an error, so lock data holding the separator
+/// panics with a message naming the key, and leaves the count as it was.
+#[test]
+fn a_guard_with_the_separator_in_its_lock_data_panics_naming_the_key() {
+    let ctrl = reactive_lock::TrackerController::new(1).unwrap();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _guard = ctrl.enter(Some("a#REACTIVELOCK#b"));
+    }))
+    .expect_err("panics");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("#REACTIVELOCK#"), "{message}");
+    assert_eq!(ctrl.count(), 0);
+    assert!(!ctrl.state().is_blocked());
+}

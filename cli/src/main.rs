@@ -172,6 +172,23 @@ enum Command {
         /// so --max-keys bounds the keys in use.
         #[arg(long, default_value_t = millis(HubLimits::default().forget_idle_keys_after))]
         forget_idle_keys_after_ms: u64,
+        /// Longest validity the hub stores, on its clock (`30s`, `5m`): a later validUntil
+        /// (a client clock ahead, a hostile peer) is capped, so no status wedges a key
+        /// longer. Keep it above the clients' renewal period.
+        #[arg(long, value_parser = parse_duration, default_value = "5m")]
+        max_validity: Duration,
+        /// Milliseconds after a status arrives during which an earlier-dated status of the
+        /// same instance is dropped as an older message still in transit; later it
+        /// replaces it (a client clock stepped back).
+        #[arg(long, default_value_t = millis(HubLimits::default().reorder_window))]
+        reorder_window_ms: u64,
+        /// Concurrent HTTP/2 streams per client connection.
+        #[arg(long, default_value_t = HubLimits::default().max_streams_per_connection)]
+        max_streams_per_connection: u32,
+        /// Milliseconds a subscriber may leave a notification unread before it is dropped
+        /// as stalled.
+        #[arg(long, default_value_t = millis(HubLimits::default().stall_timeout))]
+        stall_timeout_ms: u64,
     },
 }
 
@@ -304,6 +321,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             keep_alive_timeout_ms,
             forget_idle_keys_after_ms,
             metrics_listen,
+            max_validity,
+            reorder_window_ms,
+            max_streams_per_connection,
+            stall_timeout_ms,
         } => {
             if let Some(addr) = metrics_listen {
                 metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -330,6 +351,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             limits.keep_alive_interval = Duration::from_millis(keep_alive_interval_ms);
             limits.keep_alive_timeout = Duration::from_millis(keep_alive_timeout_ms);
             limits.forget_idle_keys_after = Duration::from_millis(forget_idle_keys_after_ms);
+            limits.max_validity = max_validity;
+            limits.reorder_window = Duration::from_millis(reorder_window_ms);
+            limits.max_streams_per_connection = max_streams_per_connection;
+            limits.stall_timeout = Duration::from_millis(stall_timeout_ms);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -22,8 +22,14 @@ struct HubProcess {
 
 impl HubProcess {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a hub with `extra` flags.
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
             .args(["hub", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -373,6 +379,10 @@ fn help_documents_every_flag() {
         "--first-message-timeout-ms",
         "--keep-alive-interval-ms",
         "--keep-alive-timeout-ms",
+        "--max-validity",
+        "--reorder-window-ms",
+        "--max-streams-per-connection",
+        "--stall-timeout-ms",
     ] {
         assert!(help.contains(flag), "--help names {flag}:\n{help}");
     }
@@ -535,4 +545,56 @@ fn the_hub_serves_prometheus_metrics_and_json_logs() {
     });
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Issue 21 part 9: `--max-validity` caps a status valid far ahead on the hub's clock, so its
+/// key unblocks at the cap with no later status; a bad value names the flag.
+#[test]
+fn max_validity_caps_a_far_validity() {
+    use reactive_lock::Backend;
+    use reactive_lock_backends::grpc::proto::LockStatusRequest;
+    use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
+    use reactive_lock_backends::testing::valid_for;
+    let hub = HubProcess::start_with(free_port(), &["--max-validity", "1s"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = ReactiveLockGrpcClient::connect(hub.url()).await.unwrap();
+        client
+            .set_status(LockStatusRequest {
+                lock_key: KEY.into(),
+                instance_id: "far-ahead".into(),
+                is_busy: true,
+                lock_data: None,
+                valid_until: Some(valid_for(Duration::from_secs(3600))),
+            })
+            .await
+            .unwrap();
+    });
+    let blocked = || {
+        block_on(async {
+            let backend = GrpcBackend::connect([hub.url()]).await.unwrap();
+            backend.snapshot(KEY).await.unwrap().is_blocked()
+        })
+    };
+    assert!(blocked(), "busy until the cap");
+    let deadline = Instant::now() + LIMIT;
+    while blocked() {
+        assert!(
+            Instant::now() < deadline,
+            "still blocked {LIMIT:?} after a 1 s cap"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_reactive-lock"))
+        .args(["hub", "--max-validity", "forever"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-validity"),
+        "bad flag value names the flag"
+    );
 }

@@ -26,7 +26,9 @@
 //! * Unknown is per key: a key whose streams to every hub are down turns Unknown
 //!   ([`BackendEvent::KeyDisconnected`]) while other keys stay known; with every stream down
 //!   the whole subscription is [`BackendEvent::Disconnected`]. A stream is retried with
-//!   backoff (50 ms doubling to 2 s), reset only once a stream delivered its first message;
+//!   jittered backoff (50 ms doubling to 2 s, each delay plus a random part of up to
+//!   itself, so clients that lost a hub together do not return in lockstep), reset only
+//!   once a stream delivered its first message;
 //!   opening one is bounded by the [response timeout](GrpcBackendBuilder::response_timeout).
 //! * A status is stamped with a `validUntil` that grows with its sequence
 //!   ([`InstanceStatus::seq`]); one whose sequence is below one already stamped for the key
@@ -95,8 +97,18 @@ pub(crate) fn system_time(t: &prost_types::Timestamp) -> SystemTime {
     if t.seconds < 0 {
         return UNIX_EPOCH;
     }
-    UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos.clamp(0, 999_999_999) as u32)
+    // A peer's seconds can be anything up to `i64::MAX`, past what a `SystemTime` holds:
+    // saturated at .NET's `DateTime.MaxValue` (9999-12-31T23:59:59Z), never a panic.
+    UNIX_EPOCH
+        .checked_add(Duration::new(
+            t.seconds as u64,
+            t.nanos.clamp(0, 999_999_999) as u32,
+        ))
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(DOTNET_MAX_SECONDS))
 }
+
+/// .NET's `DateTime.MaxValue` in Unix seconds.
+const DOTNET_MAX_SECONDS: u64 = 253_402_300_799;
 
 fn store_time(t: &prost_types::Timestamp) -> StoreTime {
     let d = system_time(t)
@@ -614,7 +626,8 @@ impl GrpcBackend {
                 Err(error) => Err(failed_everywhere("SetStatus", &[error])),
             };
         }
-        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        // One answer per hub, each sent once: with a slot per hub no send ever waits.
+        let (results_tx, mut results) = tokio::sync::mpsc::channel(self.inner.hubs.len());
         let calls: Vec<_> = self
             .inner
             .hubs
@@ -630,7 +643,7 @@ impl GrpcBackend {
                 );
                 let results_tx = results_tx.clone();
                 async move {
-                    let _ = results_tx.send((index, call.await));
+                    let _ = results_tx.try_send((index, call.await));
                 }
             })
             .collect();

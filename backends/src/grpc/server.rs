@@ -1,12 +1,13 @@
 //! The hub: a `ReactiveLockGrpc` service that keeps, per key, the latest status of each
 //! instance and broadcasts the key's full state to its subscribers on every change.
 //!
-//! * statuses are ordered per instance by `validUntil` (a status older than the stored one
-//!   is dropped; reactive-lock clients make it strictly increasing);
+//! * statuses are ordered per instance by `validUntil`, within limits that keep a far
+//!   validity from wedging a key (see [the ordering rule](HubLimits#the-ordering-rule));
 //! * busy entries expire on the hub's clock: at the earliest `validUntil` the hub marks them
 //!   idle and broadcasts, so subscribers unblock with no new message;
 //! * a new subscriber gets the current state at once; a subscriber that stops reading is
-//!   dropped (bounded buffer) without disturbing the others, its stream ended with
+//!   dropped (bounded buffer, and [`HubLimits::stall_timeout`] for a notification left
+//!   unread on a quiet key) without disturbing the others, its stream ended with
 //!   `RESOURCE_EXHAUSTED` (an error, so a .NET client, which resubscribes only after an
 //!   error, resubscribes and reads the current state);
 //! * a key's full state stays sendable: a status that would make the key's notification
@@ -21,7 +22,8 @@
 //!   is not sent the changes its own instance made (reactive-lock clients ask for this:
 //!   they know their own status; .NET clients do not send it and get every change);
 //! * limits (message size, keys, instances per key, lock-data length) answer with a gRPC
-//!   status naming the limit.
+//!   status naming the limit; streams per client connection are capped
+//!   ([`HubLimits::max_streams_per_connection`]).
 //!
 //! Run it standalone (`reactive-lock hub --listen 127.0.0.1:50051`) or embed
 //! [`Hub::service`] in an application's own tonic server.
@@ -55,11 +57,40 @@ use super::system_time;
 /// about 63 instances that all carry the full 16 KiB (`max_lock_data_len`):
 /// 63 × (16,384 + ~40) ≈ 1,035,000 bytes < 1,048,576.
 ///
+/// # The ordering rule
+///
+/// Statuses of one instance may arrive out of order (calls in flight side by side, a retry
+/// overtaken by a newer status), so the hub orders them by their `validUntil`, which
+/// reactive-lock clients make strictly increasing: a status whose `validUntil` is earlier
+/// than the one held for its instance is taken as an older message and dropped. That
+/// order trusts the sender's clock and its validity, so two limits keep it from wedging a
+/// key:
+///
+/// * **validity is capped on the hub's clock**: a `validUntil` later than the hub's now +
+///   [`max_validity`](Self::max_validity) (a client clock ahead, a long expiration, a
+///   hostile peer's year 10000) is stored as now + `max_validity`, and such a capped entry
+///   is superseded by the instance's next status whatever that one's `validUntil`. A busy
+///   instance renews its status, so the cap shortens nothing for a live client whose
+///   renewal period is below `max_validity`;
+/// * **order holds only while messages can be in flight**: a status earlier than the held
+///   one is dropped only if the held one arrived less than
+///   [`reorder_window`](Self::reorder_window) ago; later, it cannot be an older message
+///   still in transit, so it is the instance's newest word (its clock stepped back, or its
+///   validity was shortened) and replaces the held one — an idle status then releases the
+///   key.
+///
+/// The limits of the rule: a status delayed in transit longer than `reorder_window` is
+/// applied although it is older — a stale idle status reads the instance idle, and a stale
+/// busy one blocks the key, until the instance's next status or renewal (a renewal period,
+/// 5 s by default); and within `reorder_window` after a clock step back, the stepped
+/// client's statuses are still dropped (the next renewal after the window gets through).
+///
 /// # Examples
 ///
 /// ```
 /// let limits = reactive_lock_backends::grpc::server::HubLimits::default();
 /// assert_eq!(limits.max_keys, 10_000);
+/// assert_eq!(limits.max_validity, std::time::Duration::from_secs(300));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -93,6 +124,25 @@ pub struct HubLimits {
     /// forgotten key reads as it did (no instance busy). Keys are forgotten when the limit is
     /// reached and, while [serving](Hub::serve), every such period.
     pub forget_idle_keys_after: Duration,
+    /// Longest validity the hub stores, on its own clock (default 5 min): a later
+    /// `validUntil` is capped to now + this; see [the ordering rule](HubLimits#the-ordering-rule).
+    /// Keep it above the clients' renewal period (5 s by default), or their busy entries
+    /// expire between renewals.
+    pub max_validity: Duration,
+    /// How long after a status arrives a status of the same instance with an earlier
+    /// `validUntil` is still taken as an older message and dropped (default 2 s); see
+    /// [the ordering rule](HubLimits#the-ordering-rule).
+    pub reorder_window: Duration,
+    /// Concurrent HTTP/2 streams per client connection (default 100, Kestrel's default;
+    /// [`serve`](Hub::serve) only). A client opening more waits for a slot; reactive-lock
+    /// clients spread their subscriptions over connections below this.
+    pub max_streams_per_connection: u32,
+    /// How long a subscriber may leave a notification unread before it counts as stalled
+    /// and is dropped (default 30 s), also when fewer than
+    /// [`subscriber_buffer`](Self::subscriber_buffer) notifications wait: a peer that
+    /// never reads is dropped in bounded time on a quiet key too. Checked every second
+    /// while [serving](Hub::serve), and on every change of the key.
+    pub stall_timeout: Duration,
 }
 
 impl Default for HubLimits {
@@ -108,6 +158,10 @@ impl Default for HubLimits {
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(20),
             forget_idle_keys_after: Duration::from_secs(60),
+            max_validity: Duration::from_secs(300),
+            reorder_window: Duration::from_secs(2),
+            max_streams_per_connection: 100,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -116,6 +170,9 @@ type Notifications = mpsc::Sender<LockStatusNotification>;
 
 struct KeyState {
     entries: HashMap<String, InstanceLockStatus>,
+    /// Per instance, when its held status arrived and whether its `validUntil` was capped
+    /// (see [the ordering rule](HubLimits#the-ordering-rule)).
+    arrivals: HashMap<String, Arrival>,
     subscribers: Vec<Subscriber>,
     expiry: Option<tokio::task::JoinHandle<()>>,
     /// The last status or subscription (see [`HubLimits::forget_idle_keys_after`]).
@@ -126,6 +183,7 @@ impl KeyState {
     fn new() -> Self {
         KeyState {
             entries: HashMap::new(),
+            arrivals: HashMap::new(),
             subscribers: Vec::new(),
             expiry: None,
             touched: std::time::Instant::now(),
@@ -149,8 +207,23 @@ impl KeyState {
     }
 }
 
+/// When an instance's held status arrived, and whether the hub capped its validity.
+#[derive(Clone, Copy)]
+struct Arrival {
+    at: std::time::Instant,
+    capped: bool,
+}
+
 struct Subscriber {
     id: u64,
+    /// Notifications handed to its buffer.
+    sent: u64,
+    /// Notifications its stream took from the buffer (counted by the stream).
+    taken: Arc<std::sync::atomic::AtomicU64>,
+    /// `taken` at the last look, and since when nothing was taken while some notification
+    /// waited (`None`: nothing waited at the last look).
+    taken_seen: u64,
+    unread_since: Option<std::time::Instant>,
     /// The instance that subscribed, when it asked not to be sent its own changes.
     skip_own: Option<String>,
     tx: Notifications,
@@ -162,6 +235,37 @@ impl Subscriber {
     fn end(self, status: Status) {
         let _ = self.end.send(status);
     }
+
+    /// Whether a notification has waited unread for `timeout` with nothing taken since:
+    /// a stream that takes anything restarts the clock, so a slow reader is not a stalled
+    /// one.
+    fn stalled(&mut self, now: std::time::Instant, timeout: Duration) -> bool {
+        let taken = self.taken.load(std::sync::atomic::Ordering::Relaxed);
+        if taken >= self.sent {
+            self.unread_since = None;
+            return false;
+        }
+        if taken != self.taken_seen || self.unread_since.is_none() {
+            self.taken_seen = taken;
+            self.unread_since = Some(now);
+            return false;
+        }
+        self.unread_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
+    }
+
+    fn end_stalled(self, key: &str, limit: &'static str, detail: String) {
+        rejected(limit);
+        tracing::warn!(
+            key,
+            subscriber = self.id,
+            limit,
+            "reactive-lock hub: subscriber stalled; dropped"
+        );
+        self.end(Status::resource_exhausted(format!(
+            "subscriber stalled: {detail} of key `{key}`; resubscribe to read the current state"
+        )));
+    }
 }
 
 /// A subscription's response stream: the buffered notifications, unless the hub ended it
@@ -172,6 +276,8 @@ struct SubscriptionStream {
     done: bool,
     /// Keeps the task reading the request half alive; dropped when the response ends.
     reading: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Notifications taken, for the hub's stall check ([`HubLimits::stall_timeout`]).
+    taken: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Stream for SubscriptionStream {
@@ -199,7 +305,12 @@ impl Stream for SubscriptionStream {
                 Poll::Pending => {}
             }
         }
-        this.notifications.poll_recv(cx).map(|n| n.map(Ok))
+        let next = this.notifications.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &next {
+            this.taken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        next.map(|n| n.map(Ok))
     }
 }
 
@@ -389,7 +500,8 @@ impl Hub {
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(limits.keep_alive_interval))
-            .http2_keepalive_timeout(Some(limits.keep_alive_timeout));
+            .http2_keepalive_timeout(Some(limits.keep_alive_timeout))
+            .max_concurrent_streams(limits.max_streams_per_connection);
         if let Some(HubTls { cert_pem, key_pem }) = tls {
             let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
             builder =
@@ -443,6 +555,7 @@ impl Hub {
                 let mut every = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     every.tick().await;
+                    hub.end_stalled_subscribers();
                     let (keys, subscribers) = {
                         let keys = hub.inner.keys.lock();
                         let subscribers: usize = keys.values().map(|k| k.subscribers.len()).sum();
@@ -477,6 +590,31 @@ impl Hub {
         gauges.abort();
         served?;
         Ok(())
+    }
+
+    /// Ends the subscriptions that left a notification unread for
+    /// [`stall_timeout`](HubLimits::stall_timeout), on every key: a peer that never reads
+    /// is dropped also while its key is quiet.
+    fn end_stalled_subscribers(&self) {
+        let timeout = self.inner.limits.stall_timeout;
+        let now = std::time::Instant::now();
+        let mut keys = self.inner.keys.lock();
+        for (key, state) in keys.iter_mut() {
+            for mut subscriber in std::mem::take(&mut state.subscribers) {
+                if subscriber.tx.is_closed() {
+                    continue;
+                }
+                if subscriber.stalled(now, timeout) {
+                    subscriber.end_stalled(
+                        key,
+                        "stall_timeout",
+                        format!("notifications unread for the hub's stall_timeout ({timeout:?})"),
+                    );
+                } else {
+                    state.subscribers.push(subscriber);
+                }
+            }
+        }
     }
 
     /// Forgets the keys nobody uses any more (see [`HubLimits::forget_idle_keys_after`]);
@@ -566,15 +704,22 @@ impl Hub {
                 request.lock_key, limits.max_instances_per_key
             )));
         }
-        let new_until = request.valid_until.as_ref().map(system_time);
-        if let Some(held) = state.entries.get(&request.instance_id) {
-            let held_until = held.valid_until.as_ref().map(system_time);
-            if let (Some(held_until), Some(new_until)) = (held_until, new_until)
-                && new_until < held_until
-            {
-                // Older than what the hub holds for this instance: dropped, latest wins.
-                return Ok(());
-            }
+        let arrived = std::time::Instant::now();
+        let (valid_until, capped) = cap_validity(request.valid_until, limits.max_validity);
+        if let Some(held) = state.entries.get(&request.instance_id)
+            && is_older(
+                valid_until.as_ref(),
+                held.valid_until.as_ref(),
+                state.arrivals.get(&request.instance_id),
+                arrived,
+                limits.reorder_window,
+            )
+        {
+            // An older message of this instance still in transit: dropped, latest wins.
+            return Ok(());
+        }
+        if capped {
+            rejected("max_validity");
         }
         let source = request.instance_id.clone();
         let size_before = notification_len(&request.lock_key, &state.entries);
@@ -584,7 +729,14 @@ impl Hub {
                 is_busy: request.is_busy,
                 // Kept as sent: absent stays absent (.NET null), empty stays "".
                 lock_data: request.lock_data,
-                valid_until: request.valid_until,
+                valid_until,
+            },
+        );
+        let previous_arrival = state.arrivals.insert(
+            source.clone(),
+            Arrival {
+                at: arrived,
+                capped,
             },
         );
         let size = notification_len(&request.lock_key, &state.entries);
@@ -592,8 +744,12 @@ impl Hub {
         // limit) can drain.
         if size > limits.max_notification_size && size > size_before {
             match previous {
-                Some(previous) => state.entries.insert(source, previous),
+                Some(previous) => state.entries.insert(source.clone(), previous),
                 None => state.entries.remove(&source),
+            };
+            match previous_arrival {
+                Some(previous) => state.arrivals.insert(source, previous),
+                None => state.arrivals.remove(&source),
             };
             rejected("max_notification_size");
             return Err(Status::resource_exhausted(format!(
@@ -629,7 +785,7 @@ impl Hub {
             instances_status: state.entries.clone(),
         };
         let limits = self.inner.limits;
-        for subscriber in std::mem::take(&mut state.subscribers) {
+        for mut subscriber in std::mem::take(&mut state.subscribers) {
             if source.is_some() && subscriber.skip_own.as_deref() == source {
                 if !subscriber.tx.is_closed() {
                     state.subscribers.push(subscriber);
@@ -637,20 +793,29 @@ impl Hub {
                 continue;
             }
             match subscriber.tx.try_send(notification.clone()) {
-                Ok(()) => state.subscribers.push(subscriber),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    rejected("subscriber_buffer");
-                    tracing::warn!(
-                        key,
-                        subscriber = subscriber.id,
-                        "reactive-lock hub: subscriber stalled; dropped"
-                    );
-                    subscriber.end(Status::resource_exhausted(format!(
-                        "subscriber stalled: more than subscriber_buffer ({}) notifications \
-                         of key `{key}` unread; resubscribe to read the current state",
-                        limits.subscriber_buffer
-                    )));
+                Ok(()) => {
+                    subscriber.sent += 1;
+                    if subscriber.stalled(std::time::Instant::now(), limits.stall_timeout) {
+                        subscriber.end_stalled(
+                            key,
+                            "stall_timeout",
+                            format!(
+                                "notifications unread for the hub's stall_timeout ({:?})",
+                                limits.stall_timeout
+                            ),
+                        );
+                    } else {
+                        state.subscribers.push(subscriber);
+                    }
                 }
+                Err(mpsc::error::TrySendError::Full(_)) => subscriber.end_stalled(
+                    key,
+                    "subscriber_buffer",
+                    format!(
+                        "more than subscriber_buffer ({}) notifications unread",
+                        limits.subscriber_buffer
+                    ),
+                ),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
@@ -709,17 +874,23 @@ impl Hub {
             .next_subscriber
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (end, ended) = tokio::sync::oneshot::channel();
+        let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
         state.subscribers.push(Subscriber {
             id,
             skip_own,
             tx,
             end,
+            sent: 1,
+            taken: taken.clone(),
+            taken_seen: 0,
+            unread_since: Some(std::time::Instant::now()),
         });
         Ok(SubscriptionStream {
             notifications: rx,
             end: Some(ended),
             done: false,
             reading: None,
+            taken,
         })
     }
 }
@@ -740,6 +911,43 @@ fn notification_len(key: &str, entries: &HashMap<String, InstanceLockStatus>) ->
             2,
             entries,
         )
+}
+
+/// `valid_until`, capped at the hub's now + `max_validity`; and whether it was capped.
+fn cap_validity(
+    valid_until: Option<prost_types::Timestamp>,
+    max_validity: Duration,
+) -> (Option<prost_types::Timestamp>, bool) {
+    let Some(until) = valid_until else {
+        return (None, false);
+    };
+    let now = SystemTime::now();
+    let limit = now.checked_add(max_validity).unwrap_or(now);
+    if system_time(&until) > limit {
+        (Some(super::timestamp(limit)), true)
+    } else {
+        (Some(until), false)
+    }
+}
+
+/// Whether a status valid until `new` is an older message than the held one, valid until
+/// `held`, that arrived as `arrival` (see [the ordering rule](HubLimits#the-ordering-rule)):
+/// only an earlier `validUntil` within `reorder_window` of the held status's arrival, and
+/// never against a capped one (its `validUntil` is the hub's, not the sender's).
+fn is_older(
+    new: Option<&prost_types::Timestamp>,
+    held: Option<&prost_types::Timestamp>,
+    arrival: Option<&Arrival>,
+    now: std::time::Instant,
+    reorder_window: Duration,
+) -> bool {
+    let (Some(new), Some(held)) = (new, held) else {
+        return false;
+    };
+    let in_flight = arrival.is_none_or(|arrival| {
+        !arrival.capped && now.saturating_duration_since(arrival.at) < reorder_window
+    });
+    in_flight && system_time(new) < system_time(held)
 }
 
 /// Every request must name its key and instance.

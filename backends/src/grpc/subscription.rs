@@ -30,8 +30,67 @@ pub(super) struct Plan {
     pub(super) open_timeout: Duration,
 }
 
+/// Events buffered between the merge task and the registry's driver. When the driver lags,
+/// the merge waits on this channel while the streams' news coalesces in [`Latest`], so
+/// neither grows with a burst.
+const EVENTS_BUFFER: usize = 64;
+
+/// The news the key streams hand to the merge task, coalesced: per hub and key, only the
+/// newest state (and whether the stream went down since the merge last looked), so a burst
+/// of notifications costs one slot per hub and key, however long the merge lags. A stream
+/// task only overwrites its slot and wakes the merge: it never waits on the merge, so it
+/// always keeps reading its stream (and the hub never sees it stall).
+///
+/// No news is lost: the merge takes every slot that changed since it last looked, and the
+/// newest state of each is the one that counts; a stream that went down and came back in
+/// between is reported as both, so the driver still resyncs.
+#[derive(Default)]
+struct Latest {
+    slots: parking_lot::Mutex<HashMap<(usize, String), Slot>>,
+    changed: tokio::sync::Notify,
+}
+
+/// One hub's news about one key since the merge last looked.
+struct Slot {
+    /// The newest state; `None` while its stream is down.
+    state: Option<LockStatusNotification>,
+    /// The stream went down at some point since.
+    went_down: bool,
+}
+
 /// One hub's news about one key: its state, or `None` when its stream went down.
 type Update = (usize, String, Option<LockStatusNotification>);
+
+impl Latest {
+    fn put(&self, hub: usize, key: &str, state: Option<LockStatusNotification>) {
+        let went_down = state.is_none();
+        let mut slots = self.slots.lock();
+        match slots.get_mut(&(hub, key.to_string())) {
+            Some(slot) => {
+                slot.went_down |= went_down;
+                slot.state = state;
+            }
+            None => {
+                slots.insert((hub, key.to_string()), Slot { state, went_down });
+            }
+        }
+        drop(slots);
+        self.changed.notify_one();
+    }
+
+    /// Every slot that changed, as the updates to apply in order.
+    fn take(&self) -> Vec<Update> {
+        let slots = std::mem::take(&mut *self.slots.lock());
+        let mut updates = Vec::with_capacity(slots.len());
+        for ((hub, key), slot) in slots {
+            if slot.went_down && slot.state.is_some() {
+                updates.push((hub, key.clone(), None));
+            }
+            updates.push((hub, key, slot.state));
+        }
+        updates
+    }
+}
 
 /// The event stream of [`GrpcBackend::subscribe`](Backend::subscribe). Dropping it (the
 /// registry's driver ended: shutdown, or the registry dropped) aborts the merge task and with
@@ -63,9 +122,9 @@ impl Drop for Subscription {
 impl Subscription {
     /// Starts the per-key streams and the merge task on `runtime`.
     pub(super) fn start(runtime: &tokio::runtime::Handle, plan: Plan) -> Self {
-        let (tx, rx) = async_channel::unbounded::<BackendEvent>();
+        let (tx, rx) = async_channel::bounded::<BackendEvent>(EVENTS_BUFFER);
         let merge = runtime.spawn(async move {
-            let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
+            let latest = std::sync::Arc::new(Latest::default());
             // Dropped with this task (the subscriber's stream dropped), the set aborts the
             // per-key tasks, whose `HubStream`s then close.
             let mut tasks = tokio::task::JoinSet::new();
@@ -94,13 +153,12 @@ impl Subscription {
                             open_timeout: plan.open_timeout,
                         },
                         client,
-                        updates_tx.clone(),
+                        latest.clone(),
                     ));
                 }
             }
-            drop(updates_tx);
             Merge::new(plan.instance, plan.hubs.len(), tx)
-                .run(updates_rx)
+                .run(&latest)
                 .await;
             drop(tasks);
         });
@@ -120,14 +178,25 @@ struct HubKey {
     open_timeout: Duration,
 }
 
+/// The delays between a stream's reopening attempts: 50 ms doubling to 2 s, each plus a
+/// random part of up to itself. The jitter matters after a hub restart: every client's
+/// streams fail at the same instant, and without it they would all come back at the same
+/// instants, each time as one burst against the hub.
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Follows one key on one hub for as long as the subscription lives: opens the stream,
 /// forwards every notification, reports the stream down (`None`) when it fails or ends, and
-/// reopens it with backoff (50 ms doubling to 2 s).
-async fn follow_key(
-    at: HubKey,
-    client: Client,
-    updates: tokio::sync::mpsc::UnboundedSender<Update>,
-) {
+/// reopens it with jittered backoff ([`reconnect_backoff`]).
+async fn follow_key(at: HubKey, client: Client, latest: std::sync::Arc<Latest>) {
     let HubKey {
         hub,
         url,
@@ -135,7 +204,7 @@ async fn follow_key(
         instance,
         open_timeout,
     } = at;
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = reconnect_backoff();
     loop {
         // Opening is bounded up to the first message: a hub that accepts the connection but
         // never answers is retried, not waited on.
@@ -155,12 +224,10 @@ async fn follow_key(
                 // Only a stream that delivered its first message resets the backoff: one
                 // that opens and then fails (a key the hub cannot send) must not be retried
                 // in a tight loop.
-                delay = Duration::from_millis(50);
+                backoff = reconnect_backoff();
                 let mut next = Some(first);
                 while let Some(n) = next {
-                    if updates.send((hub, key.clone(), Some(n))).is_err() {
-                        return;
-                    }
+                    latest.put(hub, &key, Some(n));
                     next = match stream.messages.message().await {
                         Ok(n) => n,
                         Err(status) => {
@@ -178,11 +245,10 @@ async fn follow_key(
                 tracing::debug!(hub = %url, key, %status, "reactive-lock: hub unreachable");
             }
         }
-        if updates.send((hub, key.clone(), None)).is_err() {
-            return;
-        }
+        latest.put(hub, &key, None);
+        // Unbounded attempts: `next` always yields.
+        let delay = backoff.next().unwrap_or(Duration::from_secs(2));
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -212,11 +278,21 @@ impl Merge {
         }
     }
 
-    /// Applies updates until the subscriber is gone (or every stream task is).
-    async fn run(mut self, mut updates: tokio::sync::mpsc::UnboundedReceiver<Update>) {
-        while let Some((hub, key, update)) = updates.recv().await {
-            if self.apply(hub, key, update).await.is_err() {
-                return;
+    /// Applies the streams' news until the subscriber is gone (the stream tasks end with
+    /// this task).
+    async fn run(mut self, latest: &Latest) {
+        loop {
+            // Registered before taking: news put after the take wakes this wait.
+            let changed = latest.changed.notified();
+            let updates = latest.take();
+            if updates.is_empty() {
+                changed.await;
+                continue;
+            }
+            for (hub, key, update) in updates {
+                if self.apply(hub, key, update).await.is_err() {
+                    return;
+                }
             }
         }
     }

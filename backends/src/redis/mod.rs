@@ -17,8 +17,9 @@
 //! entry's `validUntil` computed from the **server's** clock (an idle entry's is never judged,
 //! so the client stamps it on its own clock), and dropped if the instance already
 //! wrote a newer sequence (kept in `{ReactiveLock:Redis:HashSet:{key}}:seq`, which hashes to
-//! the same cluster slot as the .NET hash). Reads pipeline `HGETALL` + `TIME`, so expiry is
-//! judged on the server's clock too: skewed client clocks cannot make a live instance look
+//! the same cluster slot as the .NET hash). Reads run one Lua script too (`HGETALL` — or
+//! `HSCAN` up to [`MAX_ENTRIES_PER_KEY`] for a hash someone else filled — the sequences and
+//! `TIME`), so expiry is judged on the server's clock too: skewed client clocks cannot make a live instance look
 //! dead or a dead one alive.
 //!
 //! # Connections and runtime
@@ -60,7 +61,6 @@ use futures_lite::Stream;
 use parking_lot::Mutex;
 use reactive_lock::{
     Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
-    StoreTime,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
@@ -70,9 +70,14 @@ mod subscription;
 mod wire;
 
 use connection::{ClusterParams, Commands, Target, is_broken_connection, is_transient, redact};
-use subscription::{OwnConnection, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter};
-use wire::{CHANNEL_PREFIX, Payload, ReadReply, parse_payload, parse_value, seq_hash_name};
-pub use wire::{MAX_VALUE_LEN, channel_name, hash_name};
+use subscription::{
+    Overflow, OwnConnection, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter,
+};
+use wire::{
+    CHANNEL_PREFIX, Payload, READ_SCRIPT, ReadReply, parse_payload, parse_value, seq_hash_name,
+    store_time_of,
+};
+pub use wire::{MAX_ENTRIES_PER_KEY, MAX_VALUE_LEN, channel_name, hash_name};
 pub(crate) use wire::{PUBLISH_SCRIPT, publish_command};
 
 /// Options of a [`RedisBackend`]; see [`RedisBackend::builder`].
@@ -98,6 +103,7 @@ pub struct RedisBackendBuilder {
     response_timeout: Duration,
     health_check_interval: Duration,
     tls_root_cert: Option<Vec<u8>>,
+    subscription_buffer: usize,
 }
 
 impl RedisBackendBuilder {
@@ -105,6 +111,23 @@ impl RedisBackendBuilder {
     /// trust store — for servers with a private CA or a self-signed certificate.
     pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// Pub/sub messages a subscription buffers for its reader (default 1,024, at least 1).
+    /// The connection's task never waits for a lagging reader: a message that finds the
+    /// buffer full is replaced by a re-read of its key once the reader catches up, so the
+    /// newest state of every key still arrives ([`RedisStats::push_overflows`] counts them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = reactive_lock_backends::redis::RedisBackend::builder("redis://127.0.0.1:6379")
+    ///     .subscription_buffer(4096);
+    /// # let _ = builder;
+    /// ```
+    pub fn subscription_buffer(mut self, messages: usize) -> Self {
+        self.subscription_buffer = messages.max(1);
         self
     }
 
@@ -216,6 +239,11 @@ impl RedisBackendBuilder {
                 health_check_interval: self.health_check_interval,
                 connection: async_lock::Mutex::new(None),
                 script: Script::new(PUBLISH_SCRIPT),
+                read_script: Script::new(READ_SCRIPT),
+                subscription_buffer: self.subscription_buffer,
+                push_overflows: Arc::new(AtomicU64::new(0)),
+                entries_over_limit: AtomicU64::new(0),
+                over_limit_warned: Mutex::new(None),
                 malformed: AtomicU64::new(0),
                 malformed_seen: Mutex::new(HashSet::new()),
                 notifications_applied: AtomicU64::new(0),
@@ -267,6 +295,14 @@ struct Inner {
     /// The command connection, re-established on the next call after it failed.
     connection: async_lock::Mutex<Option<Commands>>,
     script: Script,
+    read_script: Script,
+    subscription_buffer: usize,
+    /// Pub/sub messages that found a subscription's buffer full (re-read instead).
+    push_overflows: Arc<AtomicU64>,
+    /// Entries beyond [`MAX_ENTRIES_PER_KEY`] that reads ignored.
+    entries_over_limit: AtomicU64,
+    /// When the last over-limit warning was logged.
+    over_limit_warned: Mutex<Option<std::time::Instant>>,
     malformed: AtomicU64,
     /// Malformed (key, field, value) already logged, so each is logged once. Bounded.
     malformed_seen: Mutex<HashSet<(String, String, Vec<u8>)>>,
@@ -287,6 +323,9 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
+/// How often at most a backend warns of a key's hash over [`MAX_ENTRIES_PER_KEY`].
+const OVER_LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Counters of a [`RedisBackend`].
 ///
 /// # Examples
@@ -304,6 +343,13 @@ pub struct RedisStats {
     pub notifications_applied: u64,
     /// Re-reads caused by notifications that were not ours (.NET writers).
     pub rereads: u64,
+    /// Entries beyond [`MAX_ENTRIES_PER_KEY`] that reads of a key ignored (summed over
+    /// reads): something else filled the key's hash.
+    pub entries_over_limit: u64,
+    /// Pub/sub messages that found a subscription's buffer full and were replaced by a
+    /// re-read of their key (see
+    /// [`subscription_buffer`](RedisBackendBuilder::subscription_buffer)).
+    pub push_overflows: u64,
 }
 
 impl RedisBackend {
@@ -395,6 +441,7 @@ impl RedisBackend {
             health_check_interval: Duration::from_secs(1),
             tls_root_cert: None,
             cluster_nodes: Vec::new(),
+            subscription_buffer: 1024,
         }
     }
 
@@ -403,12 +450,15 @@ impl RedisBackend {
         &self.inner.address
     }
 
-    /// Counters: malformed entries ignored, notifications applied, re-reads.
+    /// Counters: malformed entries ignored, notifications applied, re-reads, entries over
+    /// [`MAX_ENTRIES_PER_KEY`] ignored.
     pub fn stats(&self) -> RedisStats {
         RedisStats {
             malformed_entries: self.inner.malformed.load(Ordering::Relaxed),
             notifications_applied: self.inner.notifications_applied.load(Ordering::Relaxed),
             rereads: self.inner.rereads.load(Ordering::Relaxed),
+            entries_over_limit: self.inner.entries_over_limit.load(Ordering::Relaxed),
+            push_overflows: self.inner.push_overflows.load(Ordering::Relaxed),
         }
     }
 
@@ -511,30 +561,57 @@ impl RedisBackend {
         }
     }
 
-    /// Reads `key`: HGETALL of the entries and of the sequences, and TIME, in one
-    /// MULTI/EXEC: a publish script run between the two reads would pair one status's value
-    /// with another's sequence (and the newer status would then be ignored as old).
+    /// Counts the entries of `key` beyond [`MAX_ENTRIES_PER_KEY`] that a read ignored, and
+    /// warns at most once per [`OVER_LIMIT_WARN_EVERY`] per backend: a polluted hash is
+    /// read on every change of its key.
+    fn over_limit(&self, key: &str, total: u64, ignored: u64) {
+        self.inner
+            .entries_over_limit
+            .fetch_add(ignored, Ordering::Relaxed);
+        let mut last = self.inner.over_limit_warned.lock();
+        if last.is_none_or(|at| at.elapsed() >= OVER_LIMIT_WARN_EVERY) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                key,
+                fields = total,
+                ignored,
+                limit = MAX_ENTRIES_PER_KEY,
+                "reactive-lock: Redis hash holds more entries than MAX_ENTRIES_PER_KEY; the rest ignored"
+            );
+        }
+    }
+
+    /// Reads `key` with the read script: its entries (at most [`MAX_ENTRIES_PER_KEY`]),
+    /// their sequences and TIME in one atomic step: a publish script run between two
+    /// separate reads would pair one status's value with another's sequence (and the newer
+    /// status would then be ignored as old).
     async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HGETALL")
-            .arg(hash_name(key))
-            .cmd("HGETALL")
-            .arg(seq_hash_name(key))
-            .cmd("TIME");
-        let (entries, seqs, time): ReadReply = self
-            .on_command_connection("HGETALL", |mut connection| {
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut connection).await }
+        let mut invocation = self.inner.read_script.key(hash_name(key));
+        invocation.key(seq_hash_name(key)).arg(MAX_ENTRIES_PER_KEY);
+        let (total, entries, seqs, time): ReadReply = self
+            .on_command_connection("read (EVALSHA)", |mut connection| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut connection).await }
             })
             .await?;
-        let store_now = StoreTime::from_unix_nanos(
-            time.0
-                .saturating_mul(1_000_000_000)
-                .saturating_add(time.1.saturating_mul(1_000)),
-        );
+        let store_now = store_time_of(time.0, time.1).ok_or_else(|| {
+            BackendError::new(
+                BackendErrorKind::Other,
+                format!(
+                    "Redis at {}: TIME answered {} s {} µs, which is no valid time",
+                    self.inner.address, time.0, time.1
+                ),
+            )
+        })?;
+        let ignored = total.saturating_sub(entries.len() as u64);
+        if ignored > 0 {
+            self.over_limit(key, total, ignored);
+        }
         let mut out = Vec::with_capacity(entries.len());
-        for (field, value) in entries {
+        for ((field, value), seq) in entries
+            .into_iter()
+            .zip(seqs.into_iter().chain(std::iter::repeat(None)))
+        {
             let Ok(instance) = String::from_utf8(field.clone()) else {
                 self.malformed(
                     key,
@@ -546,11 +623,7 @@ impl RedisBackend {
             };
             match parse_value(&value) {
                 Ok((busy, valid_until, data)) => {
-                    let seq = seqs
-                        .iter()
-                        .find(|(i, _)| *i == instance)
-                        .and_then(|(_, s)| s.parse().ok())
-                        .unwrap_or(0);
+                    let seq = seq.and_then(|s| s.parse().ok()).unwrap_or(0);
                     out.push(Entry::new(instance, busy, data, valid_until).with_seq(seq));
                 }
                 Err(why) => self.malformed(key, &instance, &value, why),
@@ -721,8 +794,10 @@ impl Backend for RedisBackend {
     ) -> Result<EventStream, BackendError> {
         let channels: Vec<String> = keys.iter().map(|k| channel_name(k)).collect();
         // RESP3 pushes through a callback on the connection's task (see `own_echo_filter`).
-        let (tx, pushes) = async_channel::unbounded();
-        let filter = own_echo_filter(instance, tx);
+        // Bounded; what overflows is re-read (see `Overflow`).
+        let (tx, pushes) = async_channel::bounded(self.inner.subscription_buffer);
+        let overflow = Arc::new(Overflow::new(self.inner.push_overflows.clone()));
+        let filter = own_echo_filter(instance, tx, overflow.clone());
         let mut connection = match &self.inner.target {
             Target::Single { subscriber, .. } => Commands::Single(
                 subscriber
@@ -775,7 +850,11 @@ impl Backend for RedisBackend {
         let state = Subscription {
             backend: self.clone(),
             own,
-            source: Source { connection, pushes },
+            source: Source {
+                connection,
+                pushes,
+                overflow,
+            },
             done: false,
             health_check: async_io::Timer::interval(self.inner.health_check_interval),
             last_message: std::time::Instant::now(),

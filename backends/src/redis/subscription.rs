@@ -15,6 +15,67 @@ use super::{Inner, RedisBackend};
 pub(super) struct Source {
     pub(super) connection: Commands,
     pub(super) pushes: async_channel::Receiver<redis::PushInfo>,
+    /// What the push callback could not queue.
+    pub(super) overflow: Arc<Overflow>,
+}
+
+/// What a subscription's push callback could not queue because the reader lagged
+/// [`subscription_buffer`](super::RedisBackendBuilder::subscription_buffer) messages behind: the callback runs on the connection's task and must
+/// never wait, so instead of the message it records its channel (at most one entry per
+/// subscribed key) and the reader re-reads that key — the newest state wins, and no key's
+/// final state is lost. A disconnection that finds the buffer full is kept as a flag.
+pub(super) struct Overflow {
+    channels: parking_lot::Mutex<std::collections::HashSet<String>>,
+    disconnected: std::sync::atomic::AtomicBool,
+    /// Whether `channels` may hold anything (read without the lock on every message).
+    any: std::sync::atomic::AtomicBool,
+    /// Messages replaced by a re-read: the backend's
+    /// [`RedisStats::push_overflows`](super::RedisStats::push_overflows).
+    pub(super) dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Overflow {
+    pub(super) fn new(dropped: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Overflow {
+            channels: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            disconnected: std::sync::atomic::AtomicBool::new(false),
+            any: std::sync::atomic::AtomicBool::new(false),
+            dropped,
+        }
+    }
+
+    fn record(&self, info: &redis::PushInfo) {
+        use std::sync::atomic::Ordering;
+        match (info.kind.clone(), info.data.as_slice()) {
+            (redis::PushKind::Disconnection, _) => {
+                self.disconnected.store(true, Ordering::Release);
+            }
+            (redis::PushKind::Message, [redis::Value::BulkString(channel), ..]) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                let channel = String::from_utf8_lossy(channel).into_owned();
+                self.channels.lock().insert(channel);
+                self.any.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+
+    /// A channel whose messages were dropped, to re-read; `None` if none.
+    fn take_channel(&self) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut channels = self.channels.lock();
+        let channel = channels.iter().next().cloned();
+        if let Some(channel) = &channel {
+            channels.remove(channel);
+        }
+        if channels.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        channel
+    }
 }
 
 /// Channels per `SUBSCRIBE` command.
@@ -30,6 +91,7 @@ pub(super) type Message = (String, Vec<u8>);
 pub(super) fn own_echo_filter(
     instance: &str,
     tx: async_channel::Sender<redis::PushInfo>,
+    overflow: Arc<Overflow>,
 ) -> impl Fn(redis::PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync + 'static {
     let mut prefix = format!("{PAYLOAD_MAGIC}\n{instance}\n").into_bytes();
     prefix.shrink_to_fit();
@@ -47,15 +109,40 @@ pub(super) fn own_echo_filter(
         if !pass {
             return Ok(());
         }
-        tx.try_send(info).map_err(|_| redis::aio::SendError)
+        match tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(async_channel::TrySendError::Full(info)) => {
+                overflow.record(&info);
+                Ok(())
+            }
+            // The reader is gone: the connection may stop sending.
+            Err(async_channel::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        }
     }
 }
 
 impl Source {
     /// The next pub/sub message; `None` when the connection is gone.
+    ///
+    /// A channel whose messages overflowed comes back with an empty payload, which reads
+    /// as not ours and so makes the reader re-read its key.
     pub(super) async fn next_message(&mut self) -> Option<Message> {
         loop {
-            let push = self.pushes.recv().await.ok()?;
+            if let Some(channel) = self.overflow.take_channel() {
+                return Some((channel, Vec::new()));
+            }
+            let push = match self.pushes.try_recv() {
+                Ok(push) => push,
+                Err(_)
+                    if self
+                        .overflow
+                        .disconnected
+                        .load(std::sync::atomic::Ordering::Acquire) =>
+                {
+                    return None;
+                }
+                Err(_) => self.pushes.recv().await.ok()?,
+            };
             match push.kind {
                 redis::PushKind::Message => {
                     if let [

@@ -116,9 +116,40 @@ pub(super) const PAYLOAD_MAGIC: &str = "RLv2";
 /// short label, and a huge value is a sign of something else writing into the hash.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
-/// Reply of the read pipeline: raw entries (fields and values may be any bytes), sequences,
-/// and `TIME` (seconds, microseconds).
-pub(super) type ReadReply = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, String)>, (u64, u64));
+/// Entries of one key read at most: a hash that something else filled with more fields
+/// is read up to this many (by `HSCAN`, in the read script) and the rest ignored and
+/// counted ([`RedisStats::entries_over_limit`](super::RedisStats::entries_over_limit)), so a
+/// read stays bounded in time and memory. Ten times the hub's default instances per key.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(reactive_lock_backends::redis::MAX_ENTRIES_PER_KEY, 10_000);
+/// ```
+pub const MAX_ENTRIES_PER_KEY: usize = 10_000;
+
+/// Reply of the read script (`read.lua`): the hash's field count, raw entries (fields and
+/// values may be any bytes), each entry's sequence, and `TIME` (seconds, microseconds).
+pub(super) type ReadReply = (
+    u64,
+    Vec<(Vec<u8>, Vec<u8>)>,
+    Vec<Option<String>>,
+    (u64, u64),
+);
+
+/// The read script: see `read.lua`.
+pub(super) const READ_SCRIPT: &str = include_str!("read.lua");
+
+/// The instant `TIME` answered (Unix seconds, microseconds); `None` for a reply that is no
+/// valid time (microseconds past a second, or beyond what a `StoreTime` holds).
+pub(super) fn store_time_of(secs: u64, micros: u64) -> Option<StoreTime> {
+    if micros >= 1_000_000 {
+        return None;
+    }
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(micros * 1_000)
+        .map(StoreTime::from_unix_nanos)
+}
 
 /// Parses a .NET value `"{1|0};{ticks}[;{data}]"`.
 pub(super) fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {
@@ -182,12 +213,7 @@ pub(super) fn parse_payload(payload: &[u8]) -> Payload {
     let store_now = parts
         .next()
         .and_then(|micros| Some((now.parse::<u64>().ok()?, micros.parse::<u64>().ok()?)))
-        .filter(|&(_, micros)| micros < 1_000_000)
-        .and_then(|(secs, micros)| {
-            secs.checked_mul(1_000_000_000)?
-                .checked_add(micros * 1_000)
-                .map(StoreTime::from_unix_nanos)
-        });
+        .and_then(|(secs, micros)| store_time_of(secs, micros));
     let Some(store_now) = store_now else {
         return Payload::Malformed("notification clock is not a valid time");
     };
@@ -300,6 +326,18 @@ mod tests {
         for pair in seqs.windows(2) {
             assert!(seq_digits(pair[0]) < seq_digits(pair[1]), "{pair:?}");
         }
+    }
+
+    #[test]
+    fn a_time_reply_out_of_range_is_no_time() {
+        assert_eq!(
+            store_time_of(1, 500_000),
+            Some(StoreTime::from_unix_nanos(1_500_000_000))
+        );
+        assert_eq!(store_time_of(1, 1_000_000), None, "micros past a second");
+        assert_eq!(store_time_of(u64::MAX, 0), None, "seconds overflow nanos");
+        assert_eq!(store_time_of(u64::MAX / 1_000_000_000, 999_999), None);
+        assert_eq!(store_time_of(0, u64::MAX), None);
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! The Redis backend against hostile or unusual input: a hash someone else filled with
+//! 100,000 fields, lock data with `;`, newlines and non-ASCII, a .NET writer's lock data
+//! joined with the separator, lock data that holds the separator. Own `redis-server` per
+//! test on a free port; every wait bounded.
+#![cfg(feature = "redis")]
+
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use reactive_lock::{Backend, Error, ReactiveLock, StoreTime, TrackerConfig};
+use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
+use reactive_lock_backends::redis::{MAX_ENTRIES_PER_KEY, RedisBackend, channel_name, hash_name};
+use reactive_lock_backends::testing::RedisServer;
+use redis::Commands;
+
+const KEY: &str = "payments";
+
+async fn instance(url: &str, name: &str) -> ReactiveLock {
+    ReactiveLock::builder()
+        .instance_name(name)
+        .tracker(KEY, TrackerConfig::new())
+        .build(RedisBackend::connect(url).await.expect("connect"))
+        .await
+        .expect("build")
+}
+
+/// Issue 21 part 2: a read of a hash with 100,000 fields returns at most
+/// `MAX_ENTRIES_PER_KEY` entries and counts the rest.
+#[test]
+fn a_hash_of_100_000_fields_is_read_up_to_the_limit_and_the_rest_counted() {
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    let fields = 100_000;
+    let idle = format!("0;{}", StoreTime::now_system().to_dotnet_ticks());
+    for chunk in 0..fields / 1_000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 1_000..(chunk + 1) * 1_000 {
+            pipe.hset(hash_name(KEY), format!("junk-{i}"), &idle)
+                .ignore();
+        }
+        pipe.query::<()>(&mut raw).unwrap();
+    }
+    block_on(async {
+        let backend = RedisBackend::connect(&server.url()).await.unwrap();
+        let snapshot = backend.snapshot(KEY).await.unwrap();
+        assert_eq!(snapshot.entries.len(), MAX_ENTRIES_PER_KEY);
+        assert!(!snapshot.is_blocked());
+        assert_eq!(
+            backend.stats().entries_over_limit,
+            (fields - MAX_ENTRIES_PER_KEY) as u64
+        );
+        // A registry still builds and works on the polluted key.
+        let lock = instance(&server.url(), "worker").await;
+        let ctrl = lock.controller(KEY).unwrap();
+        ctrl.increment(Some("batch")).await.unwrap();
+        assert!(lock.state(KEY).unwrap().is_blocked());
+        ctrl.decrement(1).await.unwrap();
+        lock.shutdown().await;
+    });
+}
+
+/// Issue 21 part 8: lock data with `;`, newlines and non-ASCII reaches another instance,
+/// and the store, unchanged.
+#[test]
+fn lock_data_with_semicolons_newlines_and_non_ascii_round_trips() {
+    let server = RedisServer::start();
+    let data = "a;b;;c\nline two\r\n ünïcødé — 🚀 ;";
+    block_on(async {
+        let writer = instance(&server.url(), "writer").await;
+        let reader = instance(&server.url(), "reader").await;
+        writer
+            .controller(KEY)
+            .unwrap()
+            .increment(Some(data))
+            .await
+            .unwrap();
+        let state = reader.state(KEY).unwrap();
+        eventually(&state, PROPAGATION_LIMIT, "the reader sees the data", |s| {
+            s.is_blocked()
+        })
+        .await;
+        assert_eq!(state.lock_data_entries(), [data]);
+        assert_eq!(state.lock_data().as_deref(), Some(data));
+        // Read through, too (a fresh snapshot, not the notification).
+        let fresh = RedisBackend::connect(&server.url()).await.unwrap();
+        assert_eq!(
+            fresh.snapshot(KEY).await.unwrap().lock_data_entries(),
+            [data]
+        );
+        // The .NET value: flag, validUntil, then the data as it is.
+        let stored: String = server.client().hget(hash_name(KEY), "writer").unwrap();
+        assert!(
+            stored.starts_with("1;") && stored.ends_with(&format!(";{data}")),
+            "{stored:?}"
+        );
+        writer.shutdown().await;
+        reader.shutdown().await;
+    });
+}
+
+/// Issue 21 part 8: .NET splits the joined lock data on `#REACTIVELOCK#`; a .NET writer's
+/// `data1#REACTIVELOCK#data2#REACTIVELOCK#data3` reads as three entries here too.
+#[test]
+fn a_dotnet_writers_joined_lock_data_reads_as_three_entries() {
+    let server = RedisServer::start();
+    block_on(async {
+        let reader = instance(&server.url(), "reader").await;
+        let until = (StoreTime::now_system() + Duration::from_secs(60)).to_dotnet_ticks();
+        let value = format!("1;{until};data1#REACTIVELOCK#data2#REACTIVELOCK#data3");
+        let mut raw = server.client();
+        let _: () = raw.hset(hash_name(KEY), "dotnet-1", &value).unwrap();
+        let _: () = raw.publish(channel_name(KEY), &value).unwrap();
+        let state = reader.state(KEY).unwrap();
+        eventually(&state, PROPAGATION_LIMIT, "the .NET entry is seen", |s| {
+            s.is_blocked()
+        })
+        .await;
+        assert_eq!(state.lock_data_entries(), ["data1", "data2", "data3"]);
+        reader.shutdown().await;
+    });
+}
+
+/// Issue 21 part 8: lock data holding the separator is refused at the API, naming the key,
+/// and nothing reaches the store.
+#[test]
+fn lock_data_holding_the_separator_is_refused_naming_the_key() {
+    let server = RedisServer::start();
+    block_on(async {
+        let lock = instance(&server.url(), "writer").await;
+        let ctrl = lock.controller(KEY).unwrap();
+        let error = ctrl
+            .increment(Some("one#REACTIVELOCK#two"))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, Error::InvalidLockData { key } if key == KEY),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(KEY), "{error}");
+        assert_eq!(ctrl.count(), 0);
+        assert!(!lock.state(KEY).unwrap().is_blocked());
+        lock.shutdown().await;
+    });
+    let held: Option<String> = server.client().hget(hash_name(KEY), "writer").unwrap();
+    assert!(
+        held.as_deref().is_none_or(|v| v.starts_with("0;")),
+        "{held:?}"
+    );
+}
+
+/// The writer's newest state per key seen in a subscription's events: (busy, lock data).
+type Seen = std::collections::HashMap<String, (u64, bool, Option<String>)>;
+
+fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
+    use reactive_lock::BackendEvent;
+    let mut apply = |key: String, entry: &reactive_lock::Entry| {
+        if entry.instance != "writer" {
+            return;
+        }
+        let held = seen.entry(key).or_insert((0, false, None));
+        if entry.seq == 0 || entry.seq >= held.0 {
+            *held = (entry.seq, entry.busy, entry.lock_data.clone());
+        }
+    };
+    match event {
+        BackendEvent::Snapshot(snapshot) => {
+            for entry in &snapshot.entries {
+                apply(snapshot.key.clone(), entry);
+            }
+        }
+        BackendEvent::Update { key, entry, .. } => apply(key, &entry),
+        _ => {}
+    }
+}
+
+/// The final state the burst leaves on key `k`.
+fn final_state(k: usize) -> (bool, Option<String>) {
+    if k.is_multiple_of(2) {
+        (true, Some(format!("final-{k}")))
+    } else {
+        (false, None)
+    }
+}
+
+/// Issue 21 part 2: a subscriber that lags behind a burst on many keys overflows its bounded
+/// buffer, never blocks the connection, and still ends with every key's final state.
+#[test]
+fn a_burst_past_the_subscription_buffer_still_delivers_every_keys_final_state() {
+    use futures_lite::StreamExt;
+    use reactive_lock::InstanceStatus;
+    let server = RedisServer::start();
+    let keys: Vec<String> = (0..20).map(|k| format!("burst-{k}")).collect();
+    block_on(async {
+        let subscriber = RedisBackend::builder(&server.url())
+            .subscription_buffer(4)
+            .connect()
+            .await
+            .unwrap();
+        let mut events = subscriber.subscribe("reader", &keys).await.unwrap();
+        let writer = RedisBackend::connect(&server.url()).await.unwrap();
+        let validity = Duration::from_secs(60);
+        let flaps: u64 = 50;
+        // Not polled meanwhile: the subscriber lags by the whole burst.
+        for seq in 1..=flaps {
+            for (k, key) in keys.iter().enumerate() {
+                let status = if seq == flaps {
+                    let (busy, data) = final_state(k);
+                    if busy {
+                        InstanceStatus::busy(data, seq, validity)
+                    } else {
+                        InstanceStatus::idle(seq, validity)
+                    }
+                } else if seq % 2 == 1 {
+                    InstanceStatus::busy(Some(format!("v{seq}")), seq, validity)
+                } else {
+                    InstanceStatus::idle(seq, validity)
+                };
+                writer.publish(key, "writer", &status).await.unwrap();
+            }
+        }
+        let mut seen = Seen::new();
+        let done = |seen: &Seen| {
+            keys.iter().enumerate().all(|(k, key)| {
+                seen.get(key)
+                    .is_some_and(|(_, busy, data)| (*busy, data.clone()) == final_state(k))
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done(&seen) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = futures_lite::future::or(async { events.next().await }, async {
+                async_io::Timer::after(left).await;
+                None
+            })
+            .await;
+            let Some(event) = event else {
+                panic!("not every key's final state arrived: {seen:?}");
+            };
+            fold(&mut seen, event);
+        }
+        assert!(
+            subscriber.stats().push_overflows > 0,
+            "the burst overflowed the buffer of 4: {:?}",
+            subscriber.stats()
+        );
+    });
+}
