@@ -650,3 +650,65 @@ fn own_publishes_are_not_delivered_to_the_own_subscription() {
         b.shutdown().await;
     });
 }
+
+/// Everything logged in the process, as text (this binary's only global subscriber).
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A flood of distinct malformed entries is counted in full but logged at most ten times
+/// a minute, with the count of the unlogged ones; an entry read again is not logged again.
+#[test]
+fn a_flood_of_malformed_entries_is_counted_but_its_warnings_are_rate_limited() {
+    const FLOODED: &str = "malformed-flood";
+    let log = Log::default();
+    let writer = log.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .init();
+    let server = RedisServer::start();
+    let mut raw = server.client();
+    let h = hash_name(FLOODED);
+    for i in 0..50 {
+        let _: () = raw.hset(&h, format!("bad-{i}"), format!("9;{i}")).unwrap();
+    }
+    let warnings = || {
+        let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains("ignoring a malformed Redis entry") && l.contains(FLOODED))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    block_on(async {
+        let backend = RedisBackend::connect(&server.url()).await.unwrap();
+        let lock = ReactiveLock::builder()
+            .instance_name("reader")
+            .tracker(FLOODED, TrackerConfig::new())
+            .build(backend.clone())
+            .await
+            .unwrap();
+        assert_eq!(backend.stats().malformed_entries, 50, "every one counted");
+        assert_eq!(warnings().len(), 10, "ten warnings in the minute");
+        // Read again: counted again, logged no more (the same entries, and the limit).
+        lock.state(FLOODED).unwrap().refresh().await.unwrap();
+        assert_eq!(backend.stats().malformed_entries, 100);
+        assert_eq!(warnings().len(), 10);
+        lock.shutdown().await;
+    });
+    assert!(
+        warnings().iter().all(|l| l.contains("unlogged=0")),
+        "no warning withheld before the first ten: {:?}",
+        warnings()
+    );
+}

@@ -245,7 +245,12 @@ impl RedisBackendBuilder {
                 entries_over_limit: AtomicU64::new(0),
                 over_limit_warned: Mutex::new(None),
                 malformed: AtomicU64::new(0),
-                malformed_seen: Mutex::new(HashSet::new()),
+                malformed_warnings: Mutex::new(MalformedWarnings {
+                    seen: HashSet::new(),
+                    window_start: std::time::Instant::now(),
+                    in_window: 0,
+                    unlogged: 0,
+                }),
                 notifications_applied: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
                 own: Mutex::new(HashMap::new()),
@@ -305,7 +310,7 @@ struct Inner {
     over_limit_warned: Mutex<Option<std::time::Instant>>,
     malformed: AtomicU64,
     /// Malformed (key, field, value) already logged, so each is logged once. Bounded.
-    malformed_seen: Mutex<HashSet<(String, String, Vec<u8>)>>,
+    malformed_warnings: Mutex<MalformedWarnings>,
     notifications_applied: AtomicU64,
     rereads: AtomicU64,
     /// Each subscribed instance's subscription connection (single server), by instance
@@ -325,6 +330,23 @@ impl fmt::Debug for RedisBackend {
 
 /// How often at most a backend warns of a key's hash over [`MAX_ENTRIES_PER_KEY`].
 const OVER_LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Warnings about malformed entries per minute at most, per backend.
+const MALFORMED_WARNINGS_PER_MINUTE: u32 = 10;
+
+/// Distinct malformed entries remembered (each warned about once); forgotten all at once
+/// past this, so memory stays bounded whatever is written into the store.
+const MALFORMED_REMEMBERED: usize = 1024;
+
+/// What the malformed-entry warnings remember: the entries already warned about, and the
+/// current minute's count.
+struct MalformedWarnings {
+    seen: HashSet<(String, String, Vec<u8>)>,
+    window_start: std::time::Instant,
+    in_window: u32,
+    /// Warnings withheld by the rate limit since the last one logged.
+    unlogged: u64,
+}
 
 /// Counters of a [`RedisBackend`].
 ///
@@ -547,18 +569,40 @@ impl RedisBackend {
         }
     }
 
+    /// Counts a malformed entry and warns about it: once per distinct entry (one left in a
+    /// hash is read again on every change of its key), and at most
+    /// [`MALFORMED_WARNINGS_PER_MINUTE`] a minute, so a flood of distinct ones cannot flood
+    /// the log; the first warning after a quiet spell says how many went unlogged.
     fn malformed(&self, key: &str, field: &str, value: &[u8], why: &str) {
         self.inner.malformed.fetch_add(1, Ordering::Relaxed);
-        let mut seen = self.inner.malformed_seen.lock();
-        if seen.len() < 1024 && seen.insert((key.into(), field.into(), value.to_vec())) {
-            tracing::warn!(
-                key,
-                field,
-                value = %String::from_utf8_lossy(&value[..value.len().min(200)]),
-                why,
-                "reactive-lock: ignoring a malformed Redis entry"
-            );
+        let mut warnings = self.inner.malformed_warnings.lock();
+        let entry = (key.into(), field.into(), value.to_vec());
+        if warnings.seen.contains(&entry) {
+            return;
         }
+        if warnings.seen.len() >= MALFORMED_REMEMBERED {
+            warnings.seen.clear();
+        }
+        warnings.seen.insert(entry);
+        let now = std::time::Instant::now();
+        if now.duration_since(warnings.window_start) >= Duration::from_secs(60) {
+            warnings.window_start = now;
+            warnings.in_window = 0;
+        }
+        if warnings.in_window >= MALFORMED_WARNINGS_PER_MINUTE {
+            warnings.unlogged += 1;
+            return;
+        }
+        warnings.in_window += 1;
+        let unlogged = std::mem::take(&mut warnings.unlogged);
+        tracing::warn!(
+            key,
+            field,
+            value = %String::from_utf8_lossy(&value[..value.len().min(200)]),
+            why,
+            unlogged,
+            "reactive-lock: ignoring a malformed Redis entry"
+        );
     }
 
     /// Counts the entries of `key` beyond [`MAX_ENTRIES_PER_KEY`] that a read ignored, and

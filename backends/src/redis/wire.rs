@@ -358,6 +358,11 @@ mod tests {
         assert!(parse_value(b"1;5").is_err(), "ticks before the Unix epoch");
         assert!(parse_value(&[0xff, 0xfe]).is_err());
         assert!(parse_value(format!("1;{}", u64::MAX).as_bytes()).is_err());
+        let long = format!("1;{ticks};{}", "x".repeat(MAX_VALUE_LEN));
+        assert!(
+            parse_value(long.as_bytes()).is_err(),
+            "longer than MAX_VALUE_LEN"
+        );
     }
 
     #[test]
