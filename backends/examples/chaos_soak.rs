@@ -232,7 +232,7 @@ fn flap(group: &Group, stop: &AtomicBool) -> usize {
                             c.decrement(1)
                         };
                         // Bounded: an acknowledgement waits for the store, which may be down.
-                        let _ = block_on(futures_lite::future::or(
+                        block_on(futures_lite::future::or(
                             async {
                                 let _ = ack.await;
                             },
