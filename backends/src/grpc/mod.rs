@@ -343,24 +343,18 @@ impl GrpcBackendBuilder {
     ///
     /// Dropping it before it resolves leaves nothing running.
     pub async fn connect(self) -> Result<GrpcBackend, BackendError> {
-        let rejected = |m: String| BackendError::new(BackendErrorKind::Rejected, m);
         if self.urls.is_empty() {
             return Err(rejected("no hub URL given".into()));
         }
-        for (field, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("response_timeout", self.response_timeout),
-            ("keep_alive_interval", self.keep_alive_interval),
-            ("keep_alive_timeout", self.keep_alive_timeout),
-        ] {
-            if !(reactive_lock::MIN_DURATION..=reactive_lock::MAX_DURATION).contains(&d) {
-                return Err(rejected(format!(
-                    "invalid gRPC option `{field}`: must be between {:?} and {:?}, got {d:?}",
-                    reactive_lock::MIN_DURATION,
-                    reactive_lock::MAX_DURATION
-                )));
-            }
-        }
+        crate::check_durations(
+            "gRPC",
+            &[
+                ("connect_timeout", self.connect_timeout),
+                ("response_timeout", self.response_timeout),
+                ("keep_alive_interval", self.keep_alive_interval),
+                ("keep_alive_timeout", self.keep_alive_timeout),
+            ],
+        )?;
         let token = match &self.token {
             None => None,
             Some(t) => Some(
@@ -369,57 +363,20 @@ impl GrpcBackendBuilder {
                     .map_err(|_| rejected("the token is not valid ASCII header text".into()))?,
             ),
         };
-        let runtime = match self.runtime.clone() {
-            Some(handle) => Runtime {
-                handle,
-                owned: None,
-            },
-            None => {
-                let owned = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("reactive-lock-grpc")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| rejected(format!("cannot start the gRPC runtime thread: {e}")))?;
-                Runtime {
-                    handle: owned.handle().clone(),
-                    owned: Some(owned),
-                }
-            }
-        };
+        let runtime = Runtime::start(self.runtime.clone())?;
         let mut hubs = Vec::new();
         let mut reachable = 0;
         let mut failures = Vec::new();
         for url in &self.urls {
-            let mut endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| rejected(format!("invalid hub URL `{url}`: {e}")))?
-                .tcp_nodelay(true)
-                // h2 (≥ 0.4.16) ends a connection with GOAWAY(ENHANCE_YOUR_CALM) after a budget
-                // of small non-final DATA frames — every notification of a long-lived
-                // subscription is one — and the automatic budget is half the connection
-                // window. A 1 GiB window makes that millions of notifications per connection
-                // instead of ~17,000; the stream windows, which bound buffering, stay default.
-                .initial_connection_window_size(Some(1 << 30))
-                .connect_timeout(self.connect_timeout)
-                // Pings find a hung or cut-off hub, whose streams would otherwise stay silent
-                // (and its keys look connected) for as long as the OS keeps the socket.
-                .http2_keep_alive_interval(self.keep_alive_interval)
-                .keep_alive_timeout(self.keep_alive_timeout)
-                .keep_alive_while_idle(true)
-                .timeout(self.response_timeout.max(Duration::from_secs(3600)));
-            if let Some(pem) = &self.tls_root_cert {
-                let tls = tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(pem.clone()));
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| rejected(format!("TLS for `{url}`: {e}")))?;
-            }
+            let endpoint = self.endpoint(url)?;
             let probe = {
                 let endpoint = endpoint.clone();
                 runtime
                     .handle
                     .spawn(async move { endpoint.connect().await })
             };
+            // An unreachable hub is retried in the background: a lazy channel, connected
+            // on first use.
             let channel = match probe.await {
                 Ok(Ok(channel)) => {
                     reachable += 1;
@@ -457,6 +414,62 @@ impl GrpcBackendBuilder {
                 background_failures: std::sync::atomic::AtomicU64::new(0),
                 reader_name: format!("reactive-lock-reader-{:08x}", fastrand::u32(..)),
             }),
+        })
+    }
+
+    /// The hub at `url` with the builder's timeouts, keep-alive and TLS.
+    fn endpoint(&self, url: &str) -> Result<Endpoint, BackendError> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| rejected(format!("invalid hub URL `{url}`: {e}")))?
+            .tcp_nodelay(true)
+            // h2 (≥ 0.4.16) ends a connection with GOAWAY(ENHANCE_YOUR_CALM) after a budget of
+            // small non-final DATA frames — every notification of a long-lived subscription
+            // is one — and the automatic budget is half the connection window. A 1 GiB window
+            // makes that millions of notifications per connection instead of ~17,000; the
+            // stream windows, which bound buffering, stay default.
+            .initial_connection_window_size(Some(1 << 30))
+            .connect_timeout(self.connect_timeout)
+            // Pings find a hung or cut-off hub, whose streams would otherwise stay silent (and
+            // its keys look connected) for as long as the OS keeps the socket.
+            .http2_keep_alive_interval(self.keep_alive_interval)
+            .keep_alive_timeout(self.keep_alive_timeout)
+            .keep_alive_while_idle(true)
+            .timeout(self.response_timeout.max(Duration::from_secs(3600)));
+        if let Some(pem) = &self.tls_root_cert {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem.clone()));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| rejected(format!("TLS for `{url}`: {e}")))?;
+        }
+        Ok(endpoint)
+    }
+}
+
+/// A rejected option, named in `message`.
+fn rejected(message: String) -> BackendError {
+    BackendError::new(BackendErrorKind::Rejected, message)
+}
+
+impl Runtime {
+    /// The application's runtime when given one, else a runtime of the backend's own (one
+    /// worker thread, `reactive-lock-grpc`).
+    fn start(given: Option<tokio::runtime::Handle>) -> Result<Runtime, BackendError> {
+        if let Some(handle) = given {
+            return Ok(Runtime {
+                handle,
+                owned: None,
+            });
+        }
+        let owned = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("reactive-lock-grpc")
+            .enable_all()
+            .build()
+            .map_err(|e| rejected(format!("cannot start the gRPC runtime thread: {e}")))?;
+        Ok(Runtime {
+            handle: owned.handle().clone(),
+            owned: Some(owned),
         })
     }
 }

@@ -164,72 +164,21 @@ impl RedisBackendBuilder {
     ///
     /// Dropping it before it resolves leaves nothing behind.
     pub async fn connect(self) -> Result<RedisBackend, BackendError> {
-        let address = redact(&self.url);
-        for (field, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("response_timeout", self.response_timeout),
-            ("health_check_interval", self.health_check_interval),
-        ] {
-            if !(reactive_lock::MIN_DURATION..=reactive_lock::MAX_DURATION).contains(&d) {
-                return Err(BackendError::new(
-                    BackendErrorKind::Rejected,
-                    format!(
-                        "invalid Redis option `{field}`: must be between {:?} and {:?}, got {d:?}",
-                        reactive_lock::MIN_DURATION,
-                        reactive_lock::MAX_DURATION
-                    ),
-                ));
-            }
-        }
+        crate::check_durations(
+            "Redis",
+            &[
+                ("connect_timeout", self.connect_timeout),
+                ("response_timeout", self.response_timeout),
+                ("health_check_interval", self.health_check_interval),
+            ],
+        )?;
         // rustls needs one process-wide crypto provider; if the application has not picked
         // one (or enabled several), use ring rather than panic on the first TLS handshake.
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let invalid = |e: RedisError| {
-            BackendError::new(
-                BackendErrorKind::Rejected,
-                format!("invalid Redis URL `{address}`: {e}"),
-            )
-            .with_source(e)
-        };
-        let target = if self.cluster_nodes.is_empty() {
-            let client = match &self.tls_root_cert {
-                None => Client::open(self.url.as_str()),
-                Some(root_cert) => Client::build_with_tls(
-                    self.url.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root_cert.clone()),
-                    },
-                ),
-            }
-            .map_err(invalid)?;
-            // Subscriptions speak RESP3: their messages arrive as pushes through a callback
-            // on the connection's task, where echoes of the instance's own publishes are
-            // dropped before they wake anyone (a RESP2 pub/sub connection hands every
-            // message to the subscriber's thread first).
-            let info = client.get_connection_info().clone();
-            let resp3 = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            let subscriber =
-                Box::new(Client::open(info.set_redis_settings(resp3)).map_err(invalid)?);
-            Target::Single { client, subscriber }
-        } else {
-            let params = ClusterParams {
-                nodes: self.cluster_nodes.clone(),
-                root_cert: self.tls_root_cert.clone(),
-                connect_timeout: self.connect_timeout,
-                response_timeout: self.response_timeout,
-            };
-            let client = params.builder().build().map_err(invalid)?;
-            Target::Cluster {
-                client: Box::new(client),
-                params,
-            }
-        };
+        let address = redact(&self.url);
+        let target = self.target(&address)?;
         let backend = RedisBackend {
             inner: Arc::new(Inner {
                 target,
@@ -263,6 +212,52 @@ impl RedisBackendBuilder {
             .await
             .map_err(|e| backend.error("PING", e))?;
         Ok(backend)
+    }
+
+    /// The clients for a single server (a RESP3 one for the subscription) or a cluster.
+    fn target(&self, address: &str) -> Result<Target, BackendError> {
+        let invalid = |e: RedisError| {
+            BackendError::new(
+                BackendErrorKind::Rejected,
+                format!("invalid Redis URL `{address}`: {e}"),
+            )
+            .with_source(e)
+        };
+        if !self.cluster_nodes.is_empty() {
+            let params = ClusterParams {
+                nodes: self.cluster_nodes.clone(),
+                root_cert: self.tls_root_cert.clone(),
+                connect_timeout: self.connect_timeout,
+                response_timeout: self.response_timeout,
+            };
+            let client = params.builder().build().map_err(invalid)?;
+            return Ok(Target::Cluster {
+                client: Box::new(client),
+                params,
+            });
+        }
+        let client = match &self.tls_root_cert {
+            None => Client::open(self.url.as_str()),
+            Some(root_cert) => Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert.clone()),
+                },
+            ),
+        }
+        .map_err(invalid)?;
+        // Subscriptions speak RESP3: their messages arrive as pushes through a callback on
+        // the connection's task, where echoes of the instance's own publishes are dropped
+        // before they wake anyone (a RESP2 pub/sub connection hands every message to the
+        // subscriber's thread first).
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let subscriber = Box::new(Client::open(info.set_redis_settings(resp3)).map_err(invalid)?);
+        Ok(Target::Single { client, subscriber })
     }
 }
 
