@@ -450,7 +450,9 @@ impl TrackerController {
     /// after the registry was shut down; with [`Error::CountOverflow`] if
     /// [`MAX_IN_FLIGHT`] operations are in flight already (the count is left as it was);
     /// with [`Error::InvalidLockData`] if `lock_data` contains
-    /// [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR) (the count is left as it was).
+    /// [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR), ends in `#REACTIVELOCK` or
+    /// starts with `REACTIVELOCK#` (joined to another instance's data, either would read
+    /// back as different entries; the count is left as it was).
     ///
     /// # Cancel safety
     ///
@@ -637,18 +639,26 @@ impl TrackerController {
     }
 }
 
-/// Whether `data` holds the separator that joins the entries of all instances: such data
-/// would read back as several entries, here and in .NET.
+/// Whether `data` could make the joined lock data of all instances split differently from
+/// how it was joined, here and in .NET: it holds the separator `#REACTIVELOCK#`, or ends in
+/// `#REACTIVELOCK` or starts with `REACTIVELOCK#`, either of which completes a separator
+/// with the one that joins it to a neighbour (the separator's only border is `#`, so these
+/// are the only ways an occurrence can straddle a join).
 #[inline]
 fn has_separator(data: Option<&str>) -> bool {
-    data.is_some_and(|data| data.contains(crate::state::LOCK_DATA_SEPARATOR))
+    let separator = crate::state::LOCK_DATA_SEPARATOR;
+    data.is_some_and(|data| {
+        data.contains(separator)
+            || data.ends_with(&separator[..separator.len() - 1])
+            || data.starts_with(&separator[1..])
+    })
 }
 
 #[cold]
 #[inline(never)]
 fn separator_panic(key: &str) -> ! {
     panic!(
-        "reactive-lock: key `{key}`: lock data must not contain the separator `#REACTIVELOCK#`; the count is unchanged (increment reports it as Error::InvalidLockData)"
+        "reactive-lock: key `{key}`: lock data must not contain the separator `#REACTIVELOCK#`, end in `#REACTIVELOCK` or start with `REACTIVELOCK#`; the count is unchanged (increment reports it as Error::InvalidLockData)"
     )
 }
 
@@ -1034,5 +1044,50 @@ mod tests {
             !ctrl.state().is_blocked(),
             "local state must follow the last transition"
         );
+    }
+
+    /// Refused exactly when joining the data to another instance's could read back as other
+    /// entries: every accepted pair over an alphabet of separator pieces splits back to
+    /// itself, and every refused piece would not.
+    #[test]
+    fn lock_data_that_could_straddle_a_join_is_refused() {
+        for refused in [
+            "a#REACTIVELOCK#b",
+            "r#REACTIVELOCK",
+            "REACTIVELOCK#w",
+            "#REACTIVELOCK",
+        ] {
+            assert!(has_separator(Some(refused)), "{refused}");
+        }
+        let pieces = [
+            "#",
+            "REACTIVELOCK",
+            "#REACTIVELOC",
+            "EACTIVELOCK#",
+            "x",
+            ";",
+            "é",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut word = || {
+                (0..rng.usize(1..5))
+                    .map(|_| pieces[rng.usize(..pieces.len())])
+                    .collect::<String>()
+            };
+            let (a, b) = (word(), word());
+            if has_separator(Some(&a)) || has_separator(Some(&b)) {
+                continue;
+            }
+            accepted += 1;
+            let joined = [a.as_str(), b.as_str()].join(crate::state::LOCK_DATA_SEPARATOR);
+            assert_eq!(
+                crate::backend::split_lock_data([joined.as_str()]),
+                [a.clone(), b.clone()],
+                "{a:?} + {b:?}"
+            );
+        }
+        assert!(accepted > 1_000, "the alphabet exercises accepted data");
     }
 }

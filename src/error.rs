@@ -94,11 +94,14 @@ pub enum Error {
     },
 
     /// Lock data contained [`LOCK_DATA_SEPARATOR`](crate::LOCK_DATA_SEPARATOR), which
-    /// joins the entries of all instances: readers (this crate and .NET alike) would split
-    /// it into several entries. The increment was refused and the count left as it was.
+    /// joins the entries of all instances, or ended in `#REACTIVELOCK` or started with
+    /// `REACTIVELOCK#`, which complete a separator once joined: readers (this crate and
+    /// .NET alike) would split it into other entries. The increment was refused and the
+    /// count left as it was.
     #[error(
-        "key `{key}`: lock data must not contain the separator `#REACTIVELOCK#` (it joins the \
-         entries of all instances, and readers split on it)"
+        "key `{key}`: lock data must not contain the separator `#REACTIVELOCK#`, end in \
+         `#REACTIVELOCK` or start with `REACTIVELOCK#` (the separator joins the entries of \
+         all instances, and readers split on it)"
     )]
     InvalidLockData {
         /// The tracker key the increment was for.

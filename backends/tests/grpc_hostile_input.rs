@@ -590,3 +590,36 @@ fn streams_per_connection_are_capped() {
             .unwrap();
     });
 }
+
+/// A `validUntil` whose nanos are out of range (here 1.5 s of them) is stored normalized,
+/// as every reader expects it (.NET's `Timestamp.ToDateTime` throws on others), and still
+/// blocks the key for as long as it says.
+#[test]
+fn a_validity_with_out_of_range_nanos_is_stored_normalized() {
+    let hub = HubServer::start();
+    let mut until = valid_for(Duration::from_secs(60));
+    until.nanos = 1_500_000_000;
+    send(&hub.url, vec![status("odd", true, until)], Duration::ZERO);
+    let stored = rt().block_on(async {
+        let mut client = ReactiveLockGrpcClient::connect(hub.url.clone())
+            .await
+            .unwrap();
+        let first = status("reader", false, valid_for(Duration::from_secs(60)));
+        let requests = futures_lite::stream::once(first).chain(futures_lite::stream::pending());
+        let mut stream = client
+            .subscribe_lock_status(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        let current = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the current state")
+            .unwrap()
+            .unwrap();
+        current.instances_status["odd"].valid_until.unwrap()
+    });
+    assert!((0..1_000_000_000).contains(&stored.nanos), "{stored:?}");
+    assert_eq!(stored.seconds, until.seconds + 1);
+    assert_eq!(stored.nanos, 500_000_000);
+    assert!(blocked_at(&hub.url));
+}

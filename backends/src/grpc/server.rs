@@ -79,6 +79,13 @@ use super::system_time;
 ///   validity was shortened) and replaces the held one — an idle status then releases the
 ///   key.
 ///
+/// A status that replaces one dated later is stored valid 1 µs after the one it replaces, so
+/// the order readers keep (an instance's later `validUntil` is its newer status: long-lived
+/// subscribers, read-throughs and merges across hubs all keep it) is the order the hub took
+/// them in; such a status may stay valid as long as the one it replaced, which
+/// `max_validity` bounds. Statuses are ordered against the `validUntil` their sender gave,
+/// not the stored one.
+///
 /// The limits of the rule: a status delayed in transit longer than `reorder_window` is
 /// applied although it is older — a stale idle status reads the instance idle, and a stale
 /// busy one blocks the key, until the instance's next status or renewal (a renewal period,
@@ -207,10 +214,12 @@ impl KeyState {
     }
 }
 
-/// When an instance's held status arrived, and whether the hub capped its validity.
-#[derive(Clone, Copy)]
+/// When an instance's held status arrived, the `validUntil` its sender gave it (what a
+/// later message of the same sender is ordered against), and whether the hub capped it.
+#[derive(Clone)]
 struct Arrival {
     at: std::time::Instant,
+    sent: Option<prost_types::Timestamp>,
     capped: bool,
 }
 
@@ -705,18 +714,20 @@ impl Hub {
             )));
         }
         let arrived = std::time::Instant::now();
-        let (valid_until, capped) = cap_validity(request.valid_until, limits.max_validity);
-        if let Some(held) = state.entries.get(&request.instance_id)
-            && is_older(
-                valid_until.as_ref(),
+        let sent = request.valid_until;
+        let (mut valid_until, capped) = cap_validity(sent, limits.max_validity);
+        if let Some(held) = state.entries.get(&request.instance_id) {
+            if is_older(
+                sent.as_ref(),
                 held.valid_until.as_ref(),
                 state.arrivals.get(&request.instance_id),
                 arrived,
                 limits.reorder_window,
-            )
-        {
-            // An older message of this instance still in transit: dropped, latest wins.
-            return Ok(());
+            ) {
+                // An older message of this instance still in transit: dropped, latest wins.
+                return Ok(());
+            }
+            valid_until = after_held(valid_until, held.valid_until.as_ref());
         }
         if capped {
             rejected("max_validity");
@@ -736,6 +747,7 @@ impl Hub {
             source.clone(),
             Arrival {
                 at: arrived,
+                sent,
                 capped,
             },
         );
@@ -918,9 +930,12 @@ fn cap_validity(
     valid_until: Option<prost_types::Timestamp>,
     max_validity: Duration,
 ) -> (Option<prost_types::Timestamp>, bool) {
-    let Some(until) = valid_until else {
+    let Some(mut until) = valid_until else {
         return (None, false);
     };
+    // Nanos outside 0..1e9 carried into the seconds, as every reader expects them (.NET's
+    // `Timestamp.ToDateTime` throws on others).
+    until.normalize();
     let now = SystemTime::now();
     let limit = now.checked_add(max_validity).unwrap_or(now);
     if system_time(&until) > limit {
@@ -930,10 +945,11 @@ fn cap_validity(
     }
 }
 
-/// Whether a status valid until `new` is an older message than the held one, valid until
-/// `held`, that arrived as `arrival` (see [the ordering rule](HubLimits#the-ordering-rule)):
-/// only an earlier `validUntil` within `reorder_window` of the held status's arrival, and
-/// never against a capped one (its `validUntil` is the hub's, not the sender's).
+/// Whether a status its sender dated `new` is an older message than the held one, which
+/// arrived as `arrival` (valid until `held` as stored) (see
+/// [the ordering rule](HubLimits#the-ordering-rule)): only an earlier `validUntil` than the
+/// sender gave the held one, within `reorder_window` of its arrival, and never against a
+/// capped one (whatever the sender gave, the hub set its `validUntil`).
 fn is_older(
     new: Option<&prost_types::Timestamp>,
     held: Option<&prost_types::Timestamp>,
@@ -941,6 +957,10 @@ fn is_older(
     now: std::time::Instant,
     reorder_window: Duration,
 ) -> bool {
+    let held = match arrival {
+        Some(arrival) => arrival.sent.as_ref(),
+        None => held,
+    };
     let (Some(new), Some(held)) = (new, held) else {
         return false;
     };
@@ -948,6 +968,24 @@ fn is_older(
         !arrival.capped && now.saturating_duration_since(arrival.at) < reorder_window
     });
     in_flight && system_time(new) < system_time(held)
+}
+
+/// The `validUntil` stored for a status that replaces one valid until `held`: never earlier
+/// than `held` (1 µs later, at least), so that every reader, which keeps the later
+/// `validUntil` of an instance as its newer status (reactive-lock clients do, also across
+/// hubs and read-throughs), takes the status the hub took. A status dated earlier (a clock
+/// stepped back, a shorter expiration after a restart, a capped entry replaced) is thus
+/// stored valid at most until the held one was, which `max_validity` bounds.
+fn after_held(
+    valid_until: Option<prost_types::Timestamp>,
+    held: Option<&prost_types::Timestamp>,
+) -> Option<prost_types::Timestamp> {
+    match (valid_until, held) {
+        (Some(new), Some(held)) if system_time(&new) <= system_time(held) => Some(
+            super::timestamp(system_time(held) + Duration::from_micros(1)),
+        ),
+        (valid_until, _) => valid_until,
+    }
 }
 
 /// Every request must name its key and instance.
