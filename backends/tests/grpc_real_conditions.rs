@@ -426,3 +426,54 @@ fn the_hub_forgets_idle_keys_so_max_keys_bounds_keys_in_use() {
         assert_eq!(hub.key_count(), 2);
     });
 }
+
+/// Instances that come and go under new names (restarts, autoscaling) do not fill a key:
+/// the idle entry of an instance not heard from for `forget_idle_keys_after` is forgotten
+/// when `max_instances_per_key` is reached, so a new instance is taken; a busy entry is
+/// never forgotten.
+#[test]
+fn departed_instances_make_room_for_new_ones() {
+    let rt = rt();
+    let mut limits = HubLimits::default();
+    limits.max_instances_per_key = 3;
+    limits.forget_idle_keys_after = Duration::from_millis(300);
+    let hub = HubServer::start_with(Hub::new(limits), None, None);
+    rt.block_on(async {
+        let mut client = ReactiveLockGrpcClient::connect(hub.url.clone())
+            .await
+            .unwrap();
+        client
+            .set_status(request("busy-one", true, None))
+            .await
+            .unwrap();
+        for gone in ["gone-1", "gone-2"] {
+            client.set_status(request(gone, false, None)).await.unwrap();
+        }
+        // Full, and nobody has left yet: refused.
+        let refused = client.set_status(request("new-1", true, None)).await;
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The departed idle instances make room; the busy one stays.
+        client
+            .set_status(request("new-1", true, None))
+            .await
+            .unwrap();
+        client
+            .set_status(request("new-2", false, None))
+            .await
+            .unwrap();
+        let mut stream = raw_subscribe(&hub.url).await;
+        let current = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the current state")
+            .unwrap()
+            .unwrap();
+        let mut held: Vec<&str> = current
+            .instances_status
+            .keys()
+            .map(String::as_str)
+            .collect();
+        held.sort_unstable();
+        assert_eq!(held, ["busy-one", "new-1", "new-2"]);
+    });
+}

@@ -31,11 +31,14 @@ fn a_hash_of_100_000_fields_is_read_up_to_the_limit_and_the_rest_counted() {
     let server = RedisServer::start();
     let mut raw = server.client();
     let fields = 100_000;
-    let idle = format!("0;{}", StoreTime::now_system().to_dotnet_ticks());
+    let ticks = StoreTime::now_system().to_dotnet_ticks();
+    // Idle entries, and busy ones long expired: neither may crowd out a live busy entry.
+    let (idle, expired) = (format!("0;{ticks}"), format!("1;{};old", ticks - 1));
     for chunk in 0..fields / 1_000 {
         let mut pipe = redis::pipe();
         for i in chunk * 1_000..(chunk + 1) * 1_000 {
-            pipe.hset(hash_name(KEY), format!("junk-{i}"), &idle)
+            let value = if i % 2 == 0 { &idle } else { &expired };
+            pipe.hset(hash_name(KEY), format!("junk-{i}"), value)
                 .ignore();
         }
         pipe.query::<()>(&mut raw).unwrap();
@@ -54,7 +57,14 @@ fn a_hash_of_100_000_fields_is_read_up_to_the_limit_and_the_rest_counted() {
         let ctrl = lock.controller(KEY).unwrap();
         ctrl.increment(Some("batch")).await.unwrap();
         assert!(lock.state(KEY).unwrap().is_blocked());
+        // Another instance's read finds the live busy entry among the 100,001, wherever
+        // the hash keeps it: the unexpired busy entries come first.
+        let snapshot = backend.snapshot(KEY).await.unwrap();
+        assert_eq!(snapshot.entries.len(), MAX_ENTRIES_PER_KEY);
+        assert!(snapshot.is_blocked(), "the worker's busy entry is read");
+        assert_eq!(snapshot.lock_data_entries(), ["batch"]);
         ctrl.decrement(1).await.unwrap();
+        assert!(!backend.snapshot(KEY).await.unwrap().is_blocked());
         lock.shutdown().await;
     });
 }

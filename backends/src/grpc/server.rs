@@ -129,7 +129,11 @@ pub struct HubLimits {
     /// status or subscription before the hub forgets it (default 60 s), so that
     /// [`max_keys`](Self::max_keys) bounds the keys in use, not every key ever seen. A
     /// forgotten key reads as it did (no instance busy). Keys are forgotten when the limit is
-    /// reached and, while [serving](Hub::serve), every such period.
+    /// reached and, while [serving](Hub::serve), every such period. Likewise the idle entry
+    /// of an instance not heard from for this long (gone for good: a live one renews) is
+    /// forgotten, every such period and when
+    /// [`max_instances_per_key`](Self::max_instances_per_key) is reached, so instances
+    /// coming and going under new names do not fill the key.
     pub forget_idle_keys_after: Duration,
     /// Longest validity the hub stores, on its own clock (default 5 min): a later
     /// `validUntil` is capped to now + this; see [the ordering rule](HubLimits#the-ordering-rule).
@@ -195,6 +199,28 @@ impl KeyState {
             expiry: None,
             touched: std::time::Instant::now(),
         }
+    }
+
+    /// Forgets the idle entries of instances not heard from for `grace` (instances gone for
+    /// good: a live one renews its status every few seconds), so that instances coming and
+    /// going under new names (restarts, autoscaling) neither fill
+    /// [`max_instances_per_key`](HubLimits::max_instances_per_key) nor grow every
+    /// notification. An idle entry blocks nobody, so no reader's answer changes; by then no
+    /// older message of the instance can still be in transit. Returns how many.
+    fn forget_departed(&mut self, grace: Duration) -> usize {
+        let before = self.entries.len();
+        let arrivals = &mut self.arrivals;
+        self.entries.retain(|instance, entry| {
+            let departed = !entry.is_busy
+                && arrivals
+                    .get(instance)
+                    .is_none_or(|arrival| arrival.at.elapsed() >= grace);
+            if departed {
+                arrivals.remove(instance);
+            }
+            !departed
+        });
+        before - self.entries.len()
     }
 
     /// Whether the hub may forget the key: untouched for `grace`, nobody subscribed, and no
@@ -632,6 +658,7 @@ impl Hub {
         let (now, grace) = (SystemTime::now(), self.inner.limits.forget_idle_keys_after);
         let before = keys.len();
         keys.retain(|_, state| {
+            state.forget_departed(grace);
             let forget = state.forgettable(now, grace);
             if forget && let Some(task) = state.expiry.take() {
                 task.abort();
@@ -706,6 +733,7 @@ impl Hub {
         state.touched = std::time::Instant::now();
         if !state.entries.contains_key(&request.instance_id)
             && state.entries.len() >= limits.max_instances_per_key
+            && state.forget_departed(limits.forget_idle_keys_after) == 0
         {
             rejected("max_instances_per_key");
             return Err(Status::resource_exhausted(format!(

@@ -18,7 +18,8 @@
 //! so the client stamps it on its own clock), and dropped if the instance already
 //! wrote a newer sequence (kept in `{ReactiveLock:Redis:HashSet:{key}}:seq`, which hashes to
 //! the same cluster slot as the .NET hash). Reads run one Lua script too (`HGETALL` — or
-//! `HSCAN` up to [`MAX_ENTRIES_PER_KEY`] for a hash someone else filled — the sequences and
+//! a whole `HSCAN` returning [`MAX_ENTRIES_PER_KEY`], unexpired busy ones first, for a
+//! hash someone else filled — the sequences and
 //! `TIME`), so expiry is judged on the server's clock too: skewed client clocks cannot make a live instance look
 //! dead or a dead one alive.
 //!

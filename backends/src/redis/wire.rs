@@ -117,7 +117,8 @@ pub(super) const PAYLOAD_MAGIC: &str = "RLv2";
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
 /// Entries of one key read at most: a hash that something else filled with more fields
-/// is read up to this many (by `HSCAN`, in the read script) and the rest ignored and
+/// is scanned whole in the read script, which returns this many — the unexpired busy ones
+/// first, as they decide whether the key is blocked — and the rest are ignored and
 /// counted ([`RedisStats::entries_over_limit`](super::RedisStats::entries_over_limit)), so a
 /// read stays bounded in time and memory. Ten times the hub's default instances per key.
 ///
