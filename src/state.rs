@@ -836,6 +836,17 @@ impl TrackerState {
         if Some(entry.instance.as_str()) == own {
             return;
         }
+        // From the store's write to here, on this process's clock: skew between the two
+        // clocks adds to it, and a reading the skew makes negative is left out.
+        #[cfg(feature = "metrics")]
+        if let Some(link) = &self.inner.link {
+            let now = StoreTime::now_system().as_unix_nanos();
+            if let Some(nanos) = now.checked_sub(store_now.as_unix_nanos()) {
+                link.instruments
+                    .propagation_seconds
+                    .record(core::time::Duration::from_nanos(nanos).as_secs_f64());
+            }
+        }
         self.update_remote(Cause::Instance(&entry.instance), |d| {
             d.applied += 1;
             let applied = d.applied;
