@@ -578,3 +578,42 @@ mod tests {
 pub fn valid_for(d: std::time::Duration) -> prost_types::Timestamp {
     crate::grpc::timestamp(crate::grpc::valid_until(d))
 }
+
+/// The newest state per key that a subscription's events carried for the instance named
+/// `writer`, as (sequence, busy, lock data): for burst tests that read a backend's raw
+/// events.
+pub type Seen = std::collections::HashMap<String, (u64, bool, Option<String>)>;
+
+/// Folds one subscription event into `seen` (see [`Seen`]): a newer sequence replaces an
+/// older one; sequence 0 (unordered) always replaces.
+pub fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
+    use reactive_lock::BackendEvent;
+    let mut apply = |key: String, entry: &reactive_lock::Entry| {
+        if entry.instance != "writer" {
+            return;
+        }
+        let held = seen.entry(key).or_insert((0, false, None));
+        if entry.seq == 0 || entry.seq >= held.0 {
+            *held = (entry.seq, entry.busy, entry.lock_data.clone());
+        }
+    };
+    match event {
+        BackendEvent::Snapshot(snapshot) => {
+            for entry in &snapshot.entries {
+                apply(snapshot.key.clone(), entry);
+            }
+        }
+        BackendEvent::Update { key, entry, .. } => apply(key, &entry),
+        _ => {}
+    }
+}
+
+/// The final state a burst test leaves on its `k`-th key: busy with `final-k` on even keys,
+/// idle on odd ones.
+pub fn burst_final_state(k: usize) -> (bool, Option<String>) {
+    if k.is_multiple_of(2) {
+        (true, Some(format!("final-{k}")))
+    } else {
+        (false, None)
+    }
+}

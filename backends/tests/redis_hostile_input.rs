@@ -158,39 +158,7 @@ fn lock_data_holding_the_separator_is_refused_naming_the_key() {
     );
 }
 
-/// The writer's newest state per key seen in a subscription's events: (busy, lock data).
-type Seen = std::collections::HashMap<String, (u64, bool, Option<String>)>;
-
-fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
-    use reactive_lock::BackendEvent;
-    let mut apply = |key: String, entry: &reactive_lock::Entry| {
-        if entry.instance != "writer" {
-            return;
-        }
-        let held = seen.entry(key).or_insert((0, false, None));
-        if entry.seq == 0 || entry.seq >= held.0 {
-            *held = (entry.seq, entry.busy, entry.lock_data.clone());
-        }
-    };
-    match event {
-        BackendEvent::Snapshot(snapshot) => {
-            for entry in &snapshot.entries {
-                apply(snapshot.key.clone(), entry);
-            }
-        }
-        BackendEvent::Update { key, entry, .. } => apply(key, &entry),
-        _ => {}
-    }
-}
-
-/// The final state the burst leaves on key `k`.
-fn final_state(k: usize) -> (bool, Option<String>) {
-    if k.is_multiple_of(2) {
-        (true, Some(format!("final-{k}")))
-    } else {
-        (false, None)
-    }
-}
+use reactive_lock_backends::testing::{Seen, burst_final_state as final_state, fold};
 
 /// Issue 21 part 2: a subscriber that lags behind a burst on many keys overflows its bounded
 /// buffer, never blocks the connection, and still ends with every key's final state.
