@@ -428,9 +428,9 @@ fn the_hub_forgets_idle_keys_so_max_keys_bounds_keys_in_use() {
 }
 
 /// Instances that come and go under new names (restarts, autoscaling) do not fill a key:
-/// the idle entry of an instance not heard from for `forget_idle_keys_after` is forgotten
-/// when `max_instances_per_key` is reached, so a new instance is taken; a busy entry is
-/// never forgotten.
+/// the idle entry of an instance not heard from for `forget_idle_keys_after`, and whose
+/// validity passed that long ago, is forgotten when `max_instances_per_key` is reached, so
+/// a new instance is taken; a busy entry is never forgotten.
 #[test]
 fn departed_instances_make_room_for_new_ones() {
     let rt = rt();
@@ -447,7 +447,9 @@ fn departed_instances_make_room_for_new_ones() {
             .await
             .unwrap();
         for gone in ["gone-1", "gone-2"] {
-            client.set_status(request(gone, false, None)).await.unwrap();
+            let mut last = request(gone, false, None);
+            last.valid_until = Some(valid_for(Duration::from_millis(100)));
+            client.set_status(last).await.unwrap();
         }
         // Full, and nobody has left yet: refused.
         let refused = client.set_status(request("new-1", true, None)).await;

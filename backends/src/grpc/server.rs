@@ -68,10 +68,10 @@ use super::system_time;
 ///
 /// * **validity is capped on the hub's clock**: a `validUntil` later than the hub's now +
 ///   [`max_validity`](Self::max_validity) (a client clock ahead, a long expiration, a
-///   hostile peer's year 10000) is stored as now + `max_validity`, and such a capped entry
-///   is superseded by the instance's next status whatever that one's `validUntil`. A busy
-///   instance renews its status, so the cap shortens nothing for a live client whose
-///   renewal period is below `max_validity`;
+///   hostile peer's year 10000) is stored as now + `max_validity`. A busy instance renews
+///   its status, so the cap shortens nothing for a live client whose renewal period is below
+///   `max_validity`; a busy status without a `validUntil` is refused (`INVALID_ARGUMENT`),
+///   as it could block for good;
 /// * **order holds only while messages can be in flight**: a status earlier than the held
 ///   one is dropped only if the held one arrived less than
 ///   [`reorder_window`](Self::reorder_window) ago; later, it cannot be an older message
@@ -205,13 +205,21 @@ impl KeyState {
     /// good: a live one renews its status every few seconds), so that instances coming and
     /// going under new names (restarts, autoscaling) neither fill
     /// [`max_instances_per_key`](HubLimits::max_instances_per_key) nor grow every
-    /// notification. An idle entry blocks nobody, so no reader's answer changes; by then no
-    /// older message of the instance can still be in transit. Returns how many.
+    /// notification. Only an entry whose validity has also passed: a reader may still hold
+    /// it, and orders the instance's next status against its `validUntil`, which that next
+    /// status (dated at least its own now) then exceeds. An idle entry blocks nobody, so no
+    /// reader's answer changes; by then no older message of the instance can still be in
+    /// transit. Returns how many.
     fn forget_departed(&mut self, grace: Duration) -> usize {
         let before = self.entries.len();
         let arrivals = &mut self.arrivals;
+        let now = SystemTime::now();
         self.entries.retain(|instance, entry| {
             let departed = !entry.is_busy
+                && entry
+                    .valid_until
+                    .as_ref()
+                    .is_none_or(|until| system_time(until) + grace <= now)
                 && arrivals
                     .get(instance)
                     .is_none_or(|arrival| arrival.at.elapsed() >= grace);
@@ -240,13 +248,12 @@ impl KeyState {
     }
 }
 
-/// When an instance's held status arrived, the `validUntil` its sender gave it (what a
-/// later message of the same sender is ordered against), and whether the hub capped it.
+/// When an instance's held status arrived, and the `validUntil` its sender gave it (what a
+/// later message of the same sender is ordered against).
 #[derive(Clone)]
 struct Arrival {
     at: std::time::Instant,
     sent: Option<prost_types::Timestamp>,
-    capped: bool,
 }
 
 struct Subscriber {
@@ -741,6 +748,13 @@ impl Hub {
                 request.lock_key, limits.max_instances_per_key
             )));
         }
+        if request.is_busy && request.valid_until.is_none() {
+            rejected("valid_until");
+            return Err(Status::invalid_argument(format!(
+                "key `{}`: a busy status needs a validUntil (it would never expire)",
+                request.lock_key
+            )));
+        }
         let arrived = std::time::Instant::now();
         let sent = request.valid_until;
         let (mut valid_until, capped) = cap_validity(sent, limits.max_validity);
@@ -771,14 +785,9 @@ impl Hub {
                 valid_until,
             },
         );
-        let previous_arrival = state.arrivals.insert(
-            source.clone(),
-            Arrival {
-                at: arrived,
-                sent,
-                capped,
-            },
-        );
+        let previous_arrival = state
+            .arrivals
+            .insert(source.clone(), Arrival { at: arrived, sent });
         let size = notification_len(&request.lock_key, &state.entries);
         // A status that shrinks the key is always taken, so an over-full key (a lowered
         // limit) can drain.
@@ -976,8 +985,7 @@ fn cap_validity(
 /// Whether a status its sender dated `new` is an older message than the held one, which
 /// arrived as `arrival` (valid until `held` as stored) (see
 /// [the ordering rule](HubLimits#the-ordering-rule)): only an earlier `validUntil` than the
-/// sender gave the held one, within `reorder_window` of its arrival, and never against a
-/// capped one (whatever the sender gave, the hub set its `validUntil`).
+/// sender gave the held one (capped or not), within `reorder_window` of its arrival.
 fn is_older(
     new: Option<&prost_types::Timestamp>,
     held: Option<&prost_types::Timestamp>,
@@ -992,9 +1000,8 @@ fn is_older(
     let (Some(new), Some(held)) = (new, held) else {
         return false;
     };
-    let in_flight = arrival.is_none_or(|arrival| {
-        !arrival.capped && now.saturating_duration_since(arrival.at) < reorder_window
-    });
+    let in_flight =
+        arrival.is_none_or(|arrival| now.saturating_duration_since(arrival.at) < reorder_window);
     in_flight && system_time(new) < system_time(held)
 }
 

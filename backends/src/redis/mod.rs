@@ -627,7 +627,10 @@ impl RedisBackend {
     /// status would then be ignored as old).
     async fn read(&self, key: &str) -> Result<Snapshot, BackendError> {
         let mut invocation = self.inner.read_script.key(hash_name(key));
-        invocation.key(seq_hash_name(key)).arg(MAX_ENTRIES_PER_KEY);
+        invocation
+            .key(seq_hash_name(key))
+            .arg(MAX_ENTRIES_PER_KEY)
+            .arg(MAX_VALUE_LEN);
         let (total, entries, seqs, time): ReadReply = self
             .on_command_connection("read (EVALSHA)", |mut connection| {
                 let invocation = &invocation;

@@ -164,12 +164,21 @@ pub(super) fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<Strin
         Some("0") => false,
         _ => return Err("flag is neither 1 nor 0"),
     };
-    let ticks: u64 = parts
-        .next()
-        .ok_or("missing validUntil")?
-        .parse()
-        .map_err(|_| "validUntil is not a number")?;
-    let valid_until = StoreTime::from_dotnet_ticks(ticks).ok_or("validUntil out of range")?;
+    let ticks = parts.next().ok_or("missing validUntil")?;
+    // Decimal digits only (no sign), as the read script ranks entries by the same rule; a
+    // validity past what a `StoreTime` holds (.NET's `DateTime.MaxValue`, a 20-digit number)
+    // is the far future, as a .NET reader takes it, not an error.
+    if ticks.is_empty() || !ticks.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("validUntil is not a number");
+    }
+    let ticks: u64 = ticks.parse().unwrap_or(u64::MAX);
+    // .NET ticks at 1970-01-01: earlier validities are no time this store can hold.
+    const DOTNET_TICKS_AT_UNIX_EPOCH: u64 = 621_355_968_000_000_000;
+    let valid_until = if ticks < DOTNET_TICKS_AT_UNIX_EPOCH {
+        return Err("validUntil before the Unix epoch");
+    } else {
+        StoreTime::from_dotnet_ticks(ticks).unwrap_or(StoreTime::from_unix_nanos(u64::MAX))
+    };
     let data = parts.next().map(String::from);
     Ok((busy, valid_until, data))
 }
@@ -358,7 +367,30 @@ mod tests {
         assert!(parse_value(b"1;abc").is_err());
         assert!(parse_value(b"1;5").is_err(), "ticks before the Unix epoch");
         assert!(parse_value(&[0xff, 0xfe]).is_err());
-        assert!(parse_value(format!("1;{}", u64::MAX).as_bytes()).is_err());
+        // Past what a StoreTime holds: the far future, as .NET reads DateTime.MaxValue.
+        let far = StoreTime::from_unix_nanos(u64::MAX);
+        for ticks in [
+            "3155378975999999999",
+            "99999999999999999999",
+            "18446744073709551615",
+        ] {
+            assert_eq!(
+                parse_value(format!("1;{ticks}").as_bytes()),
+                Ok((true, far, None)),
+                "{ticks}"
+            );
+        }
+        assert_eq!(
+            parse_value(format!("1;0{ticks}").as_bytes()),
+            Ok((true, t, None)),
+            "a leading zero is the same number"
+        );
+        assert!(
+            parse_value(format!("1;+{ticks}").as_bytes()).is_err(),
+            "no sign"
+        );
+        assert!(parse_value(format!("1;{ticks}x").as_bytes()).is_err());
+        assert!(parse_value(b"1;").is_err());
         let long = format!("1;{ticks};{}", "x".repeat(MAX_VALUE_LEN));
         assert!(
             parse_value(long.as_bytes()).is_err(),
