@@ -492,6 +492,9 @@ fn two_hubs_different_order_reader_matches_merged_read() {
 
 const JUNK: usize = 2 * MAX_ENTRIES_PER_KEY;
 
+/// Field and value pairs, as `HSCAN` returns them.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn dotnet_ticks_in(d: Duration) -> u64 {
     StoreTime::now_system().saturating_add(d).to_dotnet_ticks()
 }
@@ -528,7 +531,7 @@ fn entry_read_among(junk: impl Fn(usize) -> (Vec<u8>, Vec<u8>), live_value: &str
         redis::cmd("HSET")
             .arg(&hash)
             .arg(&name)
-            .arg(&live_value)
+            .arg(live_value)
             .query::<()>(&mut raw)
             .unwrap();
         // Every junk field looks like an unexpired busy entry to the script: find the live
@@ -537,7 +540,7 @@ fn entry_read_among(junk: impl Fn(usize) -> (Vec<u8>, Vec<u8>), live_value: &str
         let mut position = None;
         let mut seen = 0usize;
         loop {
-            let (next, items): (u64, Vec<(Vec<u8>, Vec<u8>)>) = redis::cmd("HSCAN")
+            let (next, items): (u64, Fields) = redis::cmd("HSCAN")
                 .arg(&hash)
                 .arg(cursor)
                 .arg("COUNT")
