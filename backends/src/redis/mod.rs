@@ -60,7 +60,6 @@ use futures_lite::Stream;
 use parking_lot::Mutex;
 use reactive_lock::{
     Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
-    StoreTime,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
@@ -71,9 +70,61 @@ mod wire;
 
 use connection::{ClusterParams, Commands, Target, is_broken_connection, is_transient, redact};
 use subscription::{OwnConnection, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter};
-use wire::{CHANNEL_PREFIX, Payload, ReadReply, parse_payload, parse_value, seq_hash_name};
+use wire::{CHANNEL_PREFIX, Payload, ReadReply, parse_payload, seq_hash_name, snapshot_from_reply};
 pub use wire::{MAX_VALUE_LEN, channel_name, hash_name};
 pub(crate) use wire::{PUBLISH_SCRIPT, publish_command};
+
+/// The decoders of what other writers put in Redis, for the fuzz targets in `fuzz/`
+/// (feature `fuzzing`). Not a public API: names and shapes follow the decoders.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::wire::{self, Payload};
+    use reactive_lock::{Entry, Snapshot, StoreTime};
+
+    pub use super::wire::MAX_VALUE_LEN;
+
+    /// A hash field's value, .NET format: `(busy, validUntil, lockData)`.
+    pub fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {
+        wire::parse_value(value)
+    }
+
+    /// A notification: `Ok(Some((entry, store_now)))` for ours (the entry's `seq` set),
+    /// `Ok(None)` for a foreign one (a .NET writer's, re-read by subscribers), `Err` for
+    /// malformed.
+    pub fn parse_payload(payload: &[u8]) -> Result<Option<(Entry, StoreTime)>, &'static str> {
+        match wire::parse_payload(payload) {
+            Payload::Ours {
+                instance,
+                seq,
+                store_now,
+                busy,
+                valid_until,
+                data,
+            } => Ok(Some((
+                Entry::new(instance, busy, data, valid_until).with_seq(seq),
+                store_now,
+            ))),
+            Payload::Foreign => Ok(None),
+            Payload::Malformed(why) => Err(why),
+        }
+    }
+
+    /// The snapshot a read of `key` yields from `HGETALL` of the entries and of the
+    /// sequences and `TIME` (seconds, microseconds); the count of malformed entries beside.
+    pub fn snapshot_from_reply(
+        key: &str,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        seqs: Vec<(String, String)>,
+        time: (u64, u64),
+    ) -> (Snapshot, usize) {
+        let mut malformed = 0;
+        let snapshot = wire::snapshot_from_reply(key, (entries, seqs, time), |_, _, _| {
+            malformed += 1;
+        });
+        (snapshot, malformed)
+    }
+}
 
 /// Options of a [`RedisBackend`]; see [`RedisBackend::builder`].
 ///
@@ -522,41 +573,15 @@ impl RedisBackend {
             .cmd("HGETALL")
             .arg(seq_hash_name(key))
             .cmd("TIME");
-        let (entries, seqs, time): ReadReply = self
+        let reply: ReadReply = self
             .on_command_connection("HGETALL", |mut connection| {
                 let pipe = &pipe;
                 async move { pipe.query_async(&mut connection).await }
             })
             .await?;
-        let store_now = StoreTime::from_unix_nanos(
-            time.0
-                .saturating_mul(1_000_000_000)
-                .saturating_add(time.1.saturating_mul(1_000)),
-        );
-        let mut out = Vec::with_capacity(entries.len());
-        for (field, value) in entries {
-            let Ok(instance) = String::from_utf8(field.clone()) else {
-                self.malformed(
-                    key,
-                    &String::from_utf8_lossy(&field),
-                    &value,
-                    "instance name is not UTF-8",
-                );
-                continue;
-            };
-            match parse_value(&value) {
-                Ok((busy, valid_until, data)) => {
-                    let seq = seqs
-                        .iter()
-                        .find(|(i, _)| *i == instance)
-                        .and_then(|(_, s)| s.parse().ok())
-                        .unwrap_or(0);
-                    out.push(Entry::new(instance, busy, data, valid_until).with_seq(seq));
-                }
-                Err(why) => self.malformed(key, &instance, &value, why),
-            }
-        }
-        Ok(Snapshot::new(key, out, store_now))
+        Ok(snapshot_from_reply(key, reply, |field, value, why| {
+            self.malformed(key, field, value, why)
+        }))
     }
 
     /// Turns one pub/sub message into an event: ours is applied as is (echoes of the

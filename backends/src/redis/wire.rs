@@ -3,7 +3,7 @@
 //! value, our notification payload, and the publish command with its Lua script
 //! (`publish.lua`).
 
-use reactive_lock::{InstanceStatus, StoreTime};
+use reactive_lock::{Entry, InstanceStatus, Snapshot, StoreTime};
 
 /// The hash holding every instance's entry for `key` (the .NET name).
 pub fn hash_name(key: &str) -> String {
@@ -140,6 +140,46 @@ pub(super) fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<Strin
     let valid_until = StoreTime::from_dotnet_ticks(ticks).ok_or("validUntil out of range")?;
     let data = parts.next().map(String::from);
     Ok((busy, valid_until, data))
+}
+
+/// A key's snapshot from the read pipeline's reply: every entry that parses, stamped with
+/// its sequence, judged on the server's `TIME`. An entry another writer left unreadable (a
+/// field or value that is not UTF-8 or not the .NET format) is left out and reported to
+/// `malformed` (field, value, why): one bad entry must not hide the others.
+pub(super) fn snapshot_from_reply(
+    key: &str,
+    (entries, seqs, time): ReadReply,
+    mut malformed: impl FnMut(&str, &[u8], &'static str),
+) -> Snapshot {
+    let store_now = StoreTime::from_unix_nanos(
+        time.0
+            .saturating_mul(1_000_000_000)
+            .saturating_add(time.1.saturating_mul(1_000)),
+    );
+    let mut out = Vec::with_capacity(entries.len());
+    for (field, value) in entries {
+        let instance = match String::from_utf8(field) {
+            Ok(instance) => instance,
+            Err(field) => {
+                // Reported lossily: the field is all a reader has to find the writer by.
+                let field = String::from_utf8_lossy(field.as_bytes());
+                malformed(&field, &value, "instance name is not UTF-8");
+                continue;
+            }
+        };
+        match parse_value(&value) {
+            Ok((busy, valid_until, data)) => {
+                let seq = seqs
+                    .iter()
+                    .find(|(i, _)| *i == instance)
+                    .and_then(|(_, s)| s.parse().ok())
+                    .unwrap_or(0);
+                out.push(Entry::new(instance, busy, data, valid_until).with_seq(seq));
+            }
+            Err(why) => malformed(&instance, &value, why),
+        }
+    }
+    Snapshot::new(key, out, store_now)
 }
 
 pub(super) enum Payload {
