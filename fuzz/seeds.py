@@ -162,3 +162,7 @@ write("hub_ops", "limits_and_forgetting",
 write("hub_ops", "garbage_frame",
       bytes([SUBSCRIBE, 0]) + request(False, 1, 2)
       + bytes([RAW, 0, 7]) + b"\x00\x00\x00\x00\x02\x0a\x00" + bytes([CHECK]))
+
+# controller_ops: a threshold byte, then operations (increment, decrement, enter, leave).
+write("controller_ops", "threshold_one_enter_leave", bytes([0, 2, 3, 0, 1 | 4]))
+write("controller_ops", "threshold_three_hysteresis", bytes([2, 0, 0, 0, 1 | 4, 0, 1 | 8, 1 | 4, 2, 3]))
