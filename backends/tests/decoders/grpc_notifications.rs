@@ -36,7 +36,10 @@ pub fn check(data: &[u8]) {
     let mut newest: Vec<(&str, &InstanceLockStatus, Option<u64>)> = Vec::new();
     for notification in per_hub.iter().flatten() {
         for (instance, status) in &notification.instances_status {
-            let until = status.valid_until.as_ref().map(|t| unix_nanos(t.seconds, t.nanos));
+            let until = status
+                .valid_until
+                .as_ref()
+                .map(|t| unix_nanos(t.seconds, t.nanos));
             match newest.iter_mut().find(|(i, _, _)| i == instance) {
                 Some(held) if held.2 < until => *held = (instance, status, until),
                 Some(_) => {}

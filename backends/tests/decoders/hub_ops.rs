@@ -103,15 +103,28 @@ impl Input<'_> {
 enum Op {
     SetStatus(LockStatusRequest),
     /// Opens a subscription whose first message is this request (key and instance).
-    Subscribe { first: LockStatusRequest, skip_own: bool },
+    Subscribe {
+        first: LockStatusRequest,
+        skip_own: bool,
+    },
     /// A status sent on an open subscription (the hub applies it to that subscription's key).
-    Stream { sub: u8, request: LockStatusRequest },
+    Stream {
+        sub: u8,
+        request: LockStatusRequest,
+    },
     /// Raw bytes on a subscription's request stream (partial or garbage frames).
-    RawFrame { sub: u8, bytes: Vec<u8> },
+    RawFrame {
+        sub: u8,
+        bytes: Vec<u8>,
+    },
     /// The client ends its request half.
-    CloseRequests { sub: u8 },
+    CloseRequests {
+        sub: u8,
+    },
     /// The client drops the response stream.
-    DropSubscription { sub: u8 },
+    DropSubscription {
+        sub: u8,
+    },
     Forget,
     Check,
 }
@@ -154,7 +167,9 @@ impl Body for Frames {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|bytes| bytes.map(|b| Ok(Frame::data(b))))
+        self.0
+            .poll_recv(cx)
+            .map(|bytes| bytes.map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -168,7 +183,8 @@ fn frame(request: &LockStatusRequest) -> Bytes {
     out.into()
 }
 
-type Notifications = Pin<Box<dyn futures_lite::Stream<Item = Result<LockStatusNotification, Status>> + Send>>;
+type Notifications =
+    Pin<Box<dyn futures_lite::Stream<Item = Result<LockStatusNotification, Status>> + Send>>;
 
 struct Subscription {
     key: String,
@@ -198,7 +214,13 @@ struct Run {
 }
 
 fn unix_now_secs() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
 }
 
 /// The hub's reading of a timestamp, written apart from it: before the epoch reads as the
@@ -212,7 +234,10 @@ fn unix_nanos(t: &prost_types::Timestamp) -> u128 {
 }
 
 fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Busy and valid for more than a minute after `now`.
@@ -233,7 +258,12 @@ impl Run {
                     .entry((request.lock_key.clone(), request.instance_id.clone()))
                     .or_default();
                 sent.all.push(request.clone());
-                if self.hub.set_status(Request::new(request.clone())).await.is_ok() {
+                if self
+                    .hub
+                    .set_status(Request::new(request.clone()))
+                    .await
+                    .is_ok()
+                {
                     assert!(!request.lock_key.is_empty() && !request.instance_id.is_empty());
                     sent.accepted.push(request.clone());
                     sent.maybe_taken.push(request);
@@ -252,8 +282,12 @@ impl Run {
                 }
             }
             Op::Stream { sub, mut request } => {
-                let Some(subscription) = self.subscription(sub) else { return };
-                let Some(requests) = &subscription.requests else { return };
+                let Some(subscription) = self.subscription(sub) else {
+                    return;
+                };
+                let Some(requests) = &subscription.requests else {
+                    return;
+                };
                 let _ = requests.send(frame(&request));
                 // The hub applies a streamed status to the subscription's key.
                 request.lock_key = subscription.key.clone();
@@ -265,7 +299,11 @@ impl Run {
                 sent.maybe_taken.push(request);
             }
             Op::RawFrame { sub, bytes } => {
-                if let Some(Subscription { requests: Some(requests), .. }) = self.subscription(sub) {
+                if let Some(Subscription {
+                    requests: Some(requests),
+                    ..
+                }) = self.subscription(sub)
+                {
                     let _ = requests.send(bytes.into());
                 }
                 // Raw bytes may hold a status of any instance, or join the next frame into
@@ -307,7 +345,10 @@ impl Run {
         &self,
         first: &LockStatusRequest,
         skip_own: bool,
-    ) -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Result<Notifications, Status>) {
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<Bytes>,
+        Result<Notifications, Status>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tx.send(frame(first)).unwrap();
         let decoder =
@@ -388,7 +429,10 @@ impl Run {
                 let held = current.instances_status.get(instance);
                 assert!(
                     held.is_some_and(|status| status.is_busy
-                        && status.valid_until.as_ref().is_some_and(|t| unix_nanos(t) > now)),
+                        && status
+                            .valid_until
+                            .as_ref()
+                            .is_some_and(|t| unix_nanos(t) > now)),
                     "key {key:?} reported without {instance:?} busy, whose every status was \
                      busy for minutes: {held:?}; sent {:?}",
                     sent.maybe_taken
@@ -416,7 +460,10 @@ impl Run {
                 .sent
                 .get(&(key.to_string(), instance.clone()))
                 .unwrap_or_else(|| panic!("{instance:?} on {key:?} was never sent"));
-            assert!(!sent.maybe_taken.is_empty(), "{instance:?} on {key:?} was only refused");
+            assert!(
+                !sent.maybe_taken.is_empty(),
+                "{instance:?} on {key:?} was only refused"
+            );
             assert!(
                 !status.is_busy || sent.maybe_taken.iter().any(|r| r.is_busy),
                 "{instance:?} on {key:?} reported busy but never sent busy"
@@ -450,7 +497,9 @@ pub fn check(data: &[u8]) {
         };
         let mut input = Input(data);
         for _ in 0..64 {
-            let Some(op) = Op::read(&mut input) else { break };
+            let Some(op) = Op::read(&mut input) else {
+                break;
+            };
             run.apply(op).await;
         }
         run.check().await;

@@ -48,7 +48,8 @@ pub fn check(data: &[u8]) {
         .map(|(field, value)| busy_and_unexpired(field, value, now))
         .collect();
 
-    let (snapshot, malformed) = snapshot_from_reply("payments", entries.clone(), seqs.clone(), time);
+    let (snapshot, malformed) =
+        snapshot_from_reply("payments", entries.clone(), seqs.clone(), time);
 
     assert_eq!(snapshot.key, "payments");
     assert_eq!(snapshot.store_now.as_unix_nanos(), now);
@@ -61,7 +62,9 @@ pub fn check(data: &[u8]) {
     if let Some(expiry) = snapshot.next_expiry() {
         assert!(!expiry.is_zero(), "an entry expiring now is expired");
     }
-    assert!(snapshot.lock_data_entries().len() <= judged.iter().filter(|j| **j == Some(true)).count());
+    assert!(
+        snapshot.lock_data_entries().len() <= judged.iter().filter(|j| **j == Some(true)).count()
+    );
     // Each entry carries the first sequence stored for its instance, 0 when none parses.
     for entry in &snapshot.entries {
         let seq = seqs
