@@ -192,7 +192,7 @@ struct Subscription {
     notifications: Option<Notifications>,
 }
 
-/// What the statuses sent so far allow the hub to hold for an (key, instance).
+/// What the statuses sent so far allow the hub to hold for a (key, instance).
 #[derive(Default)]
 struct Sent {
     /// A `SetStatus` the hub answered with OK.
@@ -200,8 +200,6 @@ struct Sent {
     /// Every status the hub may have taken: `accepted`, and those streamed (the hub
     /// answers those with nothing).
     maybe_taken: Vec<LockStatusRequest>,
-    /// Every status sent, taken or refused.
-    all: Vec<LockStatusRequest>,
 }
 
 struct Run {
@@ -257,7 +255,6 @@ impl Run {
                     .sent
                     .entry((request.lock_key.clone(), request.instance_id.clone()))
                     .or_default();
-                sent.all.push(request.clone());
                 if self
                     .hub
                     .set_status(Request::new(request.clone()))
@@ -295,7 +292,6 @@ impl Run {
                     .sent
                     .entry((request.lock_key.clone(), request.instance_id.clone()))
                     .or_default();
-                sent.all.push(request.clone());
                 sent.maybe_taken.push(request);
             }
             Op::RawFrame { sub, bytes } => {
@@ -391,9 +387,8 @@ impl Run {
                 }
             }
         }
-        let now = now_nanos();
         for (key, notification) in &delivered {
-            self.check_notification(key, notification, now);
+            self.check_notification(key, notification);
         }
         // Each key's current state, as a new subscriber reads it.
         let mut keys: Vec<String> = self.sent.keys().map(|(key, _)| key.clone()).collect();
@@ -416,7 +411,7 @@ impl Run {
                 other => panic!("a new subscriber of {key:?} is sent the state at once: {other:?}"),
             };
             let now = now_nanos();
-            self.check_notification(&key, &current, now);
+            self.check_notification(&key, &current);
             if self.tainted.contains(&key) {
                 continue;
             }
@@ -441,8 +436,7 @@ impl Run {
         }
     }
 
-    fn check_notification(&self, key: &str, notification: &LockStatusNotification, now: u128) {
-        let _ = now;
+    fn check_notification(&self, key: &str, notification: &LockStatusNotification) {
         assert_eq!(notification.lock_key, key);
         assert!(
             notification.encoded_len() <= self.limits.max_notification_size,
