@@ -28,7 +28,9 @@ for target in $(cargo fuzz list); do
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$scratch/$target.log" 2>&1 || status=$?
     if [ "$status" -ne 0 ]; then
-        tail -n 60 "$scratch/$target.log"
+        # The panic or sanitizer report, then where the crashing input was written.
+        grep -E -A8 'panicked|ERROR: |SUMMARY' "$scratch/$target.log" | head -n 60 || true
+        grep -E 'Test unit written|artifact' "$scratch/$target.log" | tail -n 3 || true
         echo "fuzz: $target failed (exit $status)" >&2
         exit "$status"
     fi
