@@ -52,6 +52,24 @@ use auth::AddToken;
 pub(crate) use auth::TokenCheck;
 use subscription::{merge, read_once};
 
+/// The client's decoding of hub notifications, for the fuzz targets in `fuzz/` (feature
+/// `fuzzing`). Not a public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::proto::LockStatusNotification;
+    use reactive_lock::Snapshot;
+
+    /// The snapshot of `key` a client builds from each hub's latest notification (`None`
+    /// for a hub that is down or has not answered).
+    pub fn notifications_to_snapshot(
+        key: &str,
+        per_hub: &[Option<LockStatusNotification>],
+    ) -> Snapshot {
+        super::merge(key, per_hub)
+    }
+}
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -75,11 +75,77 @@ use subscription::{
     Overflow, OwnConnection, SUBSCRIBE_SLICE, Source, Subscription, own_echo_filter,
 };
 use wire::{
-    CHANNEL_PREFIX, Payload, READ_SCRIPT, ReadReply, parse_payload, parse_value, seq_hash_name,
-    store_time_of,
+    CHANNEL_PREFIX, Payload, READ_SCRIPT, ReadReply, parse_payload, seq_hash_name,
+    snapshot_from_reply, store_time_of,
 };
 pub use wire::{MAX_ENTRIES_PER_KEY, MAX_VALUE_LEN, channel_name, hash_name};
 pub(crate) use wire::{PUBLISH_SCRIPT, publish_command};
+
+/// The decoders of what other writers put in Redis, for the fuzz targets in `fuzz/`
+/// (feature `fuzzing`). Not a public API: names and shapes follow the decoders.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::wire::{self, Payload};
+    use reactive_lock::{Entry, Snapshot, StoreTime};
+
+    pub use super::wire::MAX_VALUE_LEN;
+
+    /// A hash field's value, .NET format: `(busy, validUntil, lockData)`.
+    pub fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {
+        wire::parse_value(value)
+    }
+
+    /// A notification: `Ok(Some((entry, store_now)))` for ours (the entry's `seq` set),
+    /// `Ok(None)` for a foreign one (a .NET writer's, re-read by subscribers), `Err` for
+    /// malformed.
+    pub fn parse_payload(payload: &[u8]) -> Result<Option<(Entry, StoreTime)>, &'static str> {
+        match wire::parse_payload(payload) {
+            Payload::Ours {
+                instance,
+                seq,
+                store_now,
+                busy,
+                valid_until,
+                data,
+            } => Ok(Some((
+                Entry::new(instance, busy, data, valid_until).with_seq(seq),
+                store_now,
+            ))),
+            Payload::Foreign => Ok(None),
+            Payload::Malformed(why) => Err(why),
+        }
+    }
+
+    /// The snapshot a read of `key` yields from `HGETALL` of the entries and of the
+    /// sequences and `TIME` (seconds, microseconds); the count of malformed entries beside.
+    pub fn snapshot_from_reply(
+        key: &str,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        seqs: Vec<(String, String)>,
+        time: (u64, u64),
+    ) -> (Snapshot, usize) {
+        // Each entry's sequence as the read script pairs them: the first stored for its field.
+        let aligned = entries
+            .iter()
+            .map(|(field, _)| {
+                seqs.iter()
+                    .find(|(instance, _)| instance.as_bytes() == field.as_slice())
+                    .map(|(_, seq)| seq.clone())
+            })
+            .collect();
+        let store_now = StoreTime::from_unix_nanos(
+            time.0
+                .saturating_mul(1_000_000_000)
+                .saturating_add(time.1.saturating_mul(1_000)),
+        );
+        let mut malformed = 0;
+        let snapshot = wire::snapshot_from_reply(key, entries, aligned, store_now, |_, _, _| {
+            malformed += 1;
+        });
+        (snapshot, malformed)
+    }
+}
 
 /// Options of a [`RedisBackend`]; see [`RedisBackend::builder`].
 ///
@@ -650,29 +716,13 @@ impl RedisBackend {
         if ignored > 0 {
             self.over_limit(key, total, ignored);
         }
-        let mut out = Vec::with_capacity(entries.len());
-        for ((field, value), seq) in entries
-            .into_iter()
-            .zip(seqs.into_iter().chain(std::iter::repeat(None)))
-        {
-            let Ok(instance) = String::from_utf8(field.clone()) else {
-                self.malformed(
-                    key,
-                    &String::from_utf8_lossy(&field),
-                    &value,
-                    "instance name is not UTF-8",
-                );
-                continue;
-            };
-            match parse_value(&value) {
-                Ok((busy, valid_until, data)) => {
-                    let seq = seq.and_then(|s| s.parse().ok()).unwrap_or(0);
-                    out.push(Entry::new(instance, busy, data, valid_until).with_seq(seq));
-                }
-                Err(why) => self.malformed(key, &instance, &value, why),
-            }
-        }
-        Ok(Snapshot::new(key, out, store_now))
+        Ok(snapshot_from_reply(
+            key,
+            entries,
+            seqs,
+            store_now,
+            |field, value, why| self.malformed(key, field, value, why),
+        ))
     }
 
     /// Turns one pub/sub message into an event: ours is applied as is (echoes of the

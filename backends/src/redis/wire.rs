@@ -3,7 +3,7 @@
 //! value, our notification payload, and the publish command with its Lua script
 //! (`publish.lua`).
 
-use reactive_lock::{InstanceStatus, StoreTime};
+use reactive_lock::{Entry, InstanceStatus, Snapshot, StoreTime};
 
 /// The hash holding every instance's entry for `key` (the .NET name).
 pub fn hash_name(key: &str) -> String {
@@ -152,6 +152,10 @@ pub(super) fn store_time_of(secs: u64, micros: u64) -> Option<StoreTime> {
         .map(StoreTime::from_unix_nanos)
 }
 
+/// The latest validity a value can state: the last whole .NET tick a `StoreTime` holds, so
+/// that it renders back to the ticks it was read from.
+pub(super) const FAR_FUTURE: StoreTime = StoreTime::from_unix_nanos(u64::MAX / 100 * 100);
+
 /// Parses a .NET value `"{1|0};{ticks}[;{data}]"`.
 pub(super) fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<String>), &'static str> {
     if value.len() > MAX_VALUE_LEN {
@@ -177,10 +181,47 @@ pub(super) fn parse_value(value: &[u8]) -> Result<(bool, StoreTime, Option<Strin
     let valid_until = if ticks < DOTNET_TICKS_AT_UNIX_EPOCH {
         return Err("validUntil before the Unix epoch");
     } else {
-        StoreTime::from_dotnet_ticks(ticks).unwrap_or(StoreTime::from_unix_nanos(u64::MAX))
+        StoreTime::from_dotnet_ticks(ticks).unwrap_or(FAR_FUTURE)
     };
     let data = parts.next().map(String::from);
     Ok((busy, valid_until, data))
+}
+
+/// A key's snapshot from the read script's entries, each with its sequence (aligned; `None`
+/// for none), judged on the server's `store_now`: every entry that parses, stamped with its
+/// sequence. An entry another writer left unreadable (a field or value that is not UTF-8 or
+/// not the .NET format) is left out and reported to `malformed` (field, value, why): one
+/// bad entry must not hide the others.
+pub(super) fn snapshot_from_reply(
+    key: &str,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    seqs: Vec<Option<String>>,
+    store_now: StoreTime,
+    mut malformed: impl FnMut(&str, &[u8], &'static str),
+) -> Snapshot {
+    let mut out = Vec::with_capacity(entries.len());
+    for ((field, value), seq) in entries
+        .into_iter()
+        .zip(seqs.into_iter().chain(std::iter::repeat(None)))
+    {
+        let instance = match String::from_utf8(field) {
+            Ok(instance) => instance,
+            Err(field) => {
+                // Reported lossily: the field is all a reader has to find the writer by.
+                let field = String::from_utf8_lossy(field.as_bytes());
+                malformed(&field, &value, "instance name is not UTF-8");
+                continue;
+            }
+        };
+        match parse_value(&value) {
+            Ok((busy, valid_until, data)) => {
+                let seq = seq.and_then(|s| s.parse().ok()).unwrap_or(0);
+                out.push(Entry::new(instance, busy, data, valid_until).with_seq(seq));
+            }
+            Err(why) => malformed(&instance, &value, why),
+        }
+    }
+    Snapshot::new(key, out, store_now)
 }
 
 pub(super) enum Payload {
@@ -368,7 +409,7 @@ mod tests {
         assert!(parse_value(b"1;5").is_err(), "ticks before the Unix epoch");
         assert!(parse_value(&[0xff, 0xfe]).is_err());
         // Past what a StoreTime holds: the far future, as .NET reads DateTime.MaxValue.
-        let far = StoreTime::from_unix_nanos(u64::MAX);
+        let far = FAR_FUTURE;
         for ticks in [
             "3155378975999999999",
             "99999999999999999999",
