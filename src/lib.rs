@@ -59,6 +59,8 @@
 // Without `std` the driver that uses the feed-in half of the core is not built.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// `loom` is the models' build, never a user's: docs mark items with features only.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 // no_std hygiene for the library itself (tests and examples may use std freely).
 #![warn(
     clippy::std_instead_of_core,
