@@ -33,14 +33,9 @@
 //!
 //! ## Features
 //!
-//! * `std` (default): the registry ([`ReactiveLock`]), the background driver, the
-//!   [`LocalBackend`], blocking and timeout waits. Without it the crate is `no_std` +
-//!   `alloc`: [`TrackerState`], standalone [`TrackerController`]s and the [`Backend`] types.
-//! * `tower`: [`tower::InFlightLayer`], which keeps a tracker incremented while HTTP requests
-//!   are in flight through any `tower::Service` (axum/hyper servers, hyper-util clients).
-//! * `metrics`: per-key counters, gauges and histograms through the `metrics` facade.
-//! * `log`: the `tracing` events also as `log` records.
-//! * `test-util`: counters for tests and benches (`LocalBackend::publish_count`).
+//! Listed from `Cargo.toml`; on docs.rs each item says which features it needs.
+//!
+#![doc = document_features::document_features!()]
 //!
 //! ## Modules, bottom to top
 //!
@@ -64,6 +59,8 @@
 // Without `std` the driver that uses the feed-in half of the core is not built.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// `loom` is the models' build, never a user's: docs mark items with features only.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 // no_std hygiene for the library itself (tests and examples may use std freely).
 #![warn(
     clippy::std_instead_of_core,

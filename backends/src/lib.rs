@@ -9,6 +9,12 @@
 //!   `BackendFactory`, run against [`LocalBackend`](reactive_lock::LocalBackend) and every
 //!   backend here; run it against a backend of your own;
 //! * `testing` — a `redis-server` (single or cluster) and a hub on free ports, for tests.
+//!
+//! # Features
+//!
+//! Listed from `Cargo.toml`; on docs.rs each item says which features it needs.
+//!
+#![doc = document_features::document_features!()]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "test-util")]

@@ -291,17 +291,39 @@ fn a_server_that_forgot_the_script_gets_it_again() {
     });
 }
 
-/// libfaketime's preload library (Debian package `faketime`, installed by `.ci/setup.sh`).
+/// libfaketime's preload library (Debian package `libfaketime`, installed by
+/// `.ci/setup.sh`), wherever the system put it: Debian keeps it under the architecture's
+/// multiarch directory (`/usr/lib/<triplet>/faketime/`), other systems directly under a lib
+/// directory, and it is not in the linker cache, so the directories are searched.
 /// (It cannot run redis-server itself — it recurses in jemalloc's start-up — so the
 /// skewed clock is the client's.)
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+fn faketime_lib() -> std::path::PathBuf {
+    const NAME: &str = "faketime/libfaketime.so.1";
+    let lib_dirs = ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib"];
+    let multiarch = lib_dirs.iter().flat_map(|dir| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+    });
+    lib_dirs
+        .iter()
+        .map(std::path::PathBuf::from)
+        .chain(multiarch)
+        .map(|dir| dir.join(NAME))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime.so.1 not found under {lib_dirs:?} (or their multiarch \
+                 subdirectories): install Debian's `libfaketime` package (run .ci/setup.sh)"
+            )
+        })
+}
 
 #[test]
 fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
-    assert!(
-        std::path::Path::new(FAKETIME_LIB).exists(),
-        "{FAKETIME_LIB} missing: install Debian's `faketime` (run .ci/setup.sh)"
-    );
+    let faketime_lib = faketime_lib();
     let server = RedisServer::start();
     block_on(async {
         let writer = instance(&server.url(), "writer").await;
@@ -316,7 +338,7 @@ fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
         let watch = |offset: &str| {
             let out = std::process::Command::new(example_binary("instance"))
                 .args(["watch", &server.url(), KEY])
-                .env("LD_PRELOAD", FAKETIME_LIB)
+                .env("LD_PRELOAD", &faketime_lib)
                 .env("FAKETIME", offset)
                 .env("DONT_FAKE_MONOTONIC", "1")
                 .output()
