@@ -334,8 +334,10 @@ impl Merge {
         self.connected = any_up;
         if per_hub.iter().all(Option::is_none) {
             // No hub serves this key while others still work: this key alone is Unknown,
-            // and its next snapshot (after a reconnect) goes through.
-            if self.last_sent.remove(&key).is_some() {
+            // and its next snapshot (after a reconnect) goes through. Also when this stream
+            // never delivered its first message: the registry's state of the key then comes
+            // from its first read, which nothing here would ever update.
+            if self.last_sent.remove(&key).is_some() || was_up.is_none() {
                 send(&self.events, BackendEvent::KeyDisconnected(key)).await?;
             }
             return Ok(());
