@@ -586,7 +586,7 @@ pub type Seen = std::collections::HashMap<String, (u64, bool, Option<String>)>;
 
 /// Folds one subscription event into `seen` (see [`Seen`]): a newer sequence replaces an
 /// older one; sequence 0 (unordered) always replaces.
-pub fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
+fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
     use reactive_lock::BackendEvent;
     let mut apply = |key: String, entry: &reactive_lock::Entry| {
         if entry.instance != "writer" {
@@ -608,12 +608,75 @@ pub fn fold(seen: &mut Seen, event: reactive_lock::BackendEvent) {
     }
 }
 
-/// The final state a burst test leaves on its `k`-th key: busy with `final-k` on even keys,
-/// idle on odd ones.
+/// The final state a burst leaves on its `k`-th key (see [`publish_burst`]): busy with
+/// `final-k` on even keys, idle on odd ones.
 pub fn burst_final_state(k: usize) -> (bool, Option<String>) {
     if k.is_multiple_of(2) {
         (true, Some(format!("final-{k}")))
     } else {
         (false, None)
     }
+}
+
+/// Publishes a burst as instance `writer` on every key: sequences 1 to `flaps`, busy on odd
+/// ones and idle on even ones, the last one each key's [`burst_final_state`]; each valid
+/// for a minute.
+pub async fn publish_burst<B: reactive_lock::Backend>(writer: &B, keys: &[String], flaps: u64) {
+    use reactive_lock::InstanceStatus;
+    let validity = Duration::from_secs(60);
+    for seq in 1..=flaps {
+        for (k, key) in keys.iter().enumerate() {
+            let status = if seq == flaps {
+                match burst_final_state(k) {
+                    (true, data) => InstanceStatus::busy(data, seq, validity),
+                    (false, _) => InstanceStatus::idle(seq, validity),
+                }
+            } else if seq % 2 == 1 {
+                InstanceStatus::busy(Some(format!("v{seq}")), seq, validity)
+            } else {
+                InstanceStatus::idle(seq, validity)
+            };
+            writer.publish(key, "writer", &status).await.unwrap();
+        }
+    }
+}
+
+/// Reads `events` until `arrived(k, state)` holds for the newest state of every `k`-th key
+/// (see [`Seen`]); panics with what it has seen after 20 s.
+pub async fn await_states(
+    events: &mut (impl futures_lite::Stream<Item = reactive_lock::BackendEvent> + Unpin),
+    keys: &[String],
+    arrived: impl Fn(usize, &(u64, bool, Option<String>)) -> bool,
+) {
+    use futures_lite::StreamExt;
+    let mut seen = Seen::new();
+    let done = |seen: &Seen| {
+        keys.iter()
+            .enumerate()
+            .all(|(k, key)| seen.get(key).is_some_and(|state| arrived(k, state)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = futures_lite::future::or(async { events.next().await }, async {
+            async_io::Timer::after(left).await;
+            None
+        })
+        .await;
+        let Some(event) = event else {
+            panic!("not every key's final state arrived: {seen:?}");
+        };
+        fold(&mut seen, event);
+    }
+}
+
+/// Reads `events` until every key's [`burst_final_state`] arrived (see [`await_states`]).
+pub async fn await_burst_final_states(
+    events: &mut (impl futures_lite::Stream<Item = reactive_lock::BackendEvent> + Unpin),
+    keys: &[String],
+) {
+    await_states(events, keys, |k, (_, busy, data)| {
+        (*busy, data.clone()) == burst_final_state(k)
+    })
+    .await;
 }

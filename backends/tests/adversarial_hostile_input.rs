@@ -13,7 +13,9 @@ use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::LockStatusRequest;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::server::{Hub, HubLimits};
-use reactive_lock_backends::testing::{HubServer, RedisServer, valid_for};
+use reactive_lock_backends::testing::{
+    HubServer, RedisServer, await_states, publish_burst, valid_for,
+};
 
 const KEY: &str = "payments";
 
@@ -450,8 +452,6 @@ fn redis_one_slot_buffer_burst_across_a_restart() {
 /// of flaps on many keys ending busy/idle: every key's final state is delivered.
 #[test]
 fn redis_unpolled_stream_burst_delivers_final_states() {
-    use futures_lite::StreamExt;
-    use reactive_lock::{BackendEvent, InstanceStatus};
     let redis = RedisServer::start();
     block_on(async {
         let sub = reactive_lock_backends::redis::RedisBackend::builder(&redis.url())
@@ -464,55 +464,12 @@ fn redis_unpolled_stream_burst_delivers_final_states() {
         let writer = reactive_lock_backends::redis::RedisBackend::connect(&redis.url())
             .await
             .unwrap();
-        let validity = Duration::from_secs(60);
-        let rounds = 30u64;
-        for seq in 1..=rounds {
-            for (k, key) in ks.iter().enumerate() {
-                let last = seq == rounds;
-                let st = if (last && k % 2 == 0) || (!last && seq % 2 == 1) {
-                    InstanceStatus::busy(Some(format!("v{seq}")), seq, validity)
-                } else {
-                    InstanceStatus::idle(seq, validity)
-                };
-                writer.publish(key, "writer", &st).await.unwrap();
-            }
-        }
-        let mut seen: std::collections::HashMap<String, (u64, bool)> = Default::default();
-        let done = |seen: &std::collections::HashMap<String, (u64, bool)>| {
-            ks.iter().enumerate().all(|(k, key)| {
-                seen.get(key)
-                    .is_some_and(|(seq, busy)| *seq == rounds && *busy == (k % 2 == 0))
-            })
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !done(&seen) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let event = futures_lite::future::or(async { events.next().await }, async {
-                async_io::Timer::after(left).await;
-                None
-            })
-            .await;
-            let Some(event) = event else {
-                panic!("not every key's final state arrived: {seen:?}");
-            };
-            let mut apply = |key: String, e: &reactive_lock::Entry| {
-                if e.instance == "writer" {
-                    let held = seen.entry(key).or_insert((0, false));
-                    if e.seq >= held.0 {
-                        *held = (e.seq, e.busy);
-                    }
-                }
-            };
-            match event {
-                BackendEvent::Snapshot(s) => {
-                    for e in &s.entries {
-                        apply(s.key.clone(), e)
-                    }
-                }
-                BackendEvent::Update { key, entry, .. } => apply(key, &entry),
-                _ => {}
-            }
-        }
+        let rounds = 30;
+        publish_burst(&writer, &ks, rounds).await;
+        await_states(&mut events, &ks, |k, (seq, busy, _)| {
+            *seq == rounds && *busy == (k % 2 == 0)
+        })
+        .await;
     });
 }
 

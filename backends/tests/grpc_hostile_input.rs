@@ -255,61 +255,22 @@ fn lock_data_round_trips_through_a_hub_and_the_separator_is_refused() {
     });
 }
 
-use reactive_lock_backends::testing::{Seen, burst_final_state as final_state, fold};
+use reactive_lock_backends::testing::{await_burst_final_states, publish_burst};
 
 /// Issue 21 part 2: a subscriber that lags behind a burst on many keys: the client's bounded
 /// queues coalesce per key (the stream tasks keep reading, the hub never sees a stall) and
 /// every key's final state still arrives.
 #[test]
 fn a_burst_on_many_keys_still_delivers_every_keys_final_state() {
-    use futures_lite::StreamExt;
-    use reactive_lock::InstanceStatus;
     let hub = HubServer::start();
     let keys: Vec<String> = (0..20).map(|k| format!("burst-{k}")).collect();
     block_on(async {
         let subscriber = GrpcBackend::connect([hub.url.clone()]).await.unwrap();
         let mut events = subscriber.subscribe("reader", &keys).await.unwrap();
         let writer = GrpcBackend::connect([hub.url.clone()]).await.unwrap();
-        let validity = Duration::from_secs(60);
-        let flaps: u64 = 50;
         // Not polled meanwhile: the subscriber lags by the whole burst.
-        for seq in 1..=flaps {
-            for (k, key) in keys.iter().enumerate() {
-                let status = if seq == flaps {
-                    let (busy, data) = final_state(k);
-                    if busy {
-                        InstanceStatus::busy(data, seq, validity)
-                    } else {
-                        InstanceStatus::idle(seq, validity)
-                    }
-                } else if seq % 2 == 1 {
-                    InstanceStatus::busy(Some(format!("v{seq}")), seq, validity)
-                } else {
-                    InstanceStatus::idle(seq, validity)
-                };
-                writer.publish(key, "writer", &status).await.unwrap();
-            }
-        }
-        let mut seen = Seen::new();
-        let done = |seen: &Seen| {
-            keys.iter().enumerate().all(|(k, key)| {
-                seen.get(key)
-                    .is_some_and(|(_, busy, data)| (*busy, data.clone()) == final_state(k))
-            })
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !done(&seen) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let event = futures_lite::future::or(async { events.next().await }, async {
-                async_io::Timer::after(left).await;
-                None
-            })
-            .await;
-            let Some(event) = event else {
-                panic!("not every key's final state arrived: {seen:?}");
-            };
-            fold(&mut seen, event);
-        }
+        publish_burst(&writer, &keys, 50).await;
+        await_burst_final_states(&mut events, &keys).await;
         for key in &keys {
             assert_eq!(
                 hub.hub.subscriber_count(key),
