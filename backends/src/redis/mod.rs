@@ -259,14 +259,12 @@ impl RedisBackendBuilder {
                 subscription_buffer: self.subscription_buffer,
                 push_overflows: Arc::new(AtomicU64::new(0)),
                 entries_over_limit: AtomicU64::new(0),
-                over_limit_warned: Mutex::new(None),
+                over_limit_warnings: Mutex::new(WarnBudget::per_minute(1)),
                 malformed: AtomicU64::new(0),
-                malformed_warnings: Mutex::new(MalformedWarnings {
-                    seen: HashSet::new(),
-                    window_start: std::time::Instant::now(),
-                    in_window: 0,
-                    unlogged: 0,
-                }),
+                malformed_seen: Mutex::new(HashSet::new()),
+                malformed_warnings: Mutex::new(WarnBudget::per_minute(
+                    MALFORMED_WARNINGS_PER_MINUTE,
+                )),
                 notifications_applied: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
                 own: Mutex::new(HashMap::new()),
@@ -368,11 +366,12 @@ struct Inner {
     push_overflows: Arc<AtomicU64>,
     /// Entries beyond [`MAX_ENTRIES_PER_KEY`] that reads ignored.
     entries_over_limit: AtomicU64,
-    /// When the last over-limit warning was logged.
-    over_limit_warned: Mutex<Option<std::time::Instant>>,
+    over_limit_warnings: Mutex<WarnBudget>,
     malformed: AtomicU64,
-    /// Malformed (key, field, value) already logged, so each is logged once. Bounded.
-    malformed_warnings: Mutex<MalformedWarnings>,
+    /// Malformed (key, field, value) already warned about, each once; bounded by
+    /// [`MALFORMED_REMEMBERED`].
+    malformed_seen: Mutex<HashSet<(String, String, Vec<u8>)>>,
+    malformed_warnings: Mutex<WarnBudget>,
     notifications_applied: AtomicU64,
     rereads: AtomicU64,
     /// Each subscribed instance's subscription connection (single server), by instance
@@ -390,9 +389,6 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// How often at most a backend warns of a key's hash over [`MAX_ENTRIES_PER_KEY`].
-const OVER_LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
-
 /// Warnings about malformed entries per minute at most, per backend.
 const MALFORMED_WARNINGS_PER_MINUTE: u32 = 10;
 
@@ -400,14 +396,45 @@ const MALFORMED_WARNINGS_PER_MINUTE: u32 = 10;
 /// past this, so memory stays bounded whatever is written into the store.
 const MALFORMED_REMEMBERED: usize = 1024;
 
-/// What the malformed-entry warnings remember: the entries already warned about, and the
-/// current minute's count.
-struct MalformedWarnings {
-    seen: HashSet<(String, String, Vec<u8>)>,
-    window_start: std::time::Instant,
+/// A rate limit on one kind of warning, so a flood of bad data cannot flood the log: at
+/// most `per_minute` warnings in any minute counted from the first of them.
+struct WarnBudget {
+    per_minute: u32,
+    /// When the current minute began: at the first warning after the last minute ended.
+    window_start: Option<std::time::Instant>,
     in_window: u32,
-    /// Warnings withheld by the rate limit since the last one logged.
+    /// Warnings withheld since the last one logged.
     unlogged: u64,
+}
+
+impl WarnBudget {
+    fn per_minute(per_minute: u32) -> Self {
+        WarnBudget {
+            per_minute,
+            window_start: None,
+            in_window: 0,
+            unlogged: 0,
+        }
+    }
+
+    /// Whether a warning may be logged now: `Some` with how many were withheld since the
+    /// last one, or `None` (this one is counted as withheld).
+    fn take(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(60))
+        {
+            self.window_start = Some(now);
+            self.in_window = 0;
+        }
+        if self.in_window >= self.per_minute {
+            self.unlogged += 1;
+            return None;
+        }
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// Counters of a [`RedisBackend`].
@@ -637,26 +664,20 @@ impl RedisBackend {
     /// the log; the first warning after a quiet spell says how many went unlogged.
     fn malformed(&self, key: &str, field: &str, value: &[u8], why: &str) {
         self.inner.malformed.fetch_add(1, Ordering::Relaxed);
-        let mut warnings = self.inner.malformed_warnings.lock();
-        let entry = (key.into(), field.into(), value.to_vec());
-        if warnings.seen.contains(&entry) {
+        {
+            let mut seen = self.inner.malformed_seen.lock();
+            let entry = (key.into(), field.into(), value.to_vec());
+            if seen.contains(&entry) {
+                return;
+            }
+            if seen.len() >= MALFORMED_REMEMBERED {
+                seen.clear();
+            }
+            seen.insert(entry);
+        }
+        let Some(unlogged) = self.inner.malformed_warnings.lock().take() else {
             return;
-        }
-        if warnings.seen.len() >= MALFORMED_REMEMBERED {
-            warnings.seen.clear();
-        }
-        warnings.seen.insert(entry);
-        let now = std::time::Instant::now();
-        if now.duration_since(warnings.window_start) >= Duration::from_secs(60) {
-            warnings.window_start = now;
-            warnings.in_window = 0;
-        }
-        if warnings.in_window >= MALFORMED_WARNINGS_PER_MINUTE {
-            warnings.unlogged += 1;
-            return;
-        }
-        warnings.in_window += 1;
-        let unlogged = std::mem::take(&mut warnings.unlogged);
+        };
         tracing::warn!(
             key,
             field,
@@ -668,15 +689,13 @@ impl RedisBackend {
     }
 
     /// Counts the entries of `key` beyond [`MAX_ENTRIES_PER_KEY`] that a read ignored, and
-    /// warns at most once per [`OVER_LIMIT_WARN_EVERY`] per backend: a polluted hash is
-    /// read on every change of its key.
+    /// warns at most once a minute per backend: a polluted hash is read on every change of
+    /// its key.
     fn over_limit(&self, key: &str, total: u64, ignored: u64) {
         self.inner
             .entries_over_limit
             .fetch_add(ignored, Ordering::Relaxed);
-        let mut last = self.inner.over_limit_warned.lock();
-        if last.is_none_or(|at| at.elapsed() >= OVER_LIMIT_WARN_EVERY) {
-            *last = Some(std::time::Instant::now());
+        if self.inner.over_limit_warnings.lock().take().is_some() {
             tracing::warn!(
                 key,
                 fields = total,
