@@ -61,6 +61,24 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
+/// A registry builder for instance `name` tracking every key.
+fn tracking(name: String, keys: &[String]) -> reactive_lock::ReactiveLockBuilder {
+    keys.iter().fold(
+        ReactiveLock::builder().instance_name(name),
+        |builder, key| builder.tracker(key, TrackerConfig::new()),
+    )
+}
+
+/// Whether an instance's `status` of a key agrees with the truth: blocked exactly when some
+/// instance is busy, and known.
+fn agrees(status: Status, truly_busy: bool) -> bool {
+    match status {
+        Status::Blocked => truly_busy,
+        Status::Unblocked => !truly_busy,
+        Status::Unknown => false,
+    }
+}
+
 /// One backend's instances, each with a controller and a state per key.
 struct Group {
     name: &'static str,
@@ -86,14 +104,12 @@ impl Group {
             keys: keys.clone(),
         };
         for i in 0..options.instances {
-            let mut builder = ReactiveLock::builder()
-                .instance_name(format!("{name}-{i}"))
+            let lock = tracking(format!("{name}-{i}"), &keys)
                 .renewal(RENEWAL)
-                .expiration(EXPIRATION);
-            for key in &keys {
-                builder = builder.tracker(key, TrackerConfig::new());
-            }
-            let lock = builder.build(connect().await).await.expect("build");
+                .expiration(EXPIRATION)
+                .build(connect().await)
+                .await
+                .expect("build");
             group
                 .controllers
                 .push(keys.iter().map(|k| lock.controller(k).unwrap()).collect());
@@ -116,12 +132,7 @@ impl Group {
             let truth = self.truly_busy(k);
             for (i, states) in self.states.iter().enumerate() {
                 let status = states[k].status();
-                let agrees = match status {
-                    Status::Blocked => truth,
-                    Status::Unblocked => !truth,
-                    Status::Unknown => false,
-                };
-                if !agrees {
+                if !agrees(status, truth) {
                     return Some(format!(
                         "{}-{i} sees {key} {status:?}, truly busy: {truth}",
                         self.name
@@ -153,12 +164,10 @@ impl Group {
         round: usize,
         backend: B,
     ) -> Result<Duration, String> {
-        let mut builder =
-            ReactiveLock::builder().instance_name(format!("{}-observer-{round}", self.name));
-        for key in &self.keys {
-            builder = builder.tracker(key, TrackerConfig::new());
-        }
-        let observer = builder.build(backend).await.map_err(|e| e.to_string())?;
+        let observer = tracking(format!("{}-observer-{round}", self.name), &self.keys)
+            .build(backend)
+            .await
+            .map_err(|e| e.to_string())?;
         let states: Vec<TrackerState> = self
             .keys
             .iter()
@@ -166,15 +175,8 @@ impl Group {
             .collect();
         let start = Instant::now();
         let result = loop {
-            let wrong = (0..self.keys.len()).find(|&k| {
-                let truth = self.truly_busy(k);
-                states[k].status()
-                    != if truth {
-                        Status::Blocked
-                    } else {
-                        Status::Unblocked
-                    }
-            });
+            let wrong =
+                (0..self.keys.len()).find(|&k| !agrees(states[k].status(), self.truly_busy(k)));
             match wrong {
                 None => break Ok(start.elapsed()),
                 Some(k) if start.elapsed() > CONVERGE => {
