@@ -49,6 +49,9 @@ write("redis_snapshot", "expired_only", f"{NOW} 1\nold\t1;{T}\n")
 write("redis_snapshot", "malformed_beside_busy",
       f"{NOW} 0\nbad\t2;1\nbad-ticks\t1;abc\nbusy\t1;{T + 10};x\n".encode()
       + b"\xff\xfe\t1;" + str(T + 10).encode() + b"\n")
+# Another writer's lock data holding the separator reads as two entries, as in .NET.
+write("redis_snapshot", "data_with_separator",
+      f"{NOW} 0\napi-1\t1;{T + 10};a#REACTIVELOCK#b#REACTIVELOCK#c\napi-2\t1;{T + 10};#REACTIVELOCK#\n")
 write("redis_snapshot", "time_max", f"18446744073709551615 999999\nfar\t1;18446744073709551615\n")
 
 # grpc_notifications: protobuf LockStatusNotification per hub.

@@ -43,7 +43,7 @@ pub fn check(data: &[u8]) {
     }
     let now = u128::from(time.0) * 1_000_000_000 + u128::from(time.1) * 1_000;
     let now = u64::try_from(now).unwrap_or(u64::MAX);
-    let judged: Vec<Option<bool>> = entries
+    let judged: Vec<Option<(bool, Option<&str>)>> = entries
         .iter()
         .map(|(field, value)| busy_and_unexpired(field, value, now))
         .collect();
@@ -56,15 +56,26 @@ pub fn check(data: &[u8]) {
     let well_formed = judged.iter().filter(|j| j.is_some()).count();
     assert_eq!(snapshot.entries.len(), well_formed, "{entries:?}");
     assert_eq!(malformed, entries.len() - well_formed);
-    let blocked = judged.contains(&Some(true));
+    let blocked = judged.iter().any(|j| matches!(j, Some((true, _))));
     assert_eq!(snapshot.is_blocked(), blocked, "{entries:?} at {now}");
     assert_eq!(snapshot.next_expiry().is_some(), blocked);
     if let Some(expiry) = snapshot.next_expiry() {
         assert!(!expiry.is_zero(), "an entry expiring now is expired");
     }
-    assert!(
-        snapshot.lock_data_entries().len() <= judged.iter().filter(|j| **j == Some(true)).count()
-    );
+    // Lock data of the busy entries, each split on the .NET separator as a .NET reader
+    // splits the joined data: a writer's data holding the separator reads as two entries.
+    let mut expected: Vec<&str> = judged
+        .iter()
+        .flatten()
+        .filter(|(busy, _)| *busy)
+        .filter_map(|(_, data)| *data)
+        .flat_map(|data| data.split("#REACTIVELOCK#"))
+        .filter(|part| !part.is_empty())
+        .collect();
+    let mut lock_data = snapshot.lock_data_entries();
+    expected.sort_unstable();
+    lock_data.sort_unstable();
+    assert_eq!(lock_data, expected, "{entries:?} at {now}");
     // Each entry carries the first sequence stored for its instance, 0 when none parses.
     for entry in &snapshot.entries {
         let seq = seqs
@@ -77,8 +88,13 @@ pub fn check(data: &[u8]) {
 }
 
 /// The reference judgement of one entry, written apart from the decoder: `None` when a
-/// reader must ignore it, else whether it is busy and unexpired at `now` (Unix nanos).
-fn busy_and_unexpired(field: &[u8], value: &[u8], now: u64) -> Option<bool> {
+/// reader must ignore it, else whether it is busy and unexpired at `now` (Unix nanos), and
+/// its lock data.
+fn busy_and_unexpired<'a>(
+    field: &[u8],
+    value: &'a [u8],
+    now: u64,
+) -> Option<(bool, Option<&'a str>)> {
     std::str::from_utf8(field).ok()?;
     if value.len() > MAX_VALUE_LEN {
         return None;
@@ -97,5 +113,5 @@ fn busy_and_unexpired(field: &[u8], value: &[u8], now: u64) -> Option<bool> {
     let ticks: u64 = ticks.parse().unwrap_or(u64::MAX);
     let since_epoch = u128::from(ticks.checked_sub(DOTNET_TICKS_AT_UNIX_EPOCH)?) * 100;
     let valid_until = u64::try_from(since_epoch).unwrap_or(u64::MAX / 100 * 100);
-    Some(busy && valid_until > now)
+    Some((busy && valid_until > now, parts.next()))
 }
