@@ -519,7 +519,7 @@ async fn run(shared: Arc<DriverShared>, events: EventStream) {
     let mut timer = WakeTimer::new();
     loop {
         // Register for wake-ups before doing the work, so a wake during the work is kept.
-        let signal = shared.bell.event.listen();
+        let signal = shared.bell.listen();
         if shared.stopping() {
             return;
         }

@@ -104,6 +104,12 @@ pub use controller::{Ack, MAX_IN_FLIGHT, OwnedTrackerGuard, TrackerController, T
 pub use error::{BackendError, BackendErrorKind, Error, Result, Timeout};
 pub use state::{LOCK_DATA_SEPARATOR, Status, StatusChanges, TrackerState, UnknownPolicy};
 
+/// The driver's bell, for the loom models only: `--cfg loom` is the models' build, never a
+/// user's.
+#[cfg(loom)]
+#[doc(hidden)]
+pub use publish::Bell;
+
 #[cfg(all(feature = "std", not(loom)))]
 pub use config::{MAX_DURATION, MIN_DURATION, TrackerConfig};
 #[cfg(all(feature = "std", not(loom)))]

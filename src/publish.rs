@@ -621,36 +621,39 @@ impl<S: SlotLock> Drop for PublishingGuard<'_, S> {
     }
 }
 
+#[cfg(loom)]
+pub use bell::Bell;
 #[cfg(all(feature = "std", not(loom)))]
-pub(crate) use registry_side::{Bell, LEASE, RegistryPublisher};
+pub(crate) use bell::{Bell, LEASE};
+#[cfg(all(feature = "std", not(loom)))]
+pub(crate) use registry_side::RegistryPublisher;
 
-/// The protocol's parts that a registry adds: the driver's bell (and the leases it watches)
-/// and the publisher that turns a status into a backend call.
-#[cfg(all(feature = "std", not(loom)))]
-mod registry_side {
+/// The driver's bell, apart from the registry so that the loom models check it: no ring is
+/// lost, and what a ringer did before ringing is seen by the driver's look that follows.
+#[cfg(any(feature = "std", loom))]
+// The models exercise the bell alone, without the driver that uses the rest of it.
+#[cfg_attr(loom, allow(dead_code))]
+mod bell {
     use alloc::boxed::Box;
-    use alloc::string::String;
-    use alloc::sync::Arc;
     use alloc::vec::Vec;
-    use core::time::Duration;
 
-    use event_listener::Event;
+    use event_listener::{Event, EventListener};
 
-    use super::Publisher;
-    use crate::backend::{BoundPublisher, BoxFuture, DynBackend, InstanceStatus, StoreTime};
-    use crate::error::{Error, Result};
-    use crate::sync::{AtomicBool, Ordering};
+    use crate::sync::{AtomicBool, Mutex, Ordering};
 
     /// Wakes the driver and tells it which trackers need a look (a publish left pending, an
-    /// expiry to re-arm after a read-through), so that a round of the driver costs what changed,
-    /// not the number of trackers (it scanned them all: ~400 µs per event with 10,000 trackers).
-    pub(crate) struct Bell {
-        pub(crate) event: Event,
+    /// expiry to re-arm after a read-through), so that a round of the driver costs what
+    /// changed, not the number of trackers.
+    ///
+    /// Public only in the loom models' build (`--cfg loom`), which checks it from the
+    /// `loom-tests` crate.
+    pub struct Bell {
+        event: Event,
         /// Whether a tracker is in `list` already: each is queued once however often it rings.
         queued: Box<[AtomicBool]>,
-        list: parking_lot::Mutex<Vec<usize>>,
+        list: Mutex<Vec<usize>>,
         /// Publishing roles callers' futures took (tracker, token), for the driver's lease.
-        leases: parking_lot::Mutex<Vec<(usize, u64)>>,
+        leases: Mutex<Vec<(usize, u64)>>,
     }
 
     /// How long a caller's future may hold a key's publishing role before the driver takes it
@@ -661,12 +664,13 @@ mod registry_side {
     pub(crate) const LEASE: core::time::Duration = core::time::Duration::from_millis(200);
 
     impl Bell {
-        pub(crate) fn new(trackers: usize) -> Self {
+        /// A bell for `trackers` trackers, indexed from 0.
+        pub fn new(trackers: usize) -> Self {
             Bell {
                 event: Event::new(),
                 queued: (0..trackers).map(|_| AtomicBool::new(false)).collect(),
-                list: parking_lot::Mutex::new(Vec::new()),
-                leases: parking_lot::Mutex::new(Vec::new()),
+                list: Mutex::new(Vec::new()),
+                leases: Mutex::new(Vec::new()),
             }
         }
 
@@ -681,8 +685,14 @@ mod registry_side {
             core::mem::take(&mut *self.leases.lock())
         }
 
+        /// A listener for the next ring or wake. The driver takes it before it takes what
+        /// rang, so a ring during its round wakes it for the next one.
+        pub fn listen(&self) -> EventListener {
+            self.event.listen()
+        }
+
         /// Wakes the driver to look at tracker `index`.
-        pub(crate) fn ring(&self, index: usize) {
+        pub fn ring(&self, index: usize) {
             if let Some(flag) = self.queued.get(index)
                 && !flag.swap(true, Ordering::AcqRel)
             {
@@ -699,7 +709,7 @@ mod registry_side {
         /// The trackers rung since the last call. A flag is cleared with a read-modify-write,
         /// which reads the ringer's swap: what the ringer did before ringing is visible to the
         /// driver's look that follows, even when that ring found the tracker still queued.
-        pub(crate) fn take(&self) -> Vec<usize> {
+        pub fn take(&self) -> Vec<usize> {
             let list = core::mem::take(&mut *self.list.lock());
             for &i in &list {
                 self.queued[i].swap(false, Ordering::AcqRel);
@@ -707,6 +717,22 @@ mod registry_side {
             list
         }
     }
+}
+
+/// The protocol's part that a registry adds: the publisher that turns a status into a
+/// backend call.
+#[cfg(all(feature = "std", not(loom)))]
+mod registry_side {
+    use alloc::boxed::Box;
+    use alloc::string::String;
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use core::time::Duration;
+
+    use super::{Bell, Publisher};
+    use crate::backend::{BoundPublisher, BoxFuture, DynBackend, InstanceStatus, StoreTime};
+    use crate::error::{Error, Result};
+    use crate::sync::{AtomicBool, Ordering};
 
     /// Publishes a registry's transitions: stamps the wire sequence and the validity.
     pub(crate) struct RegistryPublisher {

@@ -1,6 +1,7 @@
 //! loom models of the core's concurrency: the packed controller word, waiter registration,
-//! handler ordering. Every atomic and mutex of the core goes through its `sync` shim, and
-//! event-listener is built with its `loom` feature, so loom explores their interleavings.
+//! handler ordering, the driver's bell. Every atomic and mutex of the core goes through its
+//! `sync` shim, and event-listener is built with its `loom` feature, so loom explores their
+//! interleavings.
 #![cfg(loom)]
 
 use futures_lite::StreamExt;
@@ -233,5 +234,42 @@ fn hysteresis_holds_while_a_drop_races_an_increment() {
         drop(second);
         assert!(!ctrl.is_busy() && !ctrl.state().is_blocked());
         assert_eq!(*log.lock().unwrap(), [true, false]);
+    });
+}
+
+/// The driver's bell: a tracker rung while the driver works is never lost, and the driver's
+/// look after taking it sees what the ringer did before ringing — also when the second ring
+/// found the tracker still queued and pushed nothing (the driver had taken the list but not
+/// yet cleared the flag). A lost ring leaves the driver parked and loom reports the deadlock;
+/// a stale look sees 1 where 2 was written.
+#[test]
+fn driver_bell_loses_no_ring_and_shows_what_the_ringer_wrote() {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use reactive_lock::Bell;
+    model(|| {
+        let bell = Arc::new(Bell::new(1));
+        // Stands for the tracker's pending status, written before each ring.
+        let status = Arc::new(AtomicUsize::new(0));
+        let ringer = {
+            let (bell, status) = (bell.clone(), status.clone());
+            thread::spawn(move || {
+                status.store(1, Ordering::Relaxed);
+                bell.ring(0);
+                status.store(2, Ordering::Relaxed);
+                bell.ring(0);
+            })
+        };
+        // The driver's loop: listen, take what rang, look; wait only when the look did not
+        // see the last status.
+        loom::future::block_on(async {
+            loop {
+                let listener = bell.listen();
+                if bell.take().contains(&0) && status.load(Ordering::Relaxed) == 2 {
+                    break;
+                }
+                listener.await;
+            }
+        });
+        ringer.join().unwrap();
     });
 }
