@@ -173,6 +173,12 @@ pub enum BackendErrorKind {
 /// assert!(err.to_string().contains("127.0.0.1:6379"));
 /// ```
 pub struct BackendError {
+    // One pointer: a publish's `Result<(), BackendError>` then travels up the inline
+    // publish path in a register instead of being copied through each frame's stack.
+    inner: Box<BackendErrorInner>,
+}
+
+struct BackendErrorInner {
     kind: BackendErrorKind,
     message: String,
     held_seq: Option<u64>,
@@ -183,10 +189,12 @@ impl BackendError {
     /// A new error of `kind` with a message that says what failed and where.
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
         Self {
-            kind,
-            message: message.into(),
-            held_seq: None,
-            source: None,
+            inner: Box::new(BackendErrorInner {
+                kind,
+                message: message.into(),
+                held_seq: None,
+                source: None,
+            }),
         }
     }
 
@@ -203,54 +211,68 @@ impl BackendError {
     /// assert_eq!(err.held_seq(), Some(42));
     /// ```
     pub fn superseded(held: u64, message: impl Into<String>) -> Self {
-        Self {
-            held_seq: Some(held),
-            ..Self::new(BackendErrorKind::Superseded, message)
-        }
+        let mut error = Self::new(BackendErrorKind::Superseded, message);
+        error.inner.held_seq = Some(held);
+        error
     }
 
     /// For a [`BackendErrorKind::Superseded`] error, the sequence the store holds.
     pub fn held_seq(&self) -> Option<u64> {
-        self.held_seq
+        self.inner.held_seq
     }
 
     /// Attaches the underlying error (kept for [`core::error::Error::source`]).
     pub fn with_source(mut self, source: impl core::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.inner.source = Some(Box::new(source));
         self
     }
 
     /// The kind of failure.
     pub fn kind(&self) -> BackendErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 }
 
 impl fmt::Debug for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendError")
-            .field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("source", &self.source)
+            .field("kind", &self.inner.kind)
+            .field("message", &self.inner.message)
+            .field("source", &self.inner.source)
             .finish()
     }
 }
 
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.message)
+        write!(f, "{:?}: {}", self.inner.kind, self.inner.message)
     }
 }
 
 impl core::error::Error for BackendError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        self.source
+        self.inner
+            .source
             .as_deref()
             .map(|e| e as &(dyn core::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish's outcome fits in registers, so the inline publish path (store, bound
+    /// publisher, registry publisher, slot) returns it without copying it through the stack.
+    #[test]
+    fn a_publish_outcome_is_one_pointer() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<Result<(), BackendError>>(), size_of::<usize>());
+        assert!(size_of::<Option<Result<(), BackendError>>>() <= 2 * size_of::<usize>());
     }
 }

@@ -56,7 +56,7 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         seq: u64,
         busy: bool,
         data: Option<&str>,
-    ) -> Option<Result<()>>;
+    ) -> Option<core::result::Result<(), BackendError>>;
     /// Whether [`publish_now`](Self::publish_now) may publish (a hint that saves a backend
     /// that never publishes inline a lock round per publish).
     fn publishes_inline(&self) -> bool;
@@ -94,10 +94,17 @@ const SUPERSEDED_RETRIES: usize = 2;
 /// The sequence a store says it holds, when it refused a publish as superseded.
 fn superseded(result: &Result<()>) -> Option<u64> {
     match result {
-        Err(Error::Backend { source, .. }) if source.kind() == BackendErrorKind::Superseded => {
-            source.held_seq()
-        }
+        Err(Error::Backend { source, .. }) => superseded_by(source),
         _ => None,
+    }
+}
+
+/// [`superseded`] for a backend's own error (the inline path's).
+fn superseded_by(error: &BackendError) -> Option<u64> {
+    if error.kind() == BackendErrorKind::Superseded {
+        error.held_seq()
+    } else {
+        None
     }
 }
 
@@ -191,7 +198,7 @@ impl PublishSlot {
         publisher: &dyn Publisher,
         index: usize,
         key: &str,
-    ) -> Option<Result<()>> {
+    ) -> Option<core::result::Result<(), BackendError>> {
         let (epoch, busy) = (self.newest_epoch, self.newest_busy);
         let mut result;
         let mut tries = 0;
@@ -201,7 +208,7 @@ impl PublishSlot {
             let seq = self.seq.saturating_add(1);
             result = publisher.publish_now(index, key, seq, busy, self.newest_data.as_deref())?;
             self.seq = seq;
-            match superseded(&result) {
+            match result.as_ref().err().and_then(superseded_by) {
                 Some(held) if tries < SUPERSEDED_RETRIES => {
                     self.raise_seq(held);
                     tries += 1;
@@ -209,23 +216,19 @@ impl PublishSlot {
                 _ => break,
             }
         }
-        self.record_outcome(epoch, &result);
+        match &result {
+            Ok(()) => self.record_acknowledged(epoch),
+            Err(source) => self.record_failed(epoch, source.kind(), source.message().into()),
+        }
         Some(result)
     }
 
     /// Records the outcome of publishing `epoch` for every waiter.
     fn record_outcome(&mut self, epoch: u32, result: &Result<()>) {
         match result {
-            Ok(()) => {
-                if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
-                    self.acked_epoch = epoch;
-                }
-                self.failed = None;
-                self.publishes += 1;
-            }
+            Ok(()) => self.record_acknowledged(epoch),
             Err(Error::Backend { source, .. }) => {
-                self.failed = Some((epoch, source.kind(), String::from(source.message())));
-                self.publish_failures += 1;
+                self.record_failed(epoch, source.kind(), String::from(source.message()));
             }
             Err(Error::Shutdown { .. }) => {
                 self.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
@@ -234,6 +237,19 @@ impl PublishSlot {
                 self.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
             }
         }
+    }
+
+    fn record_acknowledged(&mut self, epoch: u32) {
+        if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
+            self.acked_epoch = epoch;
+        }
+        self.failed = None;
+        self.publishes += 1;
+    }
+
+    fn record_failed(&mut self, epoch: u32, kind: BackendErrorKind, message: String) {
+        self.failed = Some((epoch, kind, message));
+        self.publish_failures += 1;
     }
 }
 
@@ -276,7 +292,7 @@ impl PublishPoint {
 
     /// Counts a publish's outcome in the key's metrics.
     #[inline]
-    fn count_outcome(&self, result: &Result<()>) {
+    fn count_outcome<E>(&self, result: &core::result::Result<(), E>) {
         #[cfg(feature = "metrics")]
         if let Some(instruments) = &self.instruments {
             instruments.publish_outcome(result);
@@ -497,7 +513,10 @@ impl PublishPoint {
         if result.is_err() {
             publisher.wake_driver(self.index);
         }
-        Some(result.map(|()| true))
+        Some(result.map(|()| true).map_err(|source| Error::Backend {
+            key: String::from(&*self.key),
+            source,
+        }))
     }
 
     /// Takes the publishing role for the newest status if `mode` has something to send and
@@ -817,20 +836,20 @@ mod registry_side {
             seq: u64,
             busy: bool,
             data: Option<&str>,
-        ) -> Option<Result<()>> {
+        ) -> Option<core::result::Result<(), crate::BackendError>> {
             // After shutdown the asynchronous path reports `Error::Shutdown`.
             if !self.publishes_inline() {
                 return None;
             }
             let status = self.status(seq, busy, data);
             if let Some(Some(bound)) = self.bound.get(index) {
-                return Some(with_key(key, bound.publish_now(&status)));
+                return Some(bound.publish_now(&status));
             }
             let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
                 self.inline.store(false, Ordering::Relaxed);
                 return None;
             };
-            Some(with_key(key, result))
+            Some(result)
         }
 
         fn publishes_inline(&self) -> bool {
