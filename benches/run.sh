@@ -13,8 +13,8 @@
 #   benches/run.sh --report STAMP  print the sections again from a finished run (no benches)
 #
 # Needs redis-server on PATH (each bench starts its own on a free port) and `taskset`.
-# Takes about 30 minutes on a 2-vCPU VM (each repeat about 12 more); run it on a quiet
-# machine: the figures are only as steady as the host.
+# Takes about 15 minutes on a 2-vCPU VM after the build (each repeat about 6 more); run it on
+# a quiet machine: the figures are only as steady as the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -78,9 +78,9 @@ sections() {
     echo
     benches/report.sh "pinned-$stamp"
     pinned_runs=("pinned-$stamp")
-    for dir in "$target"/criterion/hot_path/atomic_pair/pinned*-"$stamp"; do
-        name="$(basename "$dir")"
-        [ "$name" != "pinned-$stamp" ] && pinned_runs+=("$name")
+    for i in $(seq 2 100); do
+        [ -d "$target/criterion/hot_path/atomic_pair/pinned$i-$stamp" ] || break
+        pinned_runs+=("pinned$i-$stamp")
     done
     if [ "${#pinned_runs[@]}" -gt 1 ]; then
         echo
