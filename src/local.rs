@@ -279,9 +279,10 @@ impl LocalBackend {
 }
 
 /// The store's clock: the system clock, read coarse where the kernel offers it (Linux: the
-/// last tick, 1–4 ms resolution, a few nanoseconds per read instead of some 25 on a VM's
-/// paravirtual clock). It is read on every publish and only ever judges expiry, which is
-/// seconds away; a precise read cost more than the rest of an in-process transition.
+/// last tick, 1–4 ms resolution, cheaper to read than a precise clock, which on a VM's
+/// paravirtual clock costs about as much as the rest of an in-process transition). It is
+/// read on every publish and only ever judges expiry, which is seconds away, so a tick's
+/// resolution is enough.
 fn store_now() -> StoreTime {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

@@ -1,6 +1,7 @@
 //! Hot path and local transitions, each beside its baseline in the same run.
 //!
-//! Run pinned to one CPU (cross-CPU wake-ups cost 40–110 µs on 2-vCPU VMs):
+//! Run pinned to one CPU (a wake-up that crosses CPUs costs more than most of what is measured
+//! here, and varies from run to run):
 //! `taskset -c 0 cargo bench -p reactive-lock-benches --bench hot_path`
 
 use std::future::Future;

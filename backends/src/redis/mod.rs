@@ -30,8 +30,7 @@
 //! subscription's connection while it is up: the echo of each publish (Redis delivers it to
 //! every subscriber of the channel, the publisher's own subscription included) then returns
 //! on the connection that sent the script, in the same read as its reply, instead of costing
-//! the server a second write and the client a second wake-up (`redis/transition_ack_pair`:
-//! see BENCHMARKS.md). Publishes fall back to the command connection while it is down; the
+//! the server a second write and the client a second wake-up. Publishes fall back to the command connection while it is down; the
 //! script's sequence check keeps a write that arrives late on one connection from
 //! overriding a newer one sent on the other. The redis crate runs the connections on smol's
 //! global executor (`smol-comp`), so the backend works whatever runtime the application
@@ -936,8 +935,9 @@ impl Backend for RedisBackend {
                 )
             }
         };
-        // In slices: each SUBSCRIBE's reply is one confirmation per channel, and 10,000 at
-        // once left ~5 MB of transient allocations in the heap (`mem` bench).
+        // In slices: each SUBSCRIBE's reply is one confirmation per channel, and all of a
+        // large registry's keys at once would leave megabytes of transient allocations in
+        // the heap.
         for slice in channels.chunks(SUBSCRIBE_SLICE) {
             connection
                 .subscribe(slice)

@@ -287,9 +287,9 @@ pub(super) fn parse_payload(payload: &[u8]) -> Payload {
 /// TIME + ordered HSET + PUBLISH in one atomic step. Lua numbers are doubles, so .NET ticks
 /// (~6.4e17, beyond 2^53) are built as strings from exact parts: whole seconds since
 /// 0001-01-01 (~6.4e10, printed exactly by Lua's `%.14g` number-to-string) and the 7-digit
-/// sub-second tick count. Every number printed costs the script some 0.3–0.5 µs (and
-/// `string.format` ~0.75 µs, a library call ~0.2 µs), so the script prints as little as it
-/// can:
+/// sub-second tick count. Printing a number (and more so `string.format`, or any library
+/// call) is a large part of the script's time on the server, so the script prints as little
+/// as it can:
 /// * a busy status's validity comes as whole seconds already offset to the .NET epoch
 ///   (`ARGV[4]`) and sub-second microseconds (`ARGV[5]`). With whole seconds (`0`, the usual
 ///   case) the sub-second ticks are `TIME`'s microseconds as they are, zero-padded by a
