@@ -576,16 +576,31 @@ pub(crate) async fn wait(
     }
 }
 
+/// What `hold` holds, and how.
+pub(crate) struct Hold {
+    pub(crate) key: String,
+    pub(crate) data: Option<String>,
+    pub(crate) instance: Option<String>,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) renewal: Duration,
+    pub(crate) expiration: Duration,
+}
+
 /// `hold`: busy for `key` (renewed) until `duration` passes or SIGINT/SIGTERM, then idle.
-pub(crate) async fn hold(
-    backend: AnyBackend,
-    key: String,
-    data: Option<String>,
-    instance: Option<String>,
-    duration: Option<Duration>,
-) -> Result<ExitCode, String> {
+pub(crate) async fn hold(backend: AnyBackend, hold: Hold) -> Result<ExitCode, String> {
+    let Hold {
+        key,
+        data,
+        instance,
+        duration,
+        renewal,
+        expiration,
+    } = hold;
     let stop = crate::shutdown_signal()?;
-    let mut builder = ReactiveLock::builder().tracker(key.clone(), TrackerConfig::new());
+    let mut builder = ReactiveLock::builder()
+        .renewal(renewal)
+        .expiration(expiration)
+        .tracker(key.clone(), TrackerConfig::new());
     if let Some(instance) = instance {
         builder = builder.instance_name(instance);
     }

@@ -227,6 +227,17 @@ fn errors_are_one_line_and_exit_2() {
             "soon",
         ),
         (vec!["inspect", KEY], "--redis"),
+        (
+            vec![
+                "hold",
+                "--redis",
+                "redis://127.0.0.1:1/",
+                "--expiration",
+                "a while",
+                KEY,
+            ],
+            "a while",
+        ),
     ] {
         let out = run(&args);
         let stderr = stderr_of(&out);
