@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::StreamExt;
 use futures_lite::future::block_on;
@@ -615,25 +615,23 @@ type HubClient =
         tonic::transport::Channel,
     >;
 
-/// Sets every key of `keys` to `busy`, valid for `valid`, from 16 concurrent callers on one
-/// connection; every call must be taken.
-async fn set_all(client: &HubClient, keys: &[String], busy: bool, valid: Duration) {
-    use reactive_lock_backends::grpc::proto::LockStatusRequest;
-    use reactive_lock_backends::testing::valid_for;
+/// Sends `status` for every key of `keys` (its `lock_key` replaced) from 16 concurrent
+/// callers on one connection; every call must be taken.
+async fn set_all(
+    client: &HubClient,
+    keys: &[String],
+    status: &reactive_lock_backends::grpc::proto::LockStatusRequest,
+) {
     let tasks: Vec<_> = keys
         .chunks(keys.len().div_ceil(16))
         .map(|chunk| {
-            let (mut client, chunk) = (client.clone(), chunk.to_vec());
+            let (mut client, chunk, status) = (client.clone(), chunk.to_vec(), status.clone());
             tokio::spawn(async move {
                 for key in chunk {
+                    let mut status = status.clone();
+                    status.lock_key = key.clone();
                     client
-                        .set_status(LockStatusRequest {
-                            lock_key: key.clone(),
-                            instance_id: "sweeper-test".into(),
-                            is_busy: busy,
-                            lock_data: None,
-                            valid_until: Some(valid_for(valid)),
-                        })
+                        .set_status(status)
                         .await
                         .unwrap_or_else(|status| panic!("{key} refused: {status}"));
                 }
@@ -642,6 +640,23 @@ async fn set_all(client: &HubClient, keys: &[String], busy: bool, valid: Duratio
         .collect();
     for task in tasks {
         task.await.unwrap();
+    }
+}
+
+/// A status of the test's one instance, valid until `valid_until` (`lock_key` left empty).
+fn status_until(
+    busy: bool,
+    valid_until: std::time::SystemTime,
+) -> reactive_lock_backends::grpc::proto::LockStatusRequest {
+    let left = valid_until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    reactive_lock_backends::grpc::proto::LockStatusRequest {
+        lock_key: String::new(),
+        instance_id: "sweeper-test".into(),
+        is_busy: busy,
+        lock_data: None,
+        valid_until: Some(reactive_lock_backends::testing::valid_for(left)),
     }
 }
 
@@ -675,24 +690,38 @@ fn the_hub_process_forgets_twenty_thousand_idle_keys_and_its_memory_follows() {
     rt.block_on(async {
         let client = HubClient::connect(hub.url()).await.unwrap();
         let moment = Duration::from_millis(100);
+        // Each key's idle status is valid until no earlier than its busy one, as a client's
+        // statuses are: an earlier validUntil within the hub's reorder window is dropped as
+        // an older message still in transit.
+        let busy_then_idle = |keys: Vec<String>| {
+            let client = client.clone();
+            async move {
+                let until = SystemTime::now() + moment;
+                set_all(&client, &keys, &status_until(true, until)).await;
+                let until = SystemTime::now().max(until) + moment;
+                set_all(&client, &keys, &status_until(false, until)).await;
+            }
+        };
         // Warm up (connection, first allocations, the metrics endpoint) before the baseline.
-        let warm_up = ["warm-up".to_string()];
-        set_all(&client, &warm_up, true, moment).await;
-        set_all(&client, &warm_up, false, moment).await;
+        busy_then_idle(vec!["warm-up".into()]).await;
         keys_held();
         let start = rss_of(pid);
         let mut with_one_wave = 0;
         for wave in 0..WAVES {
             let keys: Vec<String> = (0..PER_WAVE).map(|i| format!("key-{wave}-{i}")).collect();
             if wave == 0 {
-                // Busy long enough that none is forgotten before the reading: what holding
-                // a wave's keys costs, beside the baseline.
-                set_all(&client, &keys, true, Duration::from_secs(30)).await;
+                // Valid until one instant well past the time the wave takes to send, so that
+                // none is forgotten before the reading: what holding a wave's keys costs,
+                // beside the baseline.
+                let until = SystemTime::now() + Duration::from_secs(5);
+                set_all(&client, &keys, &status_until(true, until)).await;
                 with_one_wave = rss_of(pid);
+                set_all(&client, &keys, &status_until(false, until)).await;
+                let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(left).await;
             } else {
-                set_all(&client, &keys, true, moment).await;
+                busy_then_idle(keys).await;
             }
-            set_all(&client, &keys, false, moment).await;
             // Idle and expired for the grace before the next wave needs their room.
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
@@ -729,8 +758,6 @@ fn the_hub_process_forgets_twenty_thousand_idle_keys_and_its_memory_follows() {
             "RSS after forgetting: start {start}, with one wave held {with_one_wave}, end {end}"
         );
         // A new key still works.
-        let after = ["after".to_string()];
-        set_all(&client, &after, true, moment).await;
-        set_all(&client, &after, false, moment).await;
+        busy_then_idle(vec!["after".into()]).await;
     });
 }
