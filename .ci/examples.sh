@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every user-facing example runs as written and exits 0 within 60 s: the quickstart and the
 # per-runtime ones (LocalBackend), and the Redis and gRPC ones, each starting its own server
-# (redis-server from PATH; a hub in-process). `instance` is a process the fault tests drive,
-# and `chaos_soak` has its own script (.ci/chaos.sh). Built first, so the limit is the run's.
+# (redis-server from PATH; a hub in-process). `chaos_soak` has its own script
+# (.ci/chaos.sh). Built first, so the limit is the run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -p reactive-lock --examples

@@ -3,7 +3,7 @@
 # missing; needs root. After it, `cargo test --workspace --all-features` passes on a fresh
 # machine:
 # * redis-server and redis-cli: the tests start their own servers and clusters;
-# * libfaketime: the clock-skew test preloads it into a client;
+# * libfaketime: the clock-skew test preloads it into `reactive-lock inspect`;
 # * kill (procps): the fault tests stop, pause and resume servers;
 # * python3 with grpcio-tools: the .NET gRPC wire tests' second opinion, a Python grpcio peer
 #   generated from the .NET proto.

@@ -22,6 +22,8 @@ pub(crate) struct KeyInstruments {
     pub(crate) in_flight: Gauge,
     pub(crate) waiting: Gauge,
     pub(crate) handler_panics: Counter,
+    /// Other instances' busy entries this instance judged expired on the store's clock.
+    pub(crate) expiries: Counter,
 }
 
 impl KeyInstruments {
@@ -39,7 +41,8 @@ impl KeyInstruments {
             busy_instances: metrics::gauge!("reactive_lock_busy_instances", "key" => key.clone()),
             in_flight: metrics::gauge!("reactive_lock_in_flight", "key" => key.clone()),
             waiting: metrics::gauge!("reactive_lock_waiting", "key" => key.clone()),
-            handler_panics: metrics::counter!("reactive_lock_handler_panics_total", "key" => key),
+            handler_panics: metrics::counter!("reactive_lock_handler_panics_total", "key" => key.clone()),
+            expiries: metrics::counter!("reactive_lock_expiries_total", "key" => key),
         }
     }
 

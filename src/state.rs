@@ -814,8 +814,19 @@ impl TrackerState {
                     remote.push(held.clone());
                 }
             }
-            d.remote = remote;
             let newer_clock_applied = issued.is_some_and(|issued| d.applied > issued);
+            #[cfg(feature = "metrics")]
+            if let Some(link) = &self.inner.link {
+                let now = if newer_clock_applied {
+                    d.remote_now
+                } else {
+                    snapshot.store_now
+                };
+                link.instruments
+                    .expiries
+                    .increment(d.expired_by_snapshot(&remote, now));
+            }
+            d.remote = remote;
             if !newer_clock_applied {
                 d.set_clock(snapshot.store_now);
             }
@@ -859,6 +870,12 @@ impl TrackerState {
                 Some(held) => *held = Held::new(entry, applied),
                 None => d.remote.push(Held::new(entry, applied)),
             }
+            #[cfg(feature = "metrics")]
+            if let Some(link) = &self.inner.link {
+                link.instruments
+                    .expiries
+                    .increment(d.expiring_at(store_now, Some(&entry.instance)));
+            }
             d.set_clock(store_now);
             false
         });
@@ -901,6 +918,12 @@ impl TrackerState {
                 let store_now = d
                     .remote_now
                     .saturating_add(now.saturating_duration_since(base));
+                #[cfg(feature = "metrics")]
+                if let Some(link) = &self.inner.link {
+                    link.instruments
+                        .expiries
+                        .increment(d.expiring_at(store_now, None));
+                }
                 d.remote_now = store_now;
                 d.clock_base = Some(now);
             }
@@ -1196,6 +1219,43 @@ impl StateData {
             UnknownPolicy::Unblocked => false,
         };
         ended | UNKNOWN | if blocked { BLOCKED } else { 0 }
+    }
+
+    /// Held entries, other than `except`'s (being replaced by its owner), that are busy on
+    /// the store clock now and expired at `now`: each is counted once, when the clock
+    /// passes its `valid_until`, not on every later evaluation.
+    #[cfg(feature = "metrics")]
+    fn expiring_at(&self, now: StoreTime, except: Option<&str>) -> u64 {
+        self.remote
+            .iter()
+            .filter(|held| Some(held.entry.instance.as_str()) != except)
+            .filter(|held| held.entry.is_busy_at(self.remote_now) && !held.entry.is_busy_at(now))
+            .count() as u64
+    }
+
+    /// Held entries busy on the store clock now that a snapshot ends by expiry rather than
+    /// by a newer status: the snapshot holds the same status of the instance, expired at
+    /// `now`, or leaves it out (a busy entry it lacks is kept unless it expired).
+    #[cfg(feature = "metrics")]
+    fn expired_by_snapshot(&self, replacement: &[Held], now: StoreTime) -> u64 {
+        self.remote
+            .iter()
+            .filter(|held| held.entry.is_busy_at(self.remote_now))
+            .filter(|held| {
+                match replacement
+                    .iter()
+                    .find(|new| new.entry.instance == held.entry.instance)
+                {
+                    None => true,
+                    Some(new) => {
+                        new.entry.busy
+                            && new.entry.seq == held.entry.seq
+                            && new.entry.valid_until == held.entry.valid_until
+                            && !new.entry.is_busy_at(now)
+                    }
+                }
+            })
+            .count() as u64
     }
 
     fn set_clock(&mut self, store_now: StoreTime) {

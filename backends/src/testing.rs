@@ -366,41 +366,6 @@ impl RedisCluster {
     }
 }
 
-/// Starts the `instance` example holding `key` busy as `name` on `url` (Redis or gRPC
-/// hubs) and returns once it printed `BUSY`, i.e. its busy status was acknowledged.
-pub fn spawn_holder(url: &str, key: &str, name: &str) -> Child {
-    use std::io::BufRead;
-    let mut child = Command::new(example_binary("instance"))
-        .args(["hold", url, key, name])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the holder");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("read the holder's first line");
-    assert_eq!(line.trim(), "BUSY", "the holder turned busy");
-    child
-}
-
-/// The path of an example of this package, built by `cargo test` (all targets) next to the
-/// test binaries; panics naming the build step if it is missing.
-pub fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test binary");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} missing: build the examples first (`cargo test` with all targets, or `cargo build --examples`) with `--features redis`",
-        path.display()
-    );
-    path
-}
-
 /// A gRPC hub served in-process on an ephemeral port, on its own runtime thread; stopped on
 /// drop.
 #[cfg(feature = "grpc-server")]

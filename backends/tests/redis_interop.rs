@@ -10,7 +10,7 @@ use reactive_lock_backends::conformance::{
     PROPAGATION_LIMIT, eventually, eventually_all, settles_to,
 };
 use reactive_lock_backends::redis::{RedisBackend, channel_name, hash_name};
-use reactive_lock_backends::testing::{RedisFactory, RedisServer, example_binary};
+use reactive_lock_backends::testing::{RedisFactory, RedisServer};
 use redis::Commands;
 
 const KEY: &str = "payments";
@@ -288,88 +288,6 @@ fn a_server_that_forgot_the_script_gets_it_again() {
             "{stored}"
         );
         lock.shutdown().await;
-    });
-}
-
-/// libfaketime's preload library (Debian package `libfaketime`, installed by
-/// `.ci/setup.sh`), wherever the system put it: Debian keeps it under the architecture's
-/// multiarch directory (`/usr/lib/<triplet>/faketime/`), other systems directly under a lib
-/// directory, and it is not in the linker cache, so the directories are searched.
-/// (It cannot run redis-server itself — it recurses in jemalloc's start-up — so the
-/// skewed clock is the client's.)
-fn faketime_lib() -> std::path::PathBuf {
-    const NAME: &str = "faketime/libfaketime.so.1";
-    let lib_dirs = ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib"];
-    let multiarch = lib_dirs.iter().flat_map(|dir| {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|entry| entry.path())
-    });
-    lib_dirs
-        .iter()
-        .map(std::path::PathBuf::from)
-        .chain(multiarch)
-        .map(|dir| dir.join(NAME))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "libfaketime.so.1 not found under {lib_dirs:?} (or their multiarch \
-                 subdirectories): install Debian's `libfaketime` package (run .ci/setup.sh)"
-            )
-        })
-}
-
-#[test]
-fn expiry_is_judged_on_the_servers_clock_not_the_clients() {
-    let faketime_lib = faketime_lib();
-    let server = RedisServer::start();
-    block_on(async {
-        let writer = instance(&server.url(), "writer").await;
-        writer
-            .controller(KEY)
-            .unwrap()
-            .increment(Some("alive"))
-            .await
-            .unwrap();
-        // Readers whose clocks run an hour ahead (the live entry would look expired by their
-        // clock) and an hour behind (an expired one would look alive).
-        let watch = |offset: &str| {
-            let out = std::process::Command::new(example_binary("instance"))
-                .args(["watch", &server.url(), KEY])
-                .env("LD_PRELOAD", &faketime_lib)
-                .env("FAKETIME", offset)
-                .env("DONT_FAKE_MONOTONIC", "1")
-                .output()
-                .expect("run the watcher");
-            assert!(
-                out.status.success(),
-                "watcher failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        };
-        let ahead = watch("+3600");
-        assert!(
-            ahead.contains("blocked=true data=alive"),
-            "client clock +1 h: {ahead}"
-        );
-        writer.shutdown().await;
-        drop(writer);
-
-        // An entry that expired on the server's clock 1 s ago (written raw) does not block a
-        // reader whose clock runs an hour behind.
-        let mut raw = server.client();
-        let past = server_ticks(&mut raw, Duration::ZERO, Duration::from_secs(1));
-        let _: () = raw
-            .hset(hash_name(KEY), "dead", format!("1;{past};dead"))
-            .unwrap();
-        let behind = watch("-3600");
-        assert!(
-            behind.contains("blocked=false"),
-            "client clock -1 h: {behind}"
-        );
     });
 }
 

@@ -206,10 +206,20 @@ impl KeyView {
         busy
     }
 
-    /// When the earliest busy entry expires, on the local clock.
-    fn next_expiry(&self) -> Option<Instant> {
-        let snapshot = self.snapshot.as_ref()?;
-        self.read_at.checked_add(snapshot.next_expiry()?)
+    /// When the earliest entry busy at `now` expires, on the local clock. Judged on the
+    /// store clock advanced to `now`, as `status` judges: an entry already expired stays in
+    /// the snapshot (a killed holder's, until something writes the key), and an instant
+    /// of its expiry, in the past, would wake the caller at once, again and again.
+    fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        let store_now = self.store_now(now)?;
+        self.snapshot
+            .as_ref()?
+            .entries
+            .iter()
+            .filter(|e| e.is_busy_at(store_now))
+            .map(|e| e.valid_until.duration_since(store_now))
+            .min()
+            .and_then(|left| now.checked_add(left))
     }
 
     fn apply_update(&mut self, entry: Entry, store_now: StoreTime) {
@@ -342,7 +352,8 @@ impl Keys {
     }
 
     fn next_expiry(&self) -> Option<Instant> {
-        self.views.values().filter_map(KeyView::next_expiry).min()
+        let now = Instant::now();
+        self.views.values().filter_map(|v| v.next_expiry(now)).min()
     }
 
     /// Waits for the next event or expiry; returns the keys that may have changed.
@@ -576,16 +587,31 @@ pub(crate) async fn wait(
     }
 }
 
+/// What `hold` holds, and how.
+pub(crate) struct Hold {
+    pub(crate) key: String,
+    pub(crate) data: Option<String>,
+    pub(crate) instance: Option<String>,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) renewal: Duration,
+    pub(crate) expiration: Duration,
+}
+
 /// `hold`: busy for `key` (renewed) until `duration` passes or SIGINT/SIGTERM, then idle.
-pub(crate) async fn hold(
-    backend: AnyBackend,
-    key: String,
-    data: Option<String>,
-    instance: Option<String>,
-    duration: Option<Duration>,
-) -> Result<ExitCode, String> {
+pub(crate) async fn hold(backend: AnyBackend, hold: Hold) -> Result<ExitCode, String> {
+    let Hold {
+        key,
+        data,
+        instance,
+        duration,
+        renewal,
+        expiration,
+    } = hold;
     let stop = crate::shutdown_signal()?;
-    let mut builder = ReactiveLock::builder().tracker(key.clone(), TrackerConfig::new());
+    let mut builder = ReactiveLock::builder()
+        .renewal(renewal)
+        .expiration(expiration)
+        .tracker(key.clone(), TrackerConfig::new());
     if let Some(instance) = instance {
         builder = builder.instance_name(instance);
     }

@@ -115,6 +115,13 @@ enum Command {
         /// How long to hold (`10s`, `2m`); default: until a signal.
         #[arg(long = "for", value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// How often the busy status is re-published (shorter than --expiration).
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        renewal: Duration,
+        /// How long each published busy status stays valid: after a SIGKILL, the others
+        /// see the key blocked this long past the last renewal at most.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        expiration: Duration,
         /// The key.
         key: String,
     },
@@ -303,8 +310,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
             data,
             instance,
             duration,
+            renewal,
+            expiration,
             key,
-        } => Ok(keys::hold(backend.connect().await?, key, data, instance, duration).await?),
+        } => {
+            let hold = keys::Hold {
+                key,
+                data,
+                instance,
+                duration,
+                renewal,
+                expiration,
+            };
+            Ok(keys::hold(backend.connect().await?, hold).await?)
+        }
         Command::Hub {
             listen,
             tls_cert,

@@ -205,6 +205,18 @@ fn a_killed_hold_expires_in_watch() {
     );
     // ... until the entry expires at its valid-until (10 s after its last renewal).
     assert_watch_line(&watch.json("the expiry"), "unblocked", &[]);
+    // The expired entry is still in the store: watch neither spins on it nor stops
+    // answering signals.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    watch.signal("INT");
+    let mut watch = watch;
+    assert_eq!(watch.exit_code(), Some(0), "watch ends on SIGINT with 0");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "watch took {:?} to end",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -227,6 +239,17 @@ fn errors_are_one_line_and_exit_2() {
             "soon",
         ),
         (vec!["inspect", KEY], "--redis"),
+        (
+            vec![
+                "hold",
+                "--redis",
+                "redis://127.0.0.1:1/",
+                "--expiration",
+                "a while",
+                KEY,
+            ],
+            "a while",
+        ),
     ] {
         let out = run(&args);
         let stderr = stderr_of(&out);

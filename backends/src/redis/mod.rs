@@ -663,6 +663,12 @@ impl RedisBackend {
     /// the log; the first warning after a quiet spell says how many went unlogged.
     fn malformed(&self, key: &str, field: &str, value: &[u8], why: &str) {
         self.inner.malformed.fetch_add(1, Ordering::Relaxed);
+        // Registered here rather than held per key: only bad data takes this path (it
+        // already locks and copies the value), and a backend serves whatever keys its
+        // registries and reads name, so there is no fixed set of keys to register up front.
+        #[cfg(feature = "metrics")]
+        metrics::counter!("reactive_lock_malformed_entries_total", "key" => key.to_owned())
+            .increment(1);
         {
             let mut seen = self.inner.malformed_seen.lock();
             let entry = (key.into(), field.into(), value.to_vec());
