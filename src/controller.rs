@@ -211,9 +211,8 @@ impl TrackerShared {
         } else {
             None
         };
-        let owned = data.map(String::from);
         if !self.point.publishes() {
-            self.state.apply_local_transition(epoch, busy, owned);
+            self.state.apply_local_transition(epoch, busy, data);
             return None;
         }
         #[cfg(feature = "metrics")]
@@ -226,14 +225,13 @@ impl TrackerShared {
             direction.increment(1);
             instruments.in_flight.set(self.count() as f64);
         }
-        let newest = owned.clone();
         // Applying, claiming the key, publishing inline and recording the outcome are one
         // critical section under the state's lock.
         let failed = self
             .state
-            .apply_local_transition_then(epoch, busy, owned, |slot| {
+            .apply_local_transition_then(epoch, busy, data, |slot| {
                 self.point
-                    .publish_transition_inline(slot, epoch, busy, newest)
+                    .publish_transition_inline(slot, epoch, busy, data)
             });
         self.point.transition_outcome(failed, epoch)
     }

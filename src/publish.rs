@@ -19,6 +19,22 @@ use crate::backend::BoxFuture;
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::sync::Signal;
 
+/// Sets `field` to `data`, reusing the allocation `field` holds: a transition stores its lock
+/// data without allocating again, and without moving a whole `Option<String>` through the
+/// stack into the field (a copy the CPU may stall on, reading back as one wide load what was
+/// just written as narrower stores).
+#[inline]
+pub(crate) fn set_lock_data(field: &mut Option<String>, data: Option<&str>) {
+    match (field.as_mut(), data) {
+        (Some(held), Some(data)) => {
+            held.clear();
+            held.push_str(data);
+        }
+        (None, Some(data)) => *field = Some(String::from(data)),
+        (_, None) => *field = None,
+    }
+}
+
 /// Serial-number comparison of 32-bit epochs (RFC 1982 style), so wrapping after 2^32
 /// transitions keeps the order right.
 pub(crate) fn epoch_is_newer(candidate: u32, current: u32) -> bool {
@@ -325,13 +341,13 @@ impl PublishPoint {
         slot: &mut PublishSlot,
         epoch: u32,
         busy: bool,
-        newest: Option<String>,
+        newest: Option<&str>,
     ) -> Option<bool> {
         let publisher = self.publisher.as_deref()?;
         if epoch_is_newer(epoch, slot.newest_epoch) {
             slot.newest_epoch = epoch;
             slot.newest_busy = busy;
-            slot.newest_data = newest;
+            set_lock_data(&mut slot.newest_data, newest);
         }
         if slot.newest_epoch != epoch || slot.role != 0 {
             return None;

@@ -18,7 +18,7 @@ use event_listener::EventListener;
 use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
-use crate::publish::{PublishSlot, SlotLock, epoch_is_newer};
+use crate::publish::{PublishSlot, SlotLock, epoch_is_newer, set_lock_data};
 use crate::sync::{
     AtomicU8, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, Signal, SignalListener,
 };
@@ -720,7 +720,7 @@ impl TrackerState {
 
     /// Applies a controller transition with its epoch; transitions older than the last
     /// applied one (they raced and lost) are dropped.
-    pub(crate) fn apply_local_transition(&self, epoch: u32, busy: bool, data: Option<String>) {
+    pub(crate) fn apply_local_transition(&self, epoch: u32, busy: bool, data: Option<&str>) {
         self.apply_local_transition_then(epoch, busy, data, |_| ());
     }
 
@@ -730,18 +730,15 @@ impl TrackerState {
         &self,
         epoch: u32,
         busy: bool,
-        data: Option<String>,
+        data: Option<&str>,
         then: impl FnOnce(&mut PublishSlot) -> R,
     ) -> R {
         self.update(|d| {
             if epoch_is_newer(epoch, d.local_epoch) {
                 d.local_epoch = epoch;
                 d.local_busy = busy;
-                d.local_data = if busy {
-                    data.filter(|data| !data.is_empty())
-                } else {
-                    None
-                };
+                let data = data.filter(|data| busy && !data.is_empty());
+                set_lock_data(&mut d.local_data, data);
             }
             then(&mut d.slot)
         })
@@ -1608,12 +1605,12 @@ mod tests {
     fn local_transitions_apply_in_epoch_order() {
         let state = TrackerState::new();
         state.apply_local_transition(2, false, None);
-        state.apply_local_transition(1, true, Some("late".into()));
+        state.apply_local_transition(1, true, Some("late"));
         assert!(
             !state.is_blocked(),
             "epoch 1 arrived after epoch 2 and must be dropped"
         );
-        state.apply_local_transition(3, true, Some("d".into()));
+        state.apply_local_transition(3, true, Some("d"));
         assert_eq!(state.lock_data().as_deref(), Some("d"));
         assert!(epoch_is_newer(0, u32::MAX), "wrap-around keeps order");
         assert!(!epoch_is_newer(u32::MAX, 0));
