@@ -60,7 +60,7 @@ use std::time::Duration;
 use futures_lite::Stream;
 use parking_lot::Mutex;
 use reactive_lock::{
-    Backend, BackendError, BackendErrorKind, BackendEvent, Entry, InstanceStatus, Snapshot,
+    Backend, BackendError, BackendErrorKind, BackendEvent, InstanceStatus, Snapshot,
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
@@ -100,17 +100,7 @@ pub mod fuzzing {
     /// malformed.
     pub fn parse_payload(payload: &[u8]) -> Result<Option<(Entry, StoreTime)>, &'static str> {
         match wire::parse_payload(payload) {
-            Payload::Ours {
-                instance,
-                seq,
-                store_now,
-                busy,
-                valid_until,
-                data,
-            } => Ok(Some((
-                Entry::new(instance, busy, data, valid_until).with_seq(seq),
-                store_now,
-            ))),
+            Payload::Ours { entry, store_now } => Ok(Some((entry, store_now))),
             Payload::Foreign => Ok(None),
             Payload::Malformed(why) => Err(why),
         }
@@ -755,20 +745,13 @@ impl RedisBackend {
     async fn event_for(&self, channel: &str, payload: &[u8]) -> Option<BackendEvent> {
         let key = channel.strip_prefix(CHANNEL_PREFIX)?;
         match parse_payload(payload) {
-            Payload::Ours {
-                instance,
-                seq,
-                store_now,
-                busy,
-                valid_until,
-                data,
-            } => {
+            Payload::Ours { entry, store_now } => {
                 self.inner
                     .notifications_applied
                     .fetch_add(1, Ordering::Relaxed);
                 Some(BackendEvent::Update {
                     key: key.into(),
-                    entry: Entry::new(instance, busy, data, valid_until).with_seq(seq),
+                    entry,
                     store_now,
                 })
             }

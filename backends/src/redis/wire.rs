@@ -225,13 +225,10 @@ pub(super) fn snapshot_from_reply(
 }
 
 pub(super) enum Payload {
+    /// Our notification: the writer's entry (its `seq` set) and the store's clock then.
     Ours {
-        instance: String,
-        seq: u64,
+        entry: Entry,
         store_now: StoreTime,
-        busy: bool,
-        valid_until: StoreTime,
-        data: Option<String>,
     },
     Foreign,
     Malformed(&'static str),
@@ -273,12 +270,8 @@ pub(super) fn parse_payload(payload: &[u8]) -> Payload {
     };
     match parse_value(value.as_bytes()) {
         Ok((busy, valid_until, data)) => Payload::Ours {
-            instance: instance.into(),
-            seq,
+            entry: Entry::new(instance, busy, data, valid_until).with_seq(seq),
             store_now,
-            busy,
-            valid_until,
-            data,
         },
         Err(why) => Payload::Malformed(why),
     }
@@ -479,19 +472,12 @@ mod tests {
 
     fn assert_parses_as_ours(p: &str, now: StoreTime) {
         match parse_payload(p.as_bytes()) {
-            Payload::Ours {
-                instance,
-                seq,
-                store_now,
-                busy,
-                data,
-                ..
-            } => {
+            Payload::Ours { entry, store_now } => {
                 assert_eq!(
-                    (instance.as_str(), seq, store_now, busy),
+                    (entry.instance.as_str(), entry.seq, store_now, entry.busy),
                     ("i-1", 42, now, true)
                 );
-                assert_eq!(data.as_deref(), Some("data\nwith newline"));
+                assert_eq!(entry.lock_data.as_deref(), Some("data\nwith newline"));
             }
             _ => panic!("expected our payload: {p:?}"),
         }
