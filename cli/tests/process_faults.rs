@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
-use reactive_lock::{Backend, ReactiveLock, StoreTime, TrackerConfig};
+use reactive_lock::{Backend, ReactiveLock, StoreTime, TrackerConfig, TrackerState};
 use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::redis::{RedisBackend, hash_name};
@@ -54,6 +54,35 @@ async fn watcher(backend: impl Backend) -> ReactiveLock {
         .unwrap()
 }
 
+/// The watcher sees the holder: busy, with its lock data.
+async fn sees_holder(state: &TrackerState) {
+    eventually(
+        state,
+        PROPAGATION_LIMIT,
+        "the watcher sees the holder",
+        |s| s.is_blocked(),
+    )
+    .await;
+    assert_eq!(state.lock_data().as_deref(), Some("held"));
+}
+
+/// SIGKILLs the holder (no goodbye) and reaps it.
+fn kill(holder: &mut Child) {
+    holder.kill().expect("SIGKILL");
+    holder.wait().unwrap();
+}
+
+/// Still blocked right after the kill, then unblocked by the entry's expiry alone.
+async fn expires_after_kill(state: &TrackerState) {
+    assert!(state.is_blocked(), "still blocked right after the kill");
+    let killed = Instant::now();
+    eventually(state, EXPIRY_LIMIT, "unblocked by expiry alone", |s| {
+        !s.is_blocked()
+    })
+    .await;
+    eprintln!("unblocked {:?} after SIGKILL", killed.elapsed());
+}
+
 /// SIGKILL: no goodbye. The watcher sees the holder, then sees its entry expire although
 /// nothing writes the key after the kill: its own timer judged the expiry.
 #[test]
@@ -64,25 +93,11 @@ fn a_sigkilled_hold_expires_on_redis_with_no_further_writes() {
     block_on(async {
         let watcher = watcher(RedisBackend::connect(&url).await.unwrap()).await;
         let state = watcher.state(KEY).unwrap();
-        eventually(
-            &state,
-            PROPAGATION_LIMIT,
-            "the watcher sees the holder",
-            |s| s.is_blocked(),
-        )
-        .await;
-        assert_eq!(state.lock_data().as_deref(), Some("held"));
-        holder.kill().expect("SIGKILL");
-        holder.wait().unwrap();
+        sees_holder(&state).await;
+        kill(&mut holder);
         let mut raw = server.client();
         let last_write: String = raw.hget(hash_name(KEY), "doomed").unwrap();
-        assert!(state.is_blocked(), "still blocked right after the kill");
-        let killed = Instant::now();
-        eventually(&state, EXPIRY_LIMIT, "unblocked by expiry alone", |s| {
-            !s.is_blocked()
-        })
-        .await;
-        eprintln!("unblocked {:?} after SIGKILL", killed.elapsed());
+        expires_after_kill(&state).await;
         let now: String = raw.hget(hash_name(KEY), "doomed").unwrap();
         assert_eq!(
             now, last_write,
@@ -104,21 +119,9 @@ fn a_sigkilled_hold_expires_on_a_hub() {
     block_on(async {
         let watcher = watcher(GrpcBackend::connect([hub.url.as_str()]).await.unwrap()).await;
         let state = watcher.state(KEY).unwrap();
-        eventually(
-            &state,
-            PROPAGATION_LIMIT,
-            "the watcher sees the holder",
-            |s| s.is_blocked(),
-        )
-        .await;
-        assert_eq!(state.lock_data().as_deref(), Some("held"));
-        holder.kill().expect("SIGKILL");
-        holder.wait().unwrap();
-        assert!(state.is_blocked(), "still blocked right after the kill");
-        eventually(&state, EXPIRY_LIMIT, "unblocked by expiry alone", |s| {
-            !s.is_blocked()
-        })
-        .await;
+        sees_holder(&state).await;
+        kill(&mut holder);
+        expires_after_kill(&state).await;
         watcher.shutdown().await;
     });
 }
