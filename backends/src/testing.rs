@@ -366,6 +366,24 @@ impl RedisCluster {
     }
 }
 
+/// A tokio runtime for tests that drive raw tonic clients or a hub's API directly: two
+/// workers, I/O and timers enabled.
+///
+/// # Examples
+///
+/// ```
+/// let rt = reactive_lock_backends::testing::tokio_runtime();
+/// assert_eq!(rt.block_on(async { 1 + 1 }), 2);
+/// ```
+#[cfg(feature = "grpc-server")]
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+}
+
 /// A gRPC hub served in-process on an ephemeral port, on its own runtime thread; stopped on
 /// drop.
 #[cfg(feature = "grpc-server")]

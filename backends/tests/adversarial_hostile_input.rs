@@ -4,6 +4,7 @@
 //! Every wait is bounded; nothing asserts on wall-clock durations.
 #![cfg(all(feature = "grpc-server", feature = "redis"))]
 
+use reactive_lock_backends::testing::tokio_runtime as rt;
 use std::time::Duration;
 
 use futures_lite::future::block_on;
@@ -18,14 +19,6 @@ use reactive_lock_backends::testing::{
 };
 
 const KEY: &str = "payments";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn status(instance: &str, busy: bool, valid_until: prost_types::Timestamp) -> LockStatusRequest {
     LockStatusRequest {

@@ -13,17 +13,10 @@ use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLock
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits};
 use reactive_lock_backends::redis::{MAX_ENTRIES_PER_KEY, RedisBackend, hash_name};
+use reactive_lock_backends::testing::tokio_runtime as rt;
 use reactive_lock_backends::testing::{HubServer, RedisServer, valid_for};
 
 const KEY: &str = "payments";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn status(
     instance: &str,

@@ -23,6 +23,7 @@ use reactive_lock::{ReactiveLock, TrackerConfig};
 use reactive_lock_backends::conformance::{PROPAGATION_LIMIT, eventually};
 use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::testing::HubServer;
+use reactive_lock_backends::testing::tokio_runtime as rt;
 use tonic::codegen::http::uri::PathAndQuery;
 
 const KEY: &str = "payments";
@@ -80,14 +81,6 @@ struct DotnetNotification {
     lock_key: String,
     #[prost(map = "string, message", tag = "2")]
     instances_status: HashMap<String, DotnetStatus>,
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn unix_now() -> i64 {

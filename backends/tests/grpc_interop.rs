@@ -11,18 +11,11 @@ use reactive_lock_backends::grpc::GrpcBackend;
 use reactive_lock_backends::grpc::proto::reactive_lock_grpc_client::ReactiveLockGrpcClient;
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits, HubTls};
+use reactive_lock_backends::testing::tokio_runtime as rt;
 use reactive_lock_backends::testing::valid_for;
 use reactive_lock_backends::testing::{GrpcFactory, HubServer};
 
 const KEY: &str = "payments";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn instance(url: &str, name: &str) -> ReactiveLock {
     ReactiveLock::builder()

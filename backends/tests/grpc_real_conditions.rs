@@ -22,17 +22,10 @@ use reactive_lock_backends::grpc::proto::reactive_lock_grpc_server::{
 use reactive_lock_backends::grpc::proto::{LockStatusNotification, LockStatusRequest};
 use reactive_lock_backends::grpc::server::{Hub, HubLimits};
 use reactive_lock_backends::testing::HubServer;
+use reactive_lock_backends::testing::tokio_runtime as rt;
 use reactive_lock_backends::testing::valid_for;
 
 const KEY: &str = "payments";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// `fut`, or a panic naming `what` after `limit`: a hang fails instead of stalling CI.
 async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
