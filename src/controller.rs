@@ -17,7 +17,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
-use crate::publish::{Claim, PublishMode, PublishPoint, Publisher};
+use crate::publish::{Claim, KeyPublisher, PublishMode, PublishPoint};
 use crate::state::TrackerState;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -103,7 +103,7 @@ impl TrackerShared {
         index: usize,
         threshold: usize,
         state: TrackerState,
-        publisher: Option<Arc<dyn Publisher>>,
+        publisher: Option<Arc<KeyPublisher>>,
     ) -> Self {
         let point = PublishPoint::new(key, index, publisher);
         #[cfg(feature = "metrics")]

@@ -20,6 +20,7 @@ use crate::backend::{
     Backend, BackendEvent, BoundPublisher, Entry, InstanceStatus, Snapshot, StoreTime,
 };
 use crate::error::{BackendError, BackendErrorKind};
+use crate::publish::set_lock_data;
 
 /// An in-process backend: a store of instance statuses per key shared by every clone.
 ///
@@ -226,14 +227,12 @@ impl LocalBackend {
         self.inner.store.lock().publishes
     }
 
+    #[inline]
     fn check_available(&self, what: &str) -> Result<(), BackendError> {
         if self.is_available() {
             Ok(())
         } else {
-            Err(BackendError::new(
-                BackendErrorKind::Unavailable,
-                std::format!("local store unavailable (simulated outage) during {what}"),
-            ))
+            Err(unavailable(what))
         }
     }
 
@@ -357,6 +356,7 @@ impl Store {
     /// Writes `status` as instance `id`'s entry in `slot` and marks the key for the slot's
     /// other subscribers; a [`Superseded`](BackendErrorKind::Superseded) error, writing
     /// nothing, when the slot holds a newer status of that instance.
+    #[inline]
     fn publish(
         &mut self,
         slot: usize,
@@ -374,20 +374,12 @@ impl Store {
         match entries.iter_mut().find(|(owner, _)| *owner == id) {
             // Latest wins: never replace a newer status with an older one.
             Some((_, held)) if held.seq > status.seq => {
-                return Err(BackendError::superseded(
-                    held.seq,
-                    alloc::format!(
-                        "the in-process store holds sequence {} of instance `{}`, newer than {}",
-                        held.seq,
-                        held.instance,
-                        status.seq
-                    ),
-                ));
+                return Err(superseded(held, status.seq));
             }
             // In place: the instance's name is not allocated again on every write.
             Some((_, held)) => {
                 held.busy = status.busy;
-                held.lock_data.clone_from(&status.lock_data);
+                set_lock_data(&mut held.lock_data, status.lock_data.as_deref());
                 held.valid_until = valid_until;
                 held.seq = status.seq;
             }
@@ -413,6 +405,32 @@ impl Store {
         });
         Ok(())
     }
+}
+
+/// The error of a call during a simulated outage (out of line: the cold path).
+#[cold]
+#[inline(never)]
+fn unavailable(what: &str) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        std::format!("local store unavailable (simulated outage) during {what}"),
+    )
+}
+
+/// The refusal of a status older than the one `held`: out of line, as the publish path
+/// rarely takes it and formatting would otherwise widen that path's stack frame.
+#[cold]
+#[inline(never)]
+fn superseded(held: &Entry, seq: u64) -> BackendError {
+    BackendError::superseded(
+        held.seq,
+        alloc::format!(
+            "the in-process store holds sequence {} of instance `{}`, newer than {}",
+            held.seq,
+            held.instance,
+            seq
+        ),
+    )
 }
 
 /// Runs `f` for each subscriber in `list` whose stream is still there, and drops the others

@@ -209,9 +209,10 @@ impl PublishSlot {
     /// Publishes the newest status without waiting, under the state's lock (the caller holds
     /// it), when the backend can: `None` when it cannot. A status the store reports
     /// superseded goes again above the sequence the store holds. The outcome is recorded.
+    #[inline]
     fn publish_inline(
         &mut self,
-        publisher: &dyn Publisher,
+        publisher: &KeyPublisher,
         index: usize,
         key: &str,
     ) -> Option<core::result::Result<(), BackendError>> {
@@ -255,6 +256,7 @@ impl PublishSlot {
         }
     }
 
+    #[inline]
     fn record_acknowledged(&mut self, epoch: u32) {
         if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
             self.acked_epoch = epoch;
@@ -278,14 +280,14 @@ pub(crate) struct PublishPoint {
     pub(crate) index: usize,
     /// Notified whenever a publish finishes (acked or failed) or is abandoned.
     published: Signal,
-    publisher: Option<Arc<dyn Publisher>>,
+    publisher: Option<Arc<KeyPublisher>>,
     /// The key's metrics (a registry's key).
     #[cfg(feature = "metrics")]
     instruments: Option<Arc<crate::instruments::KeyInstruments>>,
 }
 
 impl PublishPoint {
-    pub(crate) fn new(key: Arc<str>, index: usize, publisher: Option<Arc<dyn Publisher>>) -> Self {
+    pub(crate) fn new(key: Arc<str>, index: usize, publisher: Option<Arc<KeyPublisher>>) -> Self {
         PublishPoint {
             key,
             index,
@@ -354,7 +356,11 @@ impl PublishPoint {
         }
         let result = slot.publish_inline(publisher, self.index, &self.key)?;
         self.count_outcome(&result);
-        Some(result.is_err())
+        // Matched rather than `is_err`: only a failure has an error to drop.
+        Some(match result {
+            Ok(()) => false,
+            Err(_) => true,
+        })
     }
 
     /// What is left of a transition after [`publish_transition_inline`]: the epoch still to
@@ -437,7 +443,7 @@ impl PublishPoint {
         let Some(publisher) = &self.publisher else {
             return Ok(false);
         };
-        if let Some(done) = self.publish_newest_now(slots, &**publisher, mode) {
+        if let Some(done) = self.publish_newest_now(slots, publisher, mode) {
             return done;
         }
         let Some((token, mut epoch, mut seq, mut busy, mut data)) = self.claim(slots, mode, claim)
@@ -449,7 +455,7 @@ impl PublishPoint {
         let mut guard = PublishingGuard {
             point: self,
             slots,
-            publisher: &**publisher,
+            publisher,
             token,
             done: false,
         };
@@ -499,7 +505,7 @@ impl PublishPoint {
                 .publish_seconds
                 .record(started.elapsed().as_secs_f64());
         }
-        self.settle(slots, &**publisher, token, epoch, &result);
+        self.settle(slots, publisher, token, epoch, &result);
         result.map(|()| true)
     }
 
@@ -511,7 +517,7 @@ impl PublishPoint {
     fn publish_newest_now(
         &self,
         slots: &impl SlotLock,
-        publisher: &dyn Publisher,
+        publisher: &KeyPublisher,
         mode: PublishMode,
     ) -> Option<Result<bool>> {
         if !publisher.publishes_inline() {
@@ -572,7 +578,7 @@ impl PublishPoint {
     fn settle(
         &self,
         slots: &impl SlotLock,
-        publisher: &dyn Publisher,
+        publisher: &KeyPublisher,
         token: u64,
         epoch: u32,
         result: &Result<()>,
@@ -641,7 +647,7 @@ pub(crate) enum Claim {
 struct PublishingGuard<'a, S: SlotLock> {
     point: &'a PublishPoint,
     slots: &'a S,
-    publisher: &'a dyn Publisher,
+    publisher: &'a KeyPublisher,
     token: u64,
     done: bool,
 }
@@ -662,6 +668,54 @@ pub use bell::Bell;
 pub(crate) use bell::{Bell, LEASE};
 #[cfg(all(feature = "std", not(loom)))]
 pub(crate) use registry_side::RegistryPublisher;
+
+/// The publisher a key's transitions go through: the registry's. A concrete type rather than
+/// `dyn Publisher`, so that a transition's inline publish is one chain of static calls the
+/// compiler can flatten (a local transition is mostly that chain).
+#[cfg(all(feature = "std", not(loom)))]
+pub(crate) type KeyPublisher = RegistryPublisher;
+/// Without a registry (no `std`, the loom models) no key has a publisher.
+#[cfg(not(all(feature = "std", not(loom))))]
+pub(crate) type KeyPublisher = NoPublisher;
+
+/// The publisher of builds without a registry: there is none, so no value of it exists.
+#[cfg(not(all(feature = "std", not(loom))))]
+pub(crate) enum NoPublisher {}
+
+#[cfg(not(all(feature = "std", not(loom))))]
+impl Publisher for NoPublisher {
+    fn publish<'a>(
+        &'a self,
+        _: &'a str,
+        _: u64,
+        _: bool,
+        _: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        match *self {}
+    }
+    fn publish_now(
+        &self,
+        _: usize,
+        _: &str,
+        _: u64,
+        _: bool,
+        _: Option<&str>,
+    ) -> Option<core::result::Result<(), BackendError>> {
+        match *self {}
+    }
+    fn publishes_inline(&self) -> bool {
+        match *self {}
+    }
+    fn first_seq(&self) -> u64 {
+        match *self {}
+    }
+    fn wake_driver(&self, _: usize) {
+        match *self {}
+    }
+    fn lease(&self, _: usize, _: u64) {
+        match *self {}
+    }
+}
 
 /// The driver's bell, apart from the registry so that the loom models check it: no ring is
 /// lost, and what a ringer did before ringing is seen by the driver's look that follows.
@@ -809,6 +863,7 @@ mod registry_side {
             }
         }
 
+        #[inline]
         pub(crate) fn status(&self, seq: u64, busy: bool, data: Option<&str>) -> InstanceStatus {
             if busy {
                 InstanceStatus::busy(data.map(String::from), seq, self.valid_for)
@@ -845,6 +900,7 @@ mod registry_side {
             })
         }
 
+        #[inline]
         fn publish_now(
             &self,
             index: usize,
@@ -868,6 +924,7 @@ mod registry_side {
             Some(result)
         }
 
+        #[inline]
         fn publishes_inline(&self) -> bool {
             self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
         }

@@ -12,7 +12,7 @@ use crate::controller::{TrackerController, TrackerShared};
 use crate::driver::DriverShared;
 use crate::error::{Error, Result};
 use crate::handlers::HandlerThread;
-use crate::publish::{Bell, Publisher, RegistryPublisher};
+use crate::publish::{Bell, RegistryPublisher};
 use crate::state::{Link, TrackerState, UnknownPolicy};
 use crate::sync::Ordering;
 
@@ -266,7 +266,7 @@ impl ReactiveLockBuilder {
                 index,
                 config.busy_threshold.unwrap_or(1),
                 state,
-                Some(publisher.clone() as Arc<dyn Publisher>),
+                Some(publisher.clone()),
             ));
             trackers.push(shared);
         }
