@@ -10,7 +10,7 @@ total() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
         sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-for workload in transition_pair_local guard_enter_drop increment_decrement; do
+for workload in transition_pair_local transition_pair_local_with_data guard_enter_drop increment_decrement; do
     a=$(total "$workload" 10000)
     b=$(total "$workload" 20000)
     echo "$workload: $(( (b - a) / 10000 )) instructions per iteration"

@@ -77,6 +77,7 @@ PAIRS = [
     ("hot_path", "increment_decrement", "atomic_pair", None),
     ("hot_path", "transition_pair_local", "atomic_pair", 10),
     ("hot_path", "transition_pair_local", "locked_transition_floor_pair", None),
+    ("hot_path", "transition_pair_local_with_data", "transition_pair_local", None),
     ("hot_path", "locked_transition_floor_pair", "atomic_pair", None),
     ("hot_path", "local_store_bound_publish_pair", "atomic_pair", None),
     ("hot_path", "local_store_publish_pair", "atomic_pair", None),

@@ -104,8 +104,9 @@ struct Store {
 struct Slot {
     /// Shared with `slot_of`: one allocation per key.
     key: Arc<str>,
-    /// Each instance's entry, beside the instance's id.
-    entries: Vec<(InstanceId, Entry)>,
+    /// Each instance's entry, beside the instance's id and the allocation the entry's lock
+    /// data gave up, for its next lock data ([`set_lock_data`]).
+    entries: Vec<(InstanceId, Entry, String)>,
     /// The subscribers to this key.
     subscribers: Vec<Arc<Subscriber>>,
 }
@@ -303,7 +304,7 @@ impl Slot {
     fn entries(&self) -> Vec<Entry> {
         self.entries
             .iter()
-            .map(|(_, entry)| entry.clone())
+            .map(|(_, entry, _)| entry.clone())
             .collect()
     }
 }
@@ -347,8 +348,8 @@ impl Store {
     /// case: no hashing of the name).
     fn id_by_entry(&mut self, slot: usize, instance: &str) -> InstanceId {
         let held = &self.slots[slot];
-        match held.entries.iter().find(|(_, e)| e.instance == instance) {
-            Some(&(id, _)) => id,
+        match held.entries.iter().find(|(_, e, _)| e.instance == instance) {
+            Some(&(id, _, _)) => id,
             None => self.id(instance),
         }
     }
@@ -371,15 +372,15 @@ impl Store {
             ..
         } = &mut self.slots[slot];
         let valid_until = now.saturating_add(status.valid_for);
-        match entries.iter_mut().find(|(owner, _)| *owner == id) {
+        match entries.iter_mut().find(|(owner, _, _)| *owner == id) {
             // Latest wins: never replace a newer status with an older one.
-            Some((_, held)) if held.seq > status.seq => {
+            Some((_, held, _)) if held.seq > status.seq => {
                 return Err(superseded(held, status.seq));
             }
             // In place: the instance's name is not allocated again on every write.
-            Some((_, held)) => {
+            Some((_, held, spare)) => {
                 held.busy = status.busy;
-                set_lock_data(&mut held.lock_data, status.lock_data.as_deref());
+                set_lock_data(&mut held.lock_data, spare, status.lock_data.as_deref());
                 held.valid_until = valid_until;
                 held.seq = status.seq;
             }
@@ -388,7 +389,7 @@ impl Store {
                 let entry =
                     Entry::new(instance, status.busy, status.lock_data.clone(), valid_until)
                         .with_seq(status.seq);
-                entries.push((id, entry));
+                entries.push((id, entry, String::new()));
             }
         }
         self.publishes += 1;

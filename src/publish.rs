@@ -14,26 +14,44 @@
 
 use alloc::string::String;
 use alloc::sync::Arc;
+use core::time::Duration;
 
-use crate::backend::BoxFuture;
+use crate::backend::{BoxFuture, InstanceStatus};
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::sync::Signal;
 
-/// Sets `field` to `data`, reusing the allocation `field` holds: a transition stores its lock
-/// data without allocating again, and without moving a whole `Option<String>` through the
-/// stack into the field (a copy the CPU may stall on, reading back as one wide load what was
-/// just written as narrower stores).
-#[inline]
-pub(crate) fn set_lock_data(field: &mut Option<String>, data: Option<&str>) {
+/// Sets `field` to `data` in place: the text goes into the allocation `field` holds, or else
+/// into `spare`'s, and an allocation `field` gives up is kept in `spare`. A key flapping
+/// between busy with lock data and idle then allocates nothing, and no whole `Option<String>`
+/// moves through the stack into the field (a copy the CPU may stall on, reading back as one
+/// wide load what was just written as narrower stores).
+#[inline(always)]
+pub(crate) fn set_lock_data(field: &mut Option<String>, spare: &mut String, data: Option<&str>) {
     match (field.as_mut(), data) {
         (Some(held), Some(data)) => {
             held.clear();
             held.push_str(data);
         }
-        (None, Some(data)) => *field = Some(String::from(data)),
-        (_, None) => *field = None,
+        (None, Some(data)) => {
+            let mut text = core::mem::take(spare);
+            text.clear();
+            text.push_str(data);
+            *field = Some(text);
+        }
+        (Some(_), None) => {
+            if let Some(text) = field.take()
+                && text.capacity() <= SPARE_CAPACITY
+            {
+                *spare = text;
+            }
+        }
+        (None, None) => {}
     }
 }
+
+/// The largest allocation [`set_lock_data`] keeps as a spare: one unusually long lock data
+/// is not held for the key's life.
+const SPARE_CAPACITY: usize = 1024;
 
 /// Serial-number comparison of 32-bit epochs (RFC 1982 style), so wrapping after 2^32
 /// transitions keeps the order right.
@@ -59,9 +77,9 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         busy: bool,
         data: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>>;
-    /// Publishes without waiting if the backend can ([`Backend::publish_now`]) and the
-    /// registry is not shut down; `None` means "use [`publish`](Self::publish)". `index` is
-    /// the tracker's (it finds the key's bound publish, [`Backend::bind_publisher`]).
+    /// Publishes `status` without waiting if the backend can ([`Backend::publish_now`]) and
+    /// the registry is not shut down; `None` means "use [`publish`](Self::publish)". `index`
+    /// is the tracker's (it finds the key's bound publish, [`Backend::bind_publisher`]).
     ///
     /// [`Backend::publish_now`]: crate::Backend::publish_now
     /// [`Backend::bind_publisher`]: crate::Backend::bind_publisher
@@ -69,10 +87,10 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         &self,
         index: usize,
         key: &str,
-        seq: u64,
-        busy: bool,
-        data: Option<&str>,
+        status: &InstanceStatus,
     ) -> Option<core::result::Result<(), BackendError>>;
+    /// How long a published status stays valid without renewal.
+    fn valid_for(&self) -> Duration;
     /// Whether [`publish_now`](Self::publish_now) may publish (a hint that saves a backend
     /// that never publishes inline a lock round per publish).
     fn publishes_inline(&self) -> bool;
@@ -131,6 +149,8 @@ pub(crate) struct PublishSlot {
     newest_epoch: u32,
     newest_busy: bool,
     newest_data: Option<String>,
+    /// The allocation `newest_data` gave up, for its next lock data ([`set_lock_data`]).
+    newest_spare: String,
     /// Newest epoch the backend acknowledged.
     acked_epoch: u32,
     /// Newest epoch whose publish failed, and how.
@@ -150,6 +170,26 @@ pub(crate) struct PublishSlot {
     /// Acknowledged and failed publishes (for `Metrics`), likewise without a shared atomic.
     publishes: u64,
     publish_failures: u64,
+    /// The status an inline publish hands the backend.
+    outgoing: Outgoing,
+}
+
+/// The status an inline publish hands the backend, kept in the slot from one publish to the
+/// next so that its lock data reuses one allocation: a busy transition with lock data
+/// allocates no new `String` to publish it.
+struct Outgoing {
+    status: InstanceStatus,
+    /// The allocation `status.lock_data` gave up ([`set_lock_data`]).
+    spare: String,
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Outgoing {
+            status: InstanceStatus::idle(0, Duration::ZERO),
+            spare: String::new(),
+        }
+    }
 }
 
 impl PublishSlot {
@@ -216,14 +256,19 @@ impl PublishSlot {
         index: usize,
         key: &str,
     ) -> Option<core::result::Result<(), BackendError>> {
-        let (epoch, busy) = (self.newest_epoch, self.newest_busy);
+        let epoch = self.newest_epoch;
+        let Outgoing { status, spare } = &mut self.outgoing;
+        status.busy = self.newest_busy;
+        status.valid_for = publisher.valid_for();
+        set_lock_data(&mut status.lock_data, spare, self.newest_data.as_deref());
         let mut result;
         let mut tries = 0;
         loop {
             // `publish_now` itself says whether it can publish inline; the sequence is taken
             // only when it did.
             let seq = self.seq.saturating_add(1);
-            result = publisher.publish_now(index, key, seq, busy, self.newest_data.as_deref())?;
+            self.outgoing.status.seq = seq;
+            result = publisher.publish_now(index, key, &self.outgoing.status)?;
             self.seq = seq;
             match result.as_ref().err().and_then(superseded_by) {
                 Some(held) if tries < SUPERSEDED_RETRIES => {
@@ -349,7 +394,7 @@ impl PublishPoint {
         if epoch_is_newer(epoch, slot.newest_epoch) {
             slot.newest_epoch = epoch;
             slot.newest_busy = busy;
-            set_lock_data(&mut slot.newest_data, newest);
+            set_lock_data(&mut slot.newest_data, &mut slot.newest_spare, newest);
         }
         if slot.newest_epoch != epoch || slot.role != 0 {
             return None;
@@ -697,10 +742,11 @@ impl Publisher for NoPublisher {
         &self,
         _: usize,
         _: &str,
-        _: u64,
-        _: bool,
-        _: Option<&str>,
+        _: &InstanceStatus,
     ) -> Option<core::result::Result<(), BackendError>> {
+        match *self {}
+    }
+    fn valid_for(&self) -> Duration {
         match *self {}
     }
     fn publishes_inline(&self) -> bool {
@@ -905,19 +951,16 @@ mod registry_side {
             &self,
             index: usize,
             key: &str,
-            seq: u64,
-            busy: bool,
-            data: Option<&str>,
+            status: &InstanceStatus,
         ) -> Option<core::result::Result<(), crate::BackendError>> {
             // After shutdown the asynchronous path reports `Error::Shutdown`.
             if !self.publishes_inline() {
                 return None;
             }
-            let status = self.status(seq, busy, data);
             if let Some(Some(bound)) = self.bound.get(index) {
-                return Some(bound.publish_now(&status));
+                return Some(bound.publish_now(status));
             }
-            let Some(result) = self.backend.publish_now_dyn(key, &self.instance, &status) else {
+            let Some(result) = self.backend.publish_now_dyn(key, &self.instance, status) else {
                 self.inline.store(false, Ordering::Relaxed);
                 return None;
             };
@@ -938,6 +981,11 @@ mod registry_side {
             self.first_seq
         }
 
+        #[inline]
+        fn valid_for(&self) -> Duration {
+            self.valid_for
+        }
+
         fn wake_driver(&self, index: usize) {
             self.bell.ring(index);
         }
@@ -945,5 +993,42 @@ mod registry_side {
         fn lease(&self, index: usize, token: u64) {
             self.bell.lease(index, token);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SPARE_CAPACITY, set_lock_data};
+    use alloc::string::String;
+
+    #[test]
+    fn set_lock_data_holds_exactly_the_last_data_and_bounds_its_spare() {
+        let (mut field, mut spare) = (None, String::new());
+        let long = "y".repeat(SPARE_CAPACITY + 1);
+        let steps: [Option<&str>; 10] = [
+            Some("first"),
+            Some("a longer second"),
+            Some("3"),
+            None,
+            None,
+            Some("after idle"),
+            None,
+            Some(&long),
+            None,
+            Some("z"),
+        ];
+        for data in steps {
+            set_lock_data(&mut field, &mut spare, data);
+            assert_eq!(field.as_deref(), data);
+            assert!(
+                spare.capacity() <= SPARE_CAPACITY,
+                "a long text is not kept as a spare"
+            );
+        }
+        set_lock_data(&mut field, &mut spare, None);
+        assert!(
+            spare.capacity() > 0,
+            "a short text's allocation is kept for the next data"
+        );
     }
 }

@@ -191,6 +191,8 @@ struct Handlers {
 struct StateData {
     local_busy: bool,
     local_data: Option<String>,
+    /// The allocation `local_data` gave up, for its next lock data ([`set_lock_data`]).
+    local_spare: String,
     /// Epoch of the controller transition last applied; older ones are dropped (two racing
     /// transitions may reach here in either order).
     local_epoch: u32,
@@ -293,6 +295,7 @@ impl TrackerState {
                 data: Mutex::new(StateData {
                     local_busy: false,
                     local_data: None,
+                    local_spare: String::new(),
                     local_epoch: 0,
                     remote: Vec::new(),
                     applied: 0,
@@ -738,7 +741,7 @@ impl TrackerState {
                 d.local_epoch = epoch;
                 d.local_busy = busy;
                 let data = data.filter(|data| busy && !data.is_empty());
-                set_lock_data(&mut d.local_data, data);
+                set_lock_data(&mut d.local_data, &mut d.local_spare, data);
             }
             then(&mut d.slot)
         })

@@ -162,3 +162,49 @@ fn without_a_binding_transitions_publish_inline_by_name() {
     );
     assert_eq!(publish, 0, "nothing waited for");
 }
+
+/// Lock data of every length, and none, in turn: each transition's status reaches the store
+/// with exactly its own lock data (the copies along the inline path reuse their allocations
+/// from one transition to the next; none may carry over a previous transition's text).
+#[test]
+fn each_inline_transition_stores_exactly_its_own_lock_data() {
+    futures_lite::future::block_on(async {
+        let store = LocalBackend::new();
+        let writer = registry(store.clone(), "writer").await;
+        let a = writer.controller("a").unwrap();
+        let long = "x".repeat(5_000);
+        let datas: [Option<&str>; 9] = [
+            Some("a-long-first-lock-data"),
+            None,
+            Some("b"),
+            Some(""),
+            Some(&long),
+            None,
+            Some("c"),
+            Some("déjà-vu;\n"),
+            None,
+        ];
+        for data in datas.iter().copied().cycle().take(3 * datas.len()) {
+            a.increment(data).await.unwrap();
+            let busy = store.snapshot("a").await.unwrap();
+            let entry = &busy.entries[0];
+            assert!(entry.busy);
+            let expected = data.filter(|data| !data.is_empty());
+            assert_eq!(
+                entry.lock_data.as_deref(),
+                expected,
+                "the store holds this transition's data"
+            );
+            assert_eq!(writer.state("a").unwrap().lock_data().as_deref(), expected);
+            a.decrement(1).await.unwrap();
+            let idle = store.snapshot("a").await.unwrap();
+            assert!(!idle.entries[0].busy);
+            assert_eq!(
+                idle.entries[0].lock_data, None,
+                "an idle status carries no data"
+            );
+            assert_eq!(writer.state("a").unwrap().lock_data(), None);
+        }
+        writer.shutdown().await;
+    });
+}

@@ -72,6 +72,15 @@ fn hot_path(c: &mut Criterion) {
         })
     });
 
+    // The same with lock data on the busy transition, as callers usually pass it: the text
+    // is copied along the inline path into allocations kept from the previous transition.
+    group.bench_function("transition_pair_local_with_data", |b| {
+        b.iter(|| {
+            poll_once(ctrl1.increment(Some("payment-7f3a91c2"))).expect("busy transition");
+            poll_once(ctrl1.decrement(1)).expect("idle transition");
+        })
+    });
+
     // The synchronization a local transition cannot do without, and nothing else: per
     // transition one read-modify-write of a count word and two uncontended lock rounds (the
     // state's and the in-process store's), a small write under each. Beside

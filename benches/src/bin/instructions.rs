@@ -9,7 +9,8 @@
 //!
 //! Workloads (the `hot_path` bench IDs): `transition_pair_local` (a guard's enter and drop
 //! at threshold 1 on a LocalBackend registry: a busy and an idle transition, published
-//! inline), `guard_enter_drop` (at threshold 2 with one held: no transition),
+//! inline), `transition_pair_local_with_data` (likewise, with lock data),
+//! `guard_enter_drop` (at threshold 2 with one held: no transition),
 //! `increment_decrement` (likewise, through `increment`/`decrement`).
 
 use futures_lite::future::block_on;
@@ -19,7 +20,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let workload = args.next().unwrap_or_default();
     let iterations: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
-    let threshold = if workload == "transition_pair_local" {
+    let threshold = if workload.starts_with("transition_pair_local") {
         1
     } else {
         2
@@ -37,6 +38,11 @@ fn main() {
         "transition_pair_local" | "guard_enter_drop" => {
             for _ in 0..iterations {
                 drop(std::hint::black_box(ctrl.enter(None)));
+            }
+        }
+        "transition_pair_local_with_data" => {
+            for _ in 0..iterations {
+                drop(std::hint::black_box(ctrl.enter(Some("payment-7f3a91c2"))));
             }
         }
         "increment_decrement" => block_on(async {
