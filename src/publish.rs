@@ -53,6 +53,14 @@ pub(crate) fn set_lock_data(field: &mut Option<String>, spare: &mut String, data
 /// is not held for the key's life.
 const SPARE_CAPACITY: usize = 1024;
 
+/// Drops `value` out of line: for values the common path never has, whose drop glue would
+/// otherwise be called on that path too.
+#[cold]
+#[inline(never)]
+fn drop_cold<T>(value: T) {
+    drop(value);
+}
+
 /// Serial-number comparison of 32-bit epochs (RFC 1982 style), so wrapping after 2^32
 /// transitions keeps the order right.
 pub(crate) fn epoch_is_newer(candidate: u32, current: u32) -> bool {
@@ -401,10 +409,13 @@ impl PublishPoint {
         }
         let result = slot.publish_inline(publisher, self.index, &self.key)?;
         self.count_outcome(&result);
-        // Matched rather than `is_err`: only a failure has an error to drop.
+        // Only a failure has an error to drop, and that out of line.
         Some(match result {
             Ok(()) => false,
-            Err(_) => true,
+            Err(error) => {
+                drop_cold(error);
+                true
+            }
         })
     }
 
