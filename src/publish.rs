@@ -12,6 +12,7 @@
 //! This module sits below the state and the controller: the state keeps a slot without
 //! knowing its rules, and reaches the slot to this module through [`SlotLock`].
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::time::Duration;
@@ -49,9 +50,45 @@ pub(crate) fn set_lock_data(field: &mut Option<String>, spare: &mut String, data
     }
 }
 
-/// The largest allocation [`set_lock_data`] keeps as a spare: one unusually long lock data
-/// is not held for the key's life.
+/// The largest allocation [`set_lock_data`] and [`LockData`] keep while the lock data is
+/// absent: one unusually long lock data is not held for the key's life.
 const SPARE_CAPACITY: usize = 1024;
+
+/// Lock data as a key's state and publish slot hold it: the text keeps its allocation while
+/// absent (idle, or busy without data), so that a key flapping between busy with lock data
+/// and idle copies the text without allocating. One `String` and a flag: a tracker's memory
+/// grows by a flag, not by a spare `String` beside an `Option<String>`.
+#[derive(Default)]
+pub(crate) struct LockData {
+    text: String,
+    present: bool,
+}
+
+impl LockData {
+    /// Sets the lock data (`None`: absent).
+    #[inline(always)]
+    pub(crate) fn set(&mut self, data: Option<&str>) {
+        match data {
+            Some(data) => {
+                self.text.clear();
+                self.text.push_str(data);
+                self.present = true;
+            }
+            None => {
+                self.present = false;
+                if self.text.capacity() > SPARE_CAPACITY {
+                    self.text = String::new();
+                }
+            }
+        }
+    }
+
+    /// The lock data, if present.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&str> {
+        self.present.then_some(self.text.as_str())
+    }
+}
 
 /// Drops `value` out of line: for values the common path never has, whose drop glue would
 /// otherwise be called on that path too.
@@ -156,9 +193,7 @@ fn superseded_by(error: &BackendError) -> Option<u64> {
 pub(crate) struct PublishSlot {
     newest_epoch: u32,
     newest_busy: bool,
-    newest_data: Option<String>,
-    /// The allocation `newest_data` gave up, for its next lock data ([`set_lock_data`]).
-    newest_spare: String,
+    newest_data: LockData,
     /// Newest epoch the backend acknowledged.
     acked_epoch: u32,
     /// Newest epoch whose publish failed, and how.
@@ -178,8 +213,9 @@ pub(crate) struct PublishSlot {
     /// Acknowledged and failed publishes (for `Metrics`), likewise without a shared atomic.
     publishes: u64,
     publish_failures: u64,
-    /// The status an inline publish hands the backend.
-    outgoing: Outgoing,
+    /// The status an inline publish hands the backend: made on the first inline publish, so
+    /// a key whose backend never publishes inline carries a pointer, not a status.
+    outgoing: Option<Box<Outgoing>>,
 }
 
 /// The status an inline publish hands the backend, kept in the slot from one publish to the
@@ -265,18 +301,19 @@ impl PublishSlot {
         key: &str,
     ) -> Option<core::result::Result<(), BackendError>> {
         let epoch = self.newest_epoch;
-        let Outgoing { status, spare } = &mut self.outgoing;
+        let Outgoing { status, spare } = &mut **self.outgoing.get_or_insert_with(Box::default);
         status.busy = self.newest_busy;
         status.valid_for = publisher.valid_for();
-        set_lock_data(&mut status.lock_data, spare, self.newest_data.as_deref());
+        set_lock_data(&mut status.lock_data, spare, self.newest_data.get());
         let mut result;
         let mut tries = 0;
         loop {
             // `publish_now` itself says whether it can publish inline; the sequence is taken
             // only when it did.
             let seq = self.seq.saturating_add(1);
-            self.outgoing.status.seq = seq;
-            result = publisher.publish_now(index, key, &self.outgoing.status)?;
+            let status = &mut self.outgoing.get_or_insert_with(Box::default).status;
+            status.seq = seq;
+            result = publisher.publish_now(index, key, status)?;
             self.seq = seq;
             match result.as_ref().err().and_then(superseded_by) {
                 Some(held) if tries < SUPERSEDED_RETRIES => {
@@ -402,7 +439,7 @@ impl PublishPoint {
         if epoch_is_newer(epoch, slot.newest_epoch) {
             slot.newest_epoch = epoch;
             slot.newest_busy = busy;
-            set_lock_data(&mut slot.newest_data, &mut slot.newest_spare, newest);
+            slot.newest_data.set(newest);
         }
         if slot.newest_epoch != epoch || slot.role != 0 {
             return None;
@@ -547,7 +584,7 @@ impl PublishPoint {
                         slot.newest_epoch,
                         slot.next_seq(),
                         slot.newest_busy,
-                        slot.newest_data.clone(),
+                        slot.newest_data.get().map(String::from),
                     );
                     slot.role_epoch = epoch;
                 }
@@ -625,7 +662,7 @@ impl PublishPoint {
             slot.newest_epoch,
             slot.next_seq(),
             slot.newest_busy,
-            slot.newest_data.clone(),
+            slot.newest_data.get().map(String::from),
         ))
     }
 
@@ -1009,8 +1046,35 @@ mod registry_side {
 
 #[cfg(test)]
 mod tests {
-    use super::{SPARE_CAPACITY, set_lock_data};
+    use super::{LockData, SPARE_CAPACITY, set_lock_data};
     use alloc::string::String;
+
+    #[test]
+    fn lock_data_reads_exactly_the_last_data_and_bounds_what_it_keeps() {
+        let mut data = LockData::default();
+        let long = "y".repeat(SPARE_CAPACITY + 1);
+        let steps: [Option<&str>; 9] = [
+            Some("first"),
+            Some("a longer second"),
+            Some("3"),
+            None,
+            Some("after idle"),
+            None,
+            Some(&long),
+            None,
+            Some("z"),
+        ];
+        for step in steps {
+            data.set(step);
+            assert_eq!(data.get(), step);
+            if step.is_none() {
+                assert!(
+                    data.text.capacity() <= SPARE_CAPACITY,
+                    "a long text is not kept"
+                );
+            }
+        }
+    }
 
     #[test]
     fn set_lock_data_holds_exactly_the_last_data_and_bounds_its_spare() {

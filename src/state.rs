@@ -18,7 +18,7 @@ use event_listener::EventListener;
 use futures_core::Stream;
 
 use crate::backend::{DynBackend, Entry, Snapshot, StoreTime};
-use crate::publish::{PublishSlot, SlotLock, epoch_is_newer, set_lock_data};
+use crate::publish::{LockData, PublishSlot, SlotLock, epoch_is_newer};
 use crate::sync::{
     AtomicU8, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, Signal, SignalListener,
 };
@@ -190,9 +190,7 @@ struct Handlers {
 
 struct StateData {
     local_busy: bool,
-    local_data: Option<String>,
-    /// The allocation `local_data` gave up, for its next lock data ([`set_lock_data`]).
-    local_spare: String,
+    local_data: LockData,
     /// Epoch of the controller transition last applied; older ones are dropped (two racing
     /// transitions may reach here in either order).
     local_epoch: u32,
@@ -294,8 +292,7 @@ impl TrackerState {
                 changed: Signal::new(),
                 data: Mutex::new(StateData {
                     local_busy: false,
-                    local_data: None,
-                    local_spare: String::new(),
+                    local_data: LockData::default(),
                     local_epoch: 0,
                     remote: Vec::new(),
                     applied: 0,
@@ -548,7 +545,7 @@ impl TrackerState {
         self.update(|d| {
             let changed = !d.local_busy;
             d.local_busy = true;
-            d.local_data = lock_data.filter(|data| !data.is_empty()).map(String::from);
+            d.local_data.set(lock_data.filter(|data| !data.is_empty()));
             changed
         })
     }
@@ -567,7 +564,7 @@ impl TrackerState {
         self.update(|d| {
             let changed = d.local_busy;
             d.local_busy = false;
-            d.local_data = None;
+            d.local_data.set(None);
             changed
         })
     }
@@ -610,7 +607,7 @@ impl TrackerState {
     /// ```
     pub fn lock_data_entries(&self) -> Vec<String> {
         let d = self.inner.data.lock();
-        let local = d.local_data.as_deref().filter(|_| d.local_busy);
+        let local = d.local_data.get().filter(|_| d.local_busy);
         let remote = d
             .remote
             .iter()
@@ -741,7 +738,7 @@ impl TrackerState {
                 d.local_epoch = epoch;
                 d.local_busy = busy;
                 let data = data.filter(|data| busy && !data.is_empty());
-                set_lock_data(&mut d.local_data, &mut d.local_spare, data);
+                d.local_data.set(data);
             }
             then(&mut d.slot)
         })
