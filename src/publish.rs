@@ -12,7 +12,6 @@
 //! This module sits below the state and the controller: the state keeps a slot without
 //! knowing its rules, and reaches the slot to this module through [`SlotLock`].
 
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::time::Duration;
@@ -213,9 +212,8 @@ pub(crate) struct PublishSlot {
     /// Acknowledged and failed publishes (for `Metrics`), likewise without a shared atomic.
     publishes: u64,
     publish_failures: u64,
-    /// The status an inline publish hands the backend: made on the first inline publish, so
-    /// a key whose backend never publishes inline carries a pointer, not a status.
-    outgoing: Option<Box<Outgoing>>,
+    /// The status an inline publish hands the backend.
+    outgoing: Outgoing,
 }
 
 /// The status an inline publish hands the backend, kept in the slot from one publish to the
@@ -301,7 +299,7 @@ impl PublishSlot {
         key: &str,
     ) -> Option<core::result::Result<(), BackendError>> {
         let epoch = self.newest_epoch;
-        let Outgoing { status, spare } = &mut **self.outgoing.get_or_insert_with(Box::default);
+        let Outgoing { status, spare } = &mut self.outgoing;
         status.busy = self.newest_busy;
         status.valid_for = publisher.valid_for();
         set_lock_data(&mut status.lock_data, spare, self.newest_data.get());
@@ -311,9 +309,8 @@ impl PublishSlot {
             // `publish_now` itself says whether it can publish inline; the sequence is taken
             // only when it did.
             let seq = self.seq.saturating_add(1);
-            let status = &mut self.outgoing.get_or_insert_with(Box::default).status;
-            status.seq = seq;
-            result = publisher.publish_now(index, key, status)?;
+            self.outgoing.status.seq = seq;
+            result = publisher.publish_now(index, key, &self.outgoing.status)?;
             self.seq = seq;
             match result.as_ref().err().and_then(superseded_by) {
                 Some(held) if tries < SUPERSEDED_RETRIES => {
