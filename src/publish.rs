@@ -1046,22 +1046,28 @@ mod tests {
     use super::{LockData, SPARE_CAPACITY, set_lock_data};
     use alloc::string::String;
 
-    #[test]
-    fn lock_data_reads_exactly_the_last_data_and_bounds_what_it_keeps() {
-        let mut data = LockData::default();
-        let long = "y".repeat(SPARE_CAPACITY + 1);
-        let steps: [Option<&str>; 9] = [
+    /// Lock data a key goes through: longer and shorter texts, absences one and two in a row,
+    /// and `long`, a text over what is kept while absent.
+    fn flaps(long: &str) -> [Option<&str>; 10] {
+        [
             Some("first"),
             Some("a longer second"),
             Some("3"),
             None,
+            None,
             Some("after idle"),
             None,
-            Some(&long),
+            Some(long),
             None,
             Some("z"),
-        ];
-        for step in steps {
+        ]
+    }
+
+    #[test]
+    fn lock_data_reads_exactly_the_last_data_and_bounds_what_it_keeps() {
+        let mut data = LockData::default();
+        let long = "y".repeat(SPARE_CAPACITY + 1);
+        for step in flaps(&long) {
             data.set(step);
             assert_eq!(data.get(), step);
             if step.is_none() {
@@ -1077,19 +1083,7 @@ mod tests {
     fn set_lock_data_holds_exactly_the_last_data_and_bounds_its_spare() {
         let (mut field, mut spare) = (None, String::new());
         let long = "y".repeat(SPARE_CAPACITY + 1);
-        let steps: [Option<&str>; 10] = [
-            Some("first"),
-            Some("a longer second"),
-            Some("3"),
-            None,
-            None,
-            Some("after idle"),
-            None,
-            Some(&long),
-            None,
-            Some("z"),
-        ];
-        for data in steps {
+        for data in flaps(&long) {
             set_lock_data(&mut field, &mut spare, data);
             assert_eq!(field.as_deref(), data);
             assert!(
