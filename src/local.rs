@@ -357,7 +357,6 @@ impl Store {
     /// Writes `status` as instance `id`'s entry in `slot` and marks the key for the slot's
     /// other subscribers; a [`Superseded`](BackendErrorKind::Superseded) error, writing
     /// nothing, when the slot holds a newer status of that instance.
-    #[inline]
     fn publish(
         &mut self,
         slot: usize,

@@ -954,7 +954,6 @@ mod registry_side {
             }
         }
 
-        #[inline]
         pub(crate) fn status(&self, seq: u64, busy: bool, data: Option<&str>) -> InstanceStatus {
             if busy {
                 InstanceStatus::busy(data.map(String::from), seq, self.valid_for)

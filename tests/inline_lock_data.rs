@@ -58,8 +58,34 @@ fn check_text(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn entry_of(entries: &[Entry], instance: &str) -> Option<Entry> {
-    entries.iter().find(|e| e.instance == instance).cloned()
+/// The entry the store holds for the writer `w` on `key`, if any.
+async fn stored(store: &LocalBackend, key: &str) -> Option<Entry> {
+    let snapshot = store.snapshot(key).await.unwrap();
+    snapshot.entries.into_iter().find(|e| e.instance == "w")
+}
+
+/// Waits until the store holds an entry of `w` on `key` for which `check` holds, and returns
+/// it; fails naming `what` after 5 s.
+async fn until_stored(
+    store: &LocalBackend,
+    key: &str,
+    what: &str,
+    check: impl Fn(&Entry) -> bool,
+) -> Entry {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let entry = stored(store, key).await;
+        match entry {
+            Some(entry) if check(&entry) => return entry,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the store holds {:?}",
+            entry.map(|e| (e.busy, e.seq, e.lock_data.map(|d| d.len())))
+        );
+        async_io::Timer::after(Duration::from_millis(5)).await;
+    }
 }
 
 fn lengths() -> Vec<usize> {
@@ -95,8 +121,7 @@ fn lock_data_of_every_length_reaches_the_store_and_the_other_instance_exactly() 
                 };
                 c.increment(with).await.unwrap();
                 let expected: Option<&str> = with.filter(|d| !d.is_empty());
-                let snap = store.snapshot(key).await.unwrap();
-                let e = entry_of(&snap.entries, "w").expect("entry");
+                let e = stored(&store, key).await.expect("entry");
                 assert!(e.busy, "store busy after ack");
                 assert_eq!(
                     e.lock_data.as_deref(),
@@ -110,8 +135,7 @@ fn lock_data_of_every_length_reaches_the_store_and_the_other_instance_exactly() 
                 .await;
                 assert_eq!(w.state(key).unwrap().lock_data().as_deref(), expected);
                 c.decrement(1).await.unwrap();
-                let snap = store.snapshot(key).await.unwrap();
-                let e = entry_of(&snap.entries, "w").expect("entry");
+                let e = stored(&store, key).await.expect("entry");
                 assert!(!e.busy);
                 assert_eq!(e.lock_data, None, "idle entry carries no data");
                 until(&rs, "remote idle", |s| {
@@ -148,8 +172,7 @@ fn concurrent_transitions_on_several_keys_never_garble_data_or_go_back_in_sequen
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 for (ki, k) in KEYS.iter().enumerate() {
-                    let snap = block_on(store.snapshot(k)).unwrap();
-                    if let Some(e) = entry_of(&snap.entries, "w") {
+                    if let Some(e) = block_on(stored(&store, k)) {
                         if e.seq < last[ki] {
                             bad.lock()
                                 .unwrap()
@@ -213,8 +236,7 @@ fn concurrent_transitions_on_several_keys_never_garble_data_or_go_back_in_sequen
         for k in KEYS {
             let c = w.controller(k).unwrap();
             assert_eq!(c.count(), 0);
-            let snap = store.snapshot(k).await.unwrap();
-            let e = entry_of(&snap.entries, "w").unwrap();
+            let e = stored(&store, k).await.unwrap();
             assert!(
                 !e.busy && e.lock_data.is_none(),
                 "{k}: final store entry {e:?}"
@@ -322,43 +344,20 @@ fn after_an_outage_and_a_store_restart_the_store_holds_the_newest_data() {
         let d3 = text("third", 1100);
         let _ = c.increment(Some(&d3)).await;
         store.set_available(true);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let snap = store.snapshot("k1").await.unwrap();
-            let e = entry_of(&snap.entries, "w").unwrap();
-            if e.busy && e.lock_data.as_deref() == Some(d3.as_str()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "store did not converge: {:?}",
-                (
-                    e.busy,
-                    e.lock_data.map(|d| d.chars().take(20).collect::<String>()),
-                    e.seq
-                )
-            );
-            async_io::Timer::after(Duration::from_millis(5)).await;
-        }
+        until_stored(&store, "k1", "the store converges to d3", |e| {
+            e.busy && e.lock_data.as_deref() == Some(d3.as_str())
+        })
+        .await;
         until(&rs, "remote sees d3", |s| {
             s.lock_data_entries() == vec![d3.clone()]
         })
         .await;
         store.clear();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let snap = store.snapshot("k1").await.unwrap();
-            if let Some(e) = entry_of(&snap.entries, "w") {
-                assert!(e.busy, "restored status busy");
-                assert_eq!(e.lock_data.as_deref(), Some(d3.as_str()), "restored data");
-                break;
-            }
-            assert!(Instant::now() < deadline, "not restored after clear");
-            async_io::Timer::after(Duration::from_millis(5)).await;
-        }
+        let e = until_stored(&store, "k1", "restored after clear", |_| true).await;
+        assert!(e.busy, "restored status busy");
+        assert_eq!(e.lock_data.as_deref(), Some(d3.as_str()), "restored data");
         c.decrement(1).await.unwrap();
-        let snap = store.snapshot("k1").await.unwrap();
-        let e = entry_of(&snap.entries, "w").unwrap();
+        let e = stored(&store, "k1").await.unwrap();
         assert!(!e.busy && e.lock_data.is_none());
         until(&rs, "remote idle", |s| {
             !s.is_blocked() && s.lock_data_entries().is_empty()
