@@ -215,6 +215,14 @@ impl TrackerShared {
             self.state.apply_local_transition(epoch, busy, data);
             return None;
         }
+        self.transition_published(epoch, busy, data)
+    }
+
+    /// A registry controller's transition (see [`transition`](Self::transition)). Out of
+    /// line, with the state's update inlined into it: a standalone controller's transition
+    /// does not pay for this path's stack frame.
+    #[inline(never)]
+    fn transition_published(&self, epoch: u32, busy: bool, data: Option<&str>) -> Option<u32> {
         #[cfg(feature = "metrics")]
         if let Some(instruments) = self.state.instruments() {
             let direction = if busy {
@@ -705,17 +713,32 @@ pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
 /// ```
 #[must_use = "the count already changed; await the Ack to know the backend has the transition"]
 pub struct Ack {
+    /// `None` when there is nothing to wait for. The only field, with no drop of its own:
+    /// every `increment` and `decrement` builds, polls and drops an `Ack`, most of them
+    /// empty, and an empty one is a null pointer to write and test. The hand-off to the
+    /// driver on drop lives in the pending future ([`Outstanding`]).
     pending: Option<BoxFuture<'static, Result<()>>>,
-    /// Set while the acknowledgement is outstanding, so a drop can hand the publish to the
-    /// driver (an `Ack` dropped before its first poll has not started publishing).
-    tracker: Option<Arc<TrackerShared>>,
 }
 
-impl Drop for Ack {
-    #[inline]
+/// Held by a pending [`Ack`]'s future while the acknowledgement is outstanding: dropped
+/// armed (the `Ack` dropped before it resolved, polled or not), it hands the publish to the
+/// driver.
+struct Outstanding {
+    tracker: Arc<TrackerShared>,
+    armed: bool,
+}
+
+impl Outstanding {
+    /// The acknowledgement arrived: nothing to hand over.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Outstanding {
     fn drop(&mut self) {
-        if let Some(tracker) = &self.tracker {
-            Ack::hand_to_driver(tracker);
+        if self.armed && self.tracker.has_pending() {
+            self.tracker.wake_driver();
         }
     }
 }
@@ -734,10 +757,7 @@ impl Ack {
     #[inline]
     fn for_epoch(shared: &Arc<TrackerShared>, epoch: Option<u32>) -> Ack {
         match epoch {
-            None => Ack {
-                pending: None,
-                tracker: None,
-            },
+            None => Ack { pending: None },
             Some(epoch) => Ack::awaiting(shared, epoch),
         }
     }
@@ -755,26 +775,23 @@ impl Ack {
     fn refused(error: Error) -> Ack {
         Ack {
             pending: Some(Box::pin(async move { Err(error) })),
-            tracker: None,
         }
     }
 
     fn awaiting(shared: &Arc<TrackerShared>, epoch: u32) -> Ack {
-        let tracker = shared.clone();
-        let shared = shared.clone();
+        // Made outside the future, so that it is dropped (armed) with the future even when
+        // the `Ack` is dropped before its first poll.
+        let mut outstanding = Outstanding {
+            tracker: shared.clone(),
+            armed: true,
+        };
         Ack {
             pending: Some(Box::pin(async move {
-                shared.point.acknowledged(&shared.state, epoch).await
+                let tracker = &outstanding.tracker;
+                let result = tracker.point.acknowledged(&tracker.state, epoch).await;
+                outstanding.disarm();
+                result
             })),
-            tracker: Some(tracker),
-        }
-    }
-
-    /// A dropped `Ack` whose acknowledgement is still outstanding leaves the publish to the
-    /// driver.
-    fn hand_to_driver(tracker: &TrackerShared) {
-        if tracker.has_pending() {
-            tracker.wake_driver();
         }
     }
 
@@ -804,7 +821,6 @@ impl Future for Ack {
             Some(fut) => {
                 let out = core::task::ready!(fut.as_mut().poll(cx));
                 self.pending = None;
-                self.tracker = None;
                 Poll::Ready(out)
             }
         }

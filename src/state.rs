@@ -958,6 +958,9 @@ impl TrackerState {
         self.update_with(cause, change)
     }
 
+    // Inline: each caller passes its own closure, which then needs no environment built on
+    // the stack for a call, on the transition path above all.
+    #[inline]
     fn update_with<R>(&self, cause: Cause<'_>, change: impl FnOnce(&mut StateData) -> R) -> R {
         let inner = &*self.inner;
         let remote = !matches!(cause, Cause::Own);
