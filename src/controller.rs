@@ -248,6 +248,11 @@ impl TrackerShared {
         count_of(self.word.load(Ordering::Acquire)) as usize
     }
 
+    /// Wakes the tasks waiting for another publisher's outcome (the registry was closed).
+    pub(crate) fn notify_closed(&self) {
+        self.point.notify_closed();
+    }
+
     pub(crate) fn is_busy(&self) -> bool {
         self.busy_in(self.word.load(Ordering::Acquire))
     }
@@ -698,7 +703,9 @@ pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
 /// being polled (a `select!` that took another branch and awaits it later), it holds the
 /// key's publishing role for at most 200 ms: then the driver publishes the newest status
 /// itself, renewals continue, and a later transition does not wait for it. Awaited late, it
-/// resolves with the outcome of its status or of a newer one.
+/// resolves with the outcome of its status or of a newer one. Once the registry is shut down
+/// or dropped, an `Ack` that would wait for another publisher resolves with
+/// [`Error::Shutdown`] instead, as no driver is left to take that publisher's role over.
 ///
 /// # Examples
 ///

@@ -201,9 +201,14 @@ impl DriverShared {
         }
     }
 
+    /// Stops the driver; called once the registry's publisher is closed, so the tasks
+    /// waiting for another publisher's outcome are woken to stop waiting as well.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.bell.wake();
+        for tracker in &self.trackers {
+            tracker.notify_closed();
+        }
     }
 
     fn stopping(&self) -> bool {

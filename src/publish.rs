@@ -138,6 +138,9 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     /// Whether [`publish_now`](Self::publish_now) may publish (a hint that saves a backend
     /// that never publishes inline a lock round per publish).
     fn publishes_inline(&self) -> bool;
+    /// Whether the registry was shut down or dropped: no driver takes the publishing role
+    /// over any more.
+    fn is_closed(&self) -> bool;
     /// The sequence every key starts from: the wall clock at build, so that an instance
     /// restarted under the same name supersedes its old statuses.
     fn first_seq(&self) -> u64;
@@ -348,7 +351,15 @@ impl PublishSlot {
         if epoch_is_newer(epoch, self.acked_epoch) || epoch == self.acked_epoch {
             self.acked_epoch = epoch;
         }
-        self.failed = None;
+        // A newer status's failure stands: its waiters must see it (rather than take the
+        // role and publish it themselves, unleased), and the driver retries it.
+        if self
+            .failed
+            .as_ref()
+            .is_some_and(|(failed, ..)| !epoch_is_newer(*failed, epoch))
+        {
+            self.failed = None;
+        }
         self.publishes += 1;
     }
 
@@ -423,7 +434,8 @@ impl PublishPoint {
     /// publishes inline and no one else is publishing this key — publishes it right there.
     /// An inline publish never waits; no waiter can be listening for its outcome (they
     /// listen only while the role is held, which this never takes), so nobody needs waking.
-    /// Returns whether an inline publish failed (`None`: none was made).
+    /// Returns whether an inline publish failed (`Some(false)` also when a newer status is
+    /// already acknowledged; `None`: none was made).
     #[inline]
     pub(crate) fn publish_transition_inline(
         &self,
@@ -439,7 +451,9 @@ impl PublishPoint {
             slot.newest_data.set(newest);
         }
         if slot.newest_epoch != epoch || slot.role != 0 {
-            return None;
+            // A newer status already acknowledged covers this one (two transitions raced
+            // and this one came second): nothing is left to wait for.
+            return (!epoch_is_newer(epoch, slot.acked_epoch)).then_some(false);
         }
         let result = slot.publish_inline(publisher, self.index, &self.key)?;
         self.count_outcome(&result);
@@ -508,7 +522,18 @@ impl PublishPoint {
                 }
             };
             match listener {
-                Some(listener) => listener.await,
+                Some(listener) => {
+                    // Once the registry is closed no driver takes the role over from a
+                    // holder that is never polled again (a kept `Ack`), so this would wait
+                    // forever. The check follows the listener's registration, and closing
+                    // notifies after setting the flag (`notify_closed`): no wake-up is lost.
+                    if self.publisher.as_ref().is_some_and(|p| p.is_closed()) {
+                        return Err(Error::Shutdown {
+                            key: String::from(&*self.key),
+                        });
+                    }
+                    listener.await;
+                }
                 None => {
                     if let Err(Error::Shutdown { key }) = self
                         .publish_newest(slots, PublishMode::Pending, Claim::Caller)
@@ -685,6 +710,12 @@ impl PublishPoint {
         }
     }
 
+    /// Wakes every task waiting for another publisher's outcome, after the registry was
+    /// closed: each then stops waiting (see [`acknowledged`](Self::acknowledged)).
+    pub(crate) fn notify_closed(&self) {
+        self.published.notify_all();
+    }
+
     /// The token of the publish holding the role, if any (for the driver's lease).
     pub(crate) fn role_token(&self, slots: &impl SlotLock) -> Option<u64> {
         let role = slots.slot().role;
@@ -795,6 +826,9 @@ impl Publisher for NoPublisher {
         match *self {}
     }
     fn publishes_inline(&self) -> bool {
+        match *self {}
+    }
+    fn is_closed(&self) -> bool {
         match *self {}
     }
     fn first_seq(&self) -> u64 {
@@ -1014,6 +1048,10 @@ mod registry_side {
         #[inline]
         fn publishes_inline(&self) -> bool {
             self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
+        }
+
+        fn is_closed(&self) -> bool {
+            self.closed.load(Ordering::Acquire)
         }
 
         /// Strictly increasing per key from here, starting from the wall clock in nanoseconds

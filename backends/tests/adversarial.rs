@@ -898,3 +898,36 @@ fn an_ack_whose_publish_the_driver_overtook_resolves_ok() {
         lock.shutdown().await;
     });
 }
+
+/// An `Ack` polled once (its publish in flight over the network: it holds the key's
+/// publishing role) and kept; the registry is shut down; an older transition's `Ack`
+/// awaited after that resolves (Ok or `Shutdown`) rather than wait forever for a role no
+/// driver is left to take over.
+#[test]
+fn an_ack_awaited_after_shutdown_while_a_kept_ack_holds_the_role_resolves() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let writer = block_on(instance(&url, "writer", TrackerConfig::new()));
+    let ctrl = writer.controller(KEY).unwrap();
+
+    let older = ctrl.increment(Some("one"));
+    assert!(!older.is_immediate());
+    let mut kept = ctrl.decrement(1);
+    assert!(
+        block_on(futures_lite::future::poll_once(&mut kept)).is_none(),
+        "a Redis round trip does not complete within one poll"
+    );
+    block_on(writer.shutdown());
+    let outcome = block_on(futures_lite::future::or(
+        async { Some(older.await) },
+        async {
+            sleep(LIMIT).await;
+            None
+        },
+    ));
+    match outcome {
+        Some(Ok(())) | Some(Err(reactive_lock::Error::Shutdown { .. })) => {}
+        other => panic!("an Ack awaited after shutdown: {other:?}"),
+    }
+    drop(kept);
+}
