@@ -704,8 +704,9 @@ pub(crate) fn validate_threshold(field: &str, threshold: usize) -> Result<()> {
 /// key's publishing role for at most 200 ms: then the driver publishes the newest status
 /// itself, renewals continue, and a later transition does not wait for it. Awaited late, it
 /// resolves with the outcome of its status or of a newer one. Once the registry is shut down
-/// or dropped, an `Ack` that would wait for another publisher resolves with
-/// [`Error::Shutdown`] instead, as no driver is left to take that publisher's role over.
+/// or dropped, an `Ack` that would wait for another publisher resolves instead, as no driver
+/// is left to take that publisher's role over: with [`Error::Shutdown`], or with the
+/// [`Closed`](crate::BackendErrorKind::Closed) failure a newer status met at shutdown.
 ///
 /// # Examples
 ///

@@ -338,10 +338,10 @@ impl PublishSlot {
                 self.record_failed(epoch, source.kind(), String::from(source.message()));
             }
             Err(Error::Shutdown { .. }) => {
-                self.failed = Some((epoch, BackendErrorKind::Closed, "shut down".into()));
+                self.keep_failure(epoch, BackendErrorKind::Closed, "shut down".into());
             }
             Err(other) => {
-                self.failed = Some((epoch, BackendErrorKind::Other, alloc::format!("{other}")));
+                self.keep_failure(epoch, BackendErrorKind::Other, alloc::format!("{other}"));
             }
         }
     }
@@ -364,8 +364,21 @@ impl PublishSlot {
     }
 
     fn record_failed(&mut self, epoch: u32, kind: BackendErrorKind, message: String) {
-        self.failed = Some((epoch, kind, message));
+        self.keep_failure(epoch, kind, message);
         self.publish_failures += 1;
+    }
+
+    /// Records that publishing `epoch` failed, unless a newer status's failure is recorded:
+    /// that one stands, as for an acknowledgement (see `record_acknowledged`), so an older
+    /// publish failing late cannot hide it from its waiters.
+    fn keep_failure(&mut self, epoch: u32, kind: BackendErrorKind, message: String) {
+        if !self
+            .failed
+            .as_ref()
+            .is_some_and(|(failed, ..)| epoch_is_newer(*failed, epoch))
+        {
+            self.failed = Some((epoch, kind, message));
+        }
     }
 }
 

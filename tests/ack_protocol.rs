@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::{block_on, poll_once};
 use reactive_lock::{
     Ack, Backend, BackendError, BackendErrorKind, InstanceStatus, LocalBackend, LocalEvents,
-    ReactiveLock, Snapshot, Status, TrackerConfig,
+    ReactiveLock, Snapshot, Status, TrackerConfig, TrackerController,
 };
 
 mod common;
@@ -25,6 +25,8 @@ const BOUND: Duration = Duration::from_secs(5);
 enum Step {
     /// The publish hangs until the sender is used or dropped.
     Stall(async_channel::Receiver<()>),
+    /// The publish hangs until the sender is used or dropped, then fails.
+    StallThenFail(async_channel::Receiver<()>),
     /// The publish fails.
     Fail,
 }
@@ -42,6 +44,14 @@ impl Ctl {
     fn stall_next(&self) -> async_channel::Sender<()> {
         let (tx, rx) = async_channel::bounded(1);
         self.script.lock().unwrap().push_back(Step::Stall(rx));
+        tx
+    }
+    fn stall_then_fail_next(&self) -> async_channel::Sender<()> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.script
+            .lock()
+            .unwrap()
+            .push_back(Step::StallThenFail(rx));
         tx
     }
     fn fail_next(&self) {
@@ -83,6 +93,14 @@ impl Backend for Scripted {
         match step {
             Some(Step::Stall(rx)) => {
                 let _ = rx.recv().await;
+            }
+            Some(Step::StallThenFail(rx)) => {
+                let _ = rx.recv().await;
+                self.ctl.failures.fetch_add(1, Ordering::SeqCst);
+                return Err(BackendError::new(
+                    BackendErrorKind::Unavailable,
+                    "scripted failure",
+                ));
             }
             Some(Step::Fail) => {
                 self.ctl.failures.fetch_add(1, Ordering::SeqCst);
@@ -279,6 +297,153 @@ fn the_newest_status_reaches_the_store_after_a_failed_lease_publish_and_a_kept_a
     drop(a2);
     block_on(writer.shutdown());
     block_on(reader.shutdown());
+}
+
+/// Waits until `counter` reaches `n`.
+fn until_count(counter: &AtomicUsize, n: usize, what: &str) {
+    let deadline = Instant::now() + BOUND;
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The interleaving of an older publish failing after a newer one failed: a1 (e1) holds the
+/// role, its publish stalled; a2 (e2) is never polled and the driver's lease publish of it
+/// fails; then a1's publish fails too. Returns a2 and the store, with the registries.
+fn older_failure_after_newer(
+    first_busy: bool,
+) -> (Ack, Arc<Ctl>, LocalBackend, ReactiveLock, TrackerController) {
+    let store = LocalBackend::new();
+    let backend = Scripted::new(&store);
+    let ctl = backend.ctl.clone();
+    let writer = block_on(registry(backend, "writer", 1));
+    let ctrl = writer.controller(KEY).unwrap();
+    if !first_busy {
+        block_on(ctrl.increment(Some("zero"))).unwrap();
+        until_stored(&store, "writer", "the writer busy with zero", true);
+    }
+    let failures = ctl.failures.load(Ordering::SeqCst);
+    let release1 = ctl.stall_then_fail_next();
+    let mut a1 = if first_busy {
+        ctrl.increment(Some("one"))
+    } else {
+        ctrl.decrement(1)
+    };
+    assert!(block_on(poll_once(&mut a1)).is_none(), "a1 holds the role");
+    ctl.fail_next();
+    let a2 = if first_busy {
+        ctrl.decrement(1)
+    } else {
+        ctrl.increment(Some("two"))
+    };
+    until_count(
+        &ctl.failures,
+        failures + 1,
+        "the lease publish of e2 failed",
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    release1.try_send(()).unwrap();
+    assert!(block_on(a1).is_err(), "a1's own publish failed");
+    (a2, ctl, store, writer, ctrl)
+}
+
+/// An older status's failure recorded after a newer one's does not hide the newer: the
+/// newer `Ack`, polled once within the driver's retry backoff, reports its failure rather
+/// than take the role unleased (its publish would stall, it would be kept, and the driver's
+/// retry would find the role held), and the newest status reaches the store.
+#[test]
+fn an_older_failure_recorded_late_does_not_hide_a_newer_failure() {
+    let (mut a2, ctl, store, writer, _ctrl) = older_failure_after_newer(false);
+    let release2 = ctl.stall_next();
+    let first = block_on(poll_once(&mut a2));
+    if first.is_some() {
+        drop(release2);
+    }
+    let want = Some((true, Some(String::from("two"))));
+    let deadline = Instant::now() + BOUND;
+    while stored(&store, "writer") != want {
+        assert!(
+            Instant::now() < deadline,
+            "not within {BOUND:?}: the newest status in the store (store holds {:?}, a2's \
+             first poll gave {first:?})",
+            stored(&store, "writer")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(a2);
+    block_on(writer.shutdown());
+}
+
+/// The same interleaving, the newer `Ack` awaited: its status failed and nothing newer was
+/// acknowledged, so it reports the failure.
+#[test]
+fn an_ack_whose_status_failed_reports_it_after_an_older_failure() {
+    let (mut a2, _ctl, _store, writer, _ctrl) = older_failure_after_newer(true);
+    let first = block_on(poll_once(&mut a2));
+    assert!(
+        matches!(first, Some(Err(reactive_lock::Error::Backend { .. }))),
+        "a2's status failed, nothing newer acknowledged: {first:?}"
+    );
+    block_on(writer.shutdown());
+}
+
+/// Older `Ack`s waiting on several threads while a kept one holds the role, the registry
+/// shut down or dropped at varying moments: every waiter resolves (no lost wake-up).
+fn waiters_resolve_when_closed(drop_instead: bool) {
+    for round in 0..10u64 {
+        let store = LocalBackend::new();
+        let backend = Scripted::new(&store);
+        let ctl = backend.ctl.clone();
+        let writer = block_on(registry(backend, "writer", 1));
+        let ctrl = writer.controller(KEY).unwrap();
+        let mut older = Vec::new();
+        for _ in 0..3 {
+            older.push(ctrl.increment(Some("x")));
+            older.push(ctrl.decrement(1));
+        }
+        let release = ctl.stall_next();
+        let mut holder = ctrl.increment(Some("holder"));
+        assert!(block_on(poll_once(&mut holder)).is_none());
+        let started = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = older
+            .into_iter()
+            .map(|ack| {
+                let started = started.clone();
+                std::thread::spawn(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    await_bounded(ack, BOUND)
+                })
+            })
+            .collect();
+        until_count(&started, waiters.len(), "the waiters started");
+        if round % 3 != 0 {
+            std::thread::sleep(Duration::from_micros(fastrand::u64(0..2000)));
+        }
+        if drop_instead {
+            drop(writer);
+        } else {
+            block_on(writer.shutdown());
+        }
+        for waiter in waiters {
+            match waiter.join().unwrap() {
+                Some(Ok(())) | Some(Err(reactive_lock::Error::Shutdown { .. })) => {}
+                other => panic!("round {round}: a waiter at close: {other:?}"),
+            }
+        }
+        drop(holder);
+        drop(release);
+    }
+}
+
+#[test]
+fn waiters_on_several_threads_resolve_at_shutdown() {
+    waiters_resolve_when_closed(false);
+}
+
+#[test]
+fn waiters_on_several_threads_resolve_at_drop() {
+    waiters_resolve_when_closed(true);
 }
 
 // ---------------------------------------------------------------------------------------
