@@ -352,12 +352,9 @@ impl PublishSlot {
             self.acked_epoch = epoch;
         }
         // A newer status's failure stands: its waiters must see it (rather than take the
-        // role and publish it themselves, unleased), and the driver retries it.
-        if self
-            .failed
-            .as_ref()
-            .is_some_and(|(failed, ..)| !epoch_is_newer(*failed, epoch))
-        {
+        // role and publish it themselves, unleased), and the driver retries it. Tested for
+        // presence first: the usual acknowledgement, with no failure recorded, writes nothing.
+        if self.failed.is_some() && !self.failed_after(epoch) {
             self.failed = None;
         }
         self.publishes += 1;
@@ -372,13 +369,16 @@ impl PublishSlot {
     /// that one stands, as for an acknowledgement (see `record_acknowledged`), so an older
     /// publish failing late cannot hide it from its waiters.
     fn keep_failure(&mut self, epoch: u32, kind: BackendErrorKind, message: String) {
-        if !self
-            .failed
-            .as_ref()
-            .is_some_and(|(failed, ..)| epoch_is_newer(*failed, epoch))
-        {
+        if !self.failed_after(epoch) {
             self.failed = Some((epoch, kind, message));
         }
+    }
+
+    /// Whether the recorded failure is of a status newer than `epoch`.
+    fn failed_after(&self, epoch: u32) -> bool {
+        self.failed
+            .as_ref()
+            .is_some_and(|(failed, ..)| epoch_is_newer(*failed, epoch))
     }
 }
 
@@ -1026,7 +1026,7 @@ mod registry_side {
             data: Option<&'a str>,
         ) -> BoxFuture<'a, Result<()>> {
             Box::pin(async move {
-                if self.closed.load(Ordering::Acquire) {
+                if self.is_closed() {
                     return Err(Error::Shutdown { key: key.into() });
                 }
                 let status = self.status(seq, busy, data);
@@ -1060,7 +1060,7 @@ mod registry_side {
 
         #[inline]
         fn publishes_inline(&self) -> bool {
-            self.inline.load(Ordering::Relaxed) && !self.closed.load(Ordering::Acquire)
+            self.inline.load(Ordering::Relaxed) && !self.is_closed()
         }
 
         fn is_closed(&self) -> bool {
