@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::{block_on, poll_once};
 use reactive_lock::{
     Ack, Backend, BackendError, BackendErrorKind, InstanceStatus, LocalBackend, LocalEvents,
-    ReactiveLock, Snapshot, Status, TrackerConfig, TrackerController,
+    ReactiveLock, Snapshot, Status, TrackerConfig,
 };
 
 mod common;
@@ -53,6 +53,11 @@ impl Ctl {
             .unwrap()
             .push_back(Step::StallThenFail(rx));
         tx
+    }
+    /// Counts a scripted failure and returns it.
+    fn failure(&self) -> BackendError {
+        self.failures.fetch_add(1, Ordering::SeqCst);
+        BackendError::new(BackendErrorKind::Unavailable, "scripted failure")
     }
     fn fail_next(&self) {
         self.script.lock().unwrap().push_back(Step::Fail);
@@ -96,19 +101,9 @@ impl Backend for Scripted {
             }
             Some(Step::StallThenFail(rx)) => {
                 let _ = rx.recv().await;
-                self.ctl.failures.fetch_add(1, Ordering::SeqCst);
-                return Err(BackendError::new(
-                    BackendErrorKind::Unavailable,
-                    "scripted failure",
-                ));
+                return Err(self.ctl.failure());
             }
-            Some(Step::Fail) => {
-                self.ctl.failures.fetch_add(1, Ordering::SeqCst);
-                return Err(BackendError::new(
-                    BackendErrorKind::Unavailable,
-                    "scripted failure",
-                ));
-            }
+            Some(Step::Fail) => return Err(self.ctl.failure()),
             None => {}
         }
         let delay = self.ctl.delay_ms.load(Ordering::Relaxed);
@@ -263,15 +258,11 @@ fn the_newest_status_reaches_the_store_after_a_failed_lease_publish_and_a_kept_a
     // a2: idle, not polled; the driver's lease publish of it fails.
     ctl.fail_next();
     let mut a2 = ctrl.decrement(1);
-    let deadline = Instant::now() + BOUND;
-    while ctl.failures.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the lease publish never came");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    until_count(&ctl.failures, 1, "the lease publish of a2's status failed");
     // The older publish completes and is acknowledged: the newer status's failure stands.
     release1.try_send(()).unwrap();
     assert!(block_on(a1).is_ok());
-    // a2 polled once within the driver's retry backoff (>= 50 ms). Had the failure been
+    // a2 polled once within the driver's retry backoff. Had the failure been
     // forgotten, it would take the role, its publish would stall, and it would be kept (a
     // select! that awaits it later) holding the role with no lease left.
     let release2 = ctl.stall_next();
@@ -311,9 +302,7 @@ fn until_count(counter: &AtomicUsize, n: usize, what: &str) {
 /// The interleaving of an older publish failing after a newer one failed: a1 (e1) holds the
 /// role, its publish stalled; a2 (e2) is never polled and the driver's lease publish of it
 /// fails; then a1's publish fails too. Returns a2 and the store, with the registries.
-fn older_failure_after_newer(
-    first_busy: bool,
-) -> (Ack, Arc<Ctl>, LocalBackend, ReactiveLock, TrackerController) {
+fn older_failure_after_newer(first_busy: bool) -> (Ack, Arc<Ctl>, LocalBackend, ReactiveLock) {
     let store = LocalBackend::new();
     let backend = Scripted::new(&store);
     let ctl = backend.ctl.clone();
@@ -345,7 +334,7 @@ fn older_failure_after_newer(
     std::thread::sleep(Duration::from_millis(5));
     release1.try_send(()).unwrap();
     assert!(block_on(a1).is_err(), "a1's own publish failed");
-    (a2, ctl, store, writer, ctrl)
+    (a2, ctl, store, writer)
 }
 
 /// An older status's failure recorded after a newer one's does not hide the newer: the
@@ -354,7 +343,7 @@ fn older_failure_after_newer(
 /// retry would find the role held), and the newest status reaches the store.
 #[test]
 fn an_older_failure_recorded_late_does_not_hide_a_newer_failure() {
-    let (mut a2, ctl, store, writer, _ctrl) = older_failure_after_newer(false);
+    let (mut a2, ctl, store, writer) = older_failure_after_newer(false);
     let release2 = ctl.stall_next();
     let first = block_on(poll_once(&mut a2));
     if first.is_some() {
@@ -379,7 +368,7 @@ fn an_older_failure_recorded_late_does_not_hide_a_newer_failure() {
 /// acknowledged, so it reports the failure.
 #[test]
 fn an_ack_whose_status_failed_reports_it_after_an_older_failure() {
-    let (mut a2, _ctl, _store, writer, _ctrl) = older_failure_after_newer(true);
+    let (mut a2, _ctl, _store, writer) = older_failure_after_newer(true);
     let first = block_on(poll_once(&mut a2));
     assert!(
         matches!(first, Some(Err(reactive_lock::Error::Backend { .. }))),
